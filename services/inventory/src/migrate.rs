@@ -1,0 +1,73 @@
+//! Applies inventory's schema migrations at start-up, once per database even
+//! when several replicas start together.
+
+use std::time::Duration;
+
+use tokio_postgres::NoTls;
+
+mod embedded {
+    refinery::embed_migrations!("migrations");
+}
+
+/// An arbitrary but fixed advisory-lock key: replicas starting at once queue on
+/// it, so only one applies the migrations and the others find them done.
+const MIGRATION_LOCK: i64 = 0x5745_4654_494e_5601; // "WEFTINV\x01"
+
+/// Why migrating failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    /// The database did not answer within the start-up bound.
+    #[error("database not reachable within {0:?}: {1}")]
+    Unreachable(Duration, tokio_postgres::Error),
+    /// A query failed.
+    #[error("database error while migrating: {0}")]
+    Db(#[from] tokio_postgres::Error),
+    /// A migration failed.
+    #[error("migration failed: {0}")]
+    Migration(#[from] refinery::Error),
+}
+
+/// Connects (retrying with backoff until `within` has passed, because the
+/// database may start after us) and applies every pending migration.
+pub async fn migrate(
+    config: &tokio_postgres::Config,
+    within: Duration,
+) -> Result<(), MigrateError> {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut delay = Duration::from_millis(100);
+    let (mut client, connection) = loop {
+        match config.connect(NoTls).await {
+            Ok(pair) => break pair,
+            Err(e) if tokio::time::Instant::now() + delay < deadline => {
+                tracing::warn!(error = %e, retry_in = ?delay, "database not reachable yet");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(MigrateError::Unreachable(within, e)),
+        }
+    };
+    let driver = tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "migration connection ended");
+        }
+    });
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    let report = embedded::migrations::runner()
+        .set_migration_table_name("weft_inventory_migrations")
+        .run_async(&mut client)
+        .await;
+    // Unlock even when migrating failed; closing the connection would too.
+    let unlock = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+        .await;
+    drop(client);
+    driver.abort();
+    let report = report?;
+    unlock?;
+    for m in report.applied_migrations() {
+        tracing::info!(migration = %m, "applied migration");
+    }
+    Ok(())
+}

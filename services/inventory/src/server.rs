@@ -1,0 +1,109 @@
+//! Inventory's entry point for binaries and tests: `run(listener, config,
+//! shutdown)` migrates the database, then serves the API, grpc.health.v1 tied
+//! to the database, and reflection, until `shutdown` resolves.
+
+use std::future::Future;
+
+use tokio::net::TcpListener;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+use weft_proto::inventory::v1::inventory_service_server::{InventoryServiceServer, SERVICE_NAME};
+
+use crate::api::InventoryApi;
+use crate::config::Config;
+use crate::migrate::{MigrateError, migrate};
+use crate::store::Store;
+
+/// Why the server stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The schema could not be brought up to date.
+    #[error(transparent)]
+    Migrate(#[from] MigrateError),
+    /// The pool could not be built.
+    #[error("database pool: {0}")]
+    Pool(String),
+    /// Reflection could not load the descriptor set.
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The transport failed.
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serves inventory on `listener` until `shutdown` resolves, then stops
+/// accepting, lets in-flight calls finish, and returns.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    migrate(&config.database, config.startup_timeout).await?;
+    let store = Store::new(config.database.clone(), config.pool_size, config.db_timeout)
+        .map_err(|e| ServeError::Pool(e.to_string()))?;
+
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let health_task = tokio::spawn(watch_database(
+        store.clone(),
+        reporter.clone(),
+        config.health_interval,
+    ));
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(weft_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(weft_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let api = InventoryServiceServer::new(InventoryApi::new(store))
+        .max_decoding_message_size(config.max_message_bytes);
+
+    tracing::info!(addr = ?listener.local_addr().ok(), "inventory serving");
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let served = Server::builder()
+        .concurrency_limit_per_connection(config.concurrency_per_connection)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(api)
+        .serve_with_incoming_shutdown(incoming, async {
+            shutdown.await;
+            // Say so before the listener closes, so watchers move away.
+            set_health(&reporter, ServingStatus::NotServing).await;
+            tracing::info!("inventory shutting down");
+        })
+        .await;
+    health_task.abort();
+    served?;
+    Ok(())
+}
+
+/// Keeps grpc.health.v1 in step with the database: SERVING only while it
+/// answers, for the whole server ("") and for the inventory service.
+async fn watch_database(store: Store, reporter: HealthReporter, every: std::time::Duration) {
+    let mut last = None;
+    loop {
+        let status = match store.ping().await {
+            Ok(()) => ServingStatus::Serving,
+            Err(e) => {
+                tracing::warn!(error = %e, "database check failed");
+                ServingStatus::NotServing
+            }
+        };
+        if last != Some(status) {
+            tracing::info!(?status, "health changed");
+            set_health(&reporter, status).await;
+            last = Some(status);
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
+    reporter.set_service_status("", status).await;
+    reporter.set_service_status(SERVICE_NAME, status).await;
+}

@@ -1,0 +1,8 @@
+//! The harness for Weft's end-to-end tests: it starts real parts (PostgreSQL,
+//! Weft services, external tools) on 127.0.0.1 and cleans up after them.
+
+pub mod inventory;
+pub mod postgres;
+pub mod tools;
+
+pub use postgres::TestDb;
