@@ -1,6 +1,9 @@
 //! End-to-end tests of the inventory service against real PostgreSQL: every
 //! RPC, validation, idempotency, concurrency, health and restarts.
 
+// Test code: a panic is a failed test with its location.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::Duration;
 
 use tonic::Code;
