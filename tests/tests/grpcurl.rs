@@ -17,9 +17,19 @@ async fn grpcurl(addr: std::net::SocketAddr, args: &[&str]) -> String {
     let mut command = Command::new(binary);
     // grpcurl [flags] ADDRESS [list|describe] [SYMBOL]: flags come before
     // the address, the verb and symbol after it.
-    let split = args.iter().position(|a| matches!(*a, "list" | "describe")).unwrap_or(args.len() - 1);
-    command.arg("-plaintext").args(&args[..split]).arg(addr.to_string()).args(&args[split..]);
-    let output = tokio::task::spawn_blocking(move || command.output()).await.unwrap().unwrap();
+    let split = args
+        .iter()
+        .position(|a| matches!(*a, "list" | "describe"))
+        .unwrap_or(args.len() - 1);
+    command
+        .arg("-plaintext")
+        .args(&args[..split])
+        .arg(addr.to_string())
+        .args(&args[split..]);
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(
         output.status.success(),
         "grpcurl {args:?} failed: {}",
@@ -40,11 +50,17 @@ async fn grpcurl_lists_describes_and_calls_inventory() {
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
     ] {
-        assert!(services.lines().any(|l| l.trim() == service), "{service} not in:\n{services}");
+        assert!(
+            services.lines().any(|l| l.trim() == service),
+            "{service} not in:\n{services}"
+        );
     }
 
     let methods = grpcurl(addr, &["list", "weft.inventory.v1.InventoryService"]).await;
-    assert!(methods.contains("weft.inventory.v1.InventoryService.ReserveStock"), "{methods}");
+    assert!(
+        methods.contains("weft.inventory.v1.InventoryService.ReserveStock"),
+        "{methods}"
+    );
 
     let description = grpcurl(addr, &["describe", "weft.inventory.v1.InventoryService"]).await;
     assert!(
@@ -52,7 +68,10 @@ async fn grpcurl_lists_describes_and_calls_inventory() {
         "{description}"
     );
     let message = grpcurl(addr, &["describe", "weft.inventory.v1.ReserveStockRequest"]).await;
-    assert!(message.contains("repeated .weft.inventory.v1.ReservationLineRequest lines = 3;"), "{message}");
+    assert!(
+        message.contains("repeated .weft.inventory.v1.ReservationLineRequest lines = 3;"),
+        "{message}"
+    );
 
     let created = grpcurl(
         addr,
@@ -78,14 +97,25 @@ async fn grpcurl_lists_describes_and_calls_inventory() {
 
     let stock = grpcurl(
         addr,
-        &["-d", r#"{"skus":["GRPCURL-1"]}"#, "weft.inventory.v1.InventoryService/GetStock"],
+        &[
+            "-d",
+            r#"{"skus":["GRPCURL-1"]}"#,
+            "weft.inventory.v1.InventoryService/GetStock",
+        ],
     )
     .await;
-    assert!(stock.contains(r#""available": "4""#) && stock.contains(r#""reserved": "3""#), "{stock}");
+    assert!(
+        stock.contains(r#""available": "4""#) && stock.contains(r#""reserved": "3""#),
+        "{stock}"
+    );
 
     let health = grpcurl(
         addr,
-        &["-d", r#"{"service":"weft.inventory.v1.InventoryService"}"#, "grpc.health.v1.Health/Check"],
+        &[
+            "-d",
+            r#"{"service":"weft.inventory.v1.InventoryService"}"#,
+            "grpc.health.v1.Health/Check",
+        ],
     )
     .await;
     assert!(health.contains("SERVING"), "{health}");
@@ -101,7 +131,13 @@ async fn grpcurl_sees_invalid_argument_naming_the_field() {
     let addr = server.addr().to_string();
     let output = tokio::task::spawn_blocking(move || {
         Command::new(binary)
-            .args(["-plaintext", "-d", r#"{"skus":[]}"#, &addr, "weft.inventory.v1.InventoryService/GetStock"])
+            .args([
+                "-plaintext",
+                "-d",
+                r#"{"skus":[]}"#,
+                &addr,
+                "weft.inventory.v1.InventoryService/GetStock",
+            ])
             .output()
     })
     .await
@@ -109,6 +145,9 @@ async fn grpcurl_sees_invalid_argument_naming_the_field() {
     .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("InvalidArgument") && stderr.contains("skus:"), "{stderr}");
+    assert!(
+        stderr.contains("InvalidArgument") && stderr.contains("skus:"),
+        "{stderr}"
+    );
     server.stop().await.unwrap();
 }
