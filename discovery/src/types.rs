@@ -125,19 +125,22 @@ impl Snapshot {
 
 /// Applies a filter and the Cloud Map health rule `HEALTHY_OR_ELSE_ALL` to a
 /// service's instances, as the local and static backends must do themselves:
-/// required attributes always; preferred ones when any endpoint has them;
-/// healthy endpoints when there are any, else all (a service whose health
-/// reports are all failing is better called than declared empty).
+/// required attributes always; then healthy endpoints when there are any,
+/// else all (a service whose health reports are all failing is better called
+/// than declared empty); then preferred attributes when any endpoint left has
+/// them.
 pub fn select(mut all: Vec<Endpoint>, filter: &Filter) -> Vec<Endpoint> {
     let has = |e: &Endpoint, attrs: &BTreeMap<String, String>| {
         attrs.iter().all(|(k, v)| e.attributes.get(k) == Some(v))
     };
     all.retain(|e| has(e, &filter.required));
-    if !filter.preferred.is_empty() && all.iter().any(|e| has(e, &filter.preferred)) {
-        all.retain(|e| has(e, &filter.preferred));
-    }
+    // Health before preference: a healthy endpoint in another zone beats an
+    // unhealthy one in ours.
     if all.iter().any(|e| e.healthy) {
         all.retain(|e| e.healthy);
+    }
+    if !filter.preferred.is_empty() && all.iter().any(|e| has(e, &filter.preferred)) {
+        all.retain(|e| has(e, &filter.preferred));
     }
     all.sort();
     all
@@ -190,5 +193,11 @@ mod tests {
         assert_eq!(ids(select(all.clone(), &Filter::any())), ["b"]);
         let none_healthy = vec![ep("a", "1", "z", false), ep("b", "1", "z", false)];
         assert_eq!(ids(select(none_healthy, &Filter::any())), ["a", "b"]);
+        // Health wins over zone preference.
+        let mixed = vec![ep("a", "1", "near", false), ep("b", "1", "far", true)];
+        assert_eq!(
+            ids(select(mixed, &Filter::any().prefer("zone", "near"))),
+            ["b"]
+        );
     }
 }

@@ -2,6 +2,7 @@
 //! Weft services, external tools) on 127.0.0.1 and cleans up after them.
 
 pub mod inventory;
+pub mod moto;
 pub mod postgres;
 pub mod tools;
 

@@ -118,8 +118,8 @@ async fn step<A: DiscoverApi>(
         if Some(current) == *revision {
             tx.send_if_modified(|s| {
                 s.fetched_at = Some(Instant::now());
-                let had_error = s.last_error.take().is_some();
-                had_error
+                // Watchers hear of it only if an error is thereby cleared.
+                s.last_error.take().is_some()
             });
             return Ok(());
         }

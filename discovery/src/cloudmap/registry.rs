@@ -13,11 +13,13 @@ use aws_sdk_servicediscovery::types::{
 };
 use tokio::sync::Mutex;
 
-use super::api::{ATTR_IPV4, ATTR_IPV6, ATTR_PORT, CallCounts, sdk_error};
+use super::api::{
+    ATTR_IPV4, ATTR_IPV6, ATTR_PORT, CallCounts, endpoint_from_attributes, sdk_error,
+};
 use crate::backoff::Backoff;
 use crate::error::DiscoveryError;
 use crate::traits::Registry;
-use crate::types::{Health, Registration};
+use crate::types::{Endpoint, Health, Registration};
 
 /// Cloud Map allows at most this many attributes per instance.
 pub const MAX_ATTRIBUTES: usize = 30;
@@ -139,6 +141,34 @@ impl CloudMapRegistry {
             kind: "service",
             name: format!("{}/{service}", self.namespace),
         })
+    }
+
+    /// Every instance registered in `service`, page by page, regardless of
+    /// health (ListInstances does not report health): for operators' listings.
+    pub async fn list_instances(&self, service: &str) -> Result<Vec<Endpoint>, DiscoveryError> {
+        let service_id = self.service_id(service).await?;
+        let mut pages = self
+            .client
+            .list_instances()
+            .service_id(&service_id)
+            .max_results(100)
+            .into_paginator()
+            .send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            self.count();
+            let page = page.map_err(sdk_error)?;
+            for instance in page.instances() {
+                let (Some(id), Some(attrs)) = (instance.id(), instance.attributes()) else {
+                    continue;
+                };
+                if let Some(endpoint) = endpoint_from_attributes(id.to_owned(), attrs, true) {
+                    out.push(endpoint);
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
     }
 
     /// Waits until an asynchronous operation succeeds or fails, within the

@@ -18,11 +18,14 @@ pub struct LocalRegistry {
     inner: Arc<Inner>,
 }
 
+/// This process's live instances, by (service, id).
+type LiveMap = HashMap<(String, String), Live>;
+
 #[derive(Debug)]
 struct Inner {
     root: PathBuf,
     ttl: Duration,
-    live: Mutex<HashMap<(String, String), Live>>,
+    live: Mutex<LiveMap>,
 }
 
 #[derive(Debug)]
@@ -66,9 +69,7 @@ impl LocalRegistry {
         )
     }
 
-    fn live(
-        &self,
-    ) -> Result<std::sync::MutexGuard<'_, HashMap<(String, String), Live>>, DiscoveryError> {
+    fn live(&self) -> Result<std::sync::MutexGuard<'_, LiveMap>, DiscoveryError> {
         self.inner
             .live
             .lock()

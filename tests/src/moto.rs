@@ -1,0 +1,130 @@
+//! Starts the moto server (an AWS API emulator) on 127.0.0.1 for Cloud Map
+//! tests, and builds Weft's Cloud Map discovery against it through the real
+//! AWS SDK.
+
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use aws_sdk_servicediscovery::Client;
+use aws_sdk_servicediscovery::types::HealthCheckCustomConfig;
+use weft_discovery::cloudmap::{ClientOptions, CloudMap, PollConfig, RegistrationMode};
+
+use crate::tools::tool;
+
+/// A running moto server, killed when dropped.
+#[derive(Debug)]
+pub struct Moto {
+    child: Option<Child>,
+    addr: SocketAddr,
+}
+
+impl Moto {
+    /// Starts moto on a free port and waits until it answers.
+    pub async fn start() -> Result<Self> {
+        let binary = tool("moto_server")?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let child = Command::new(binary)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting moto_server")?;
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let mut moto = Self {
+            child: Some(child),
+            addr,
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            if let Some(child) = moto.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                bail!("moto_server exited at start: {status}");
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("moto_server did not listen on {addr} within 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(moto)
+    }
+
+    /// The endpoint URL to give the SDK.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// SDK options that reach this emulator with dummy credentials.
+    pub fn options(&self) -> ClientOptions {
+        ClientOptions {
+            endpoint_url: Some(self.url()),
+            region: Some("us-east-1".into()),
+            static_credentials: Some(("testing".into(), "testing".into())),
+        }
+    }
+
+    /// Connects Weft's Cloud Map backend to `namespace` on this emulator.
+    pub async fn cloud_map(
+        &self,
+        namespace: &str,
+        mode: RegistrationMode,
+        poll: PollConfig,
+    ) -> Result<CloudMap> {
+        Ok(CloudMap::connect(namespace, &self.options(), mode, poll).await?)
+    }
+
+    /// Creates an HTTP namespace and, in it, services with custom health
+    /// checks, as the infrastructure templates do in AWS.
+    pub async fn create_namespace(
+        &self,
+        client: &Client,
+        namespace: &str,
+        services: &[&str],
+    ) -> Result<()> {
+        client
+            .create_http_namespace()
+            .name(namespace)
+            .send()
+            .await
+            .context("CreateHttpNamespace")?;
+        let namespace_id = client
+            .list_namespaces()
+            .send()
+            .await?
+            .namespaces()
+            .iter()
+            .find(|n| n.name() == Some(namespace))
+            .and_then(|n| n.id().map(str::to_owned))
+            .context("the new namespace is not listed")?;
+        for service in services {
+            client
+                .create_service()
+                .name(*service)
+                .namespace_id(&namespace_id)
+                .health_check_custom_config(HealthCheckCustomConfig::builder().build())
+                .send()
+                .await
+                .with_context(|| format!("CreateService {service}"))?;
+        }
+        Ok(())
+    }
+
+    /// Stops the emulator now (to test outages).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
