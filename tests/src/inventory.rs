@@ -1,6 +1,8 @@
-//! Starts inventory servers for tests, on 127.0.0.1 port 0, and stops them.
+//! Starts inventory servers for tests, on 127.0.0.1 port 0 and over mTLS
+//! unless a test asks for development plaintext, and stops them.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -10,10 +12,12 @@ use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-use weft_inventory::Config;
+use weft_inventory::{Config, Transport};
+use weft_mesh::{CertStore, IdentityPaths, Policy, SpiffeId, client_config, mtls_channel};
 use weft_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
 
 use crate::TestDb;
+use crate::pki::{TRUST_DOMAIN, TestPki};
 
 /// A running inventory server.
 #[derive(Debug)]
@@ -21,26 +25,57 @@ pub struct Inventory {
     addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), weft_inventory::ServeError>>>,
+    /// The client identity `channel` uses; `None` for plaintext.
+    client: Option<IdentityPaths>,
+    pki: Option<Arc<TestPki>>,
 }
 
-/// A test configuration for `db`: quick health checks, short waits.
-pub fn config(db: &TestDb) -> Config {
-    let mut config = Config::new(db.config().clone());
+/// A test configuration for `db` over `transport`: quick health checks and
+/// certificate reloads, short waits.
+pub fn config(db: &TestDb, transport: Transport) -> Config {
+    let mut config = Config::new(transport, db.config().clone());
     config.health_interval = Duration::from_millis(100);
     config.db_timeout = Duration::from_secs(2);
     config.startup_timeout = Duration::from_secs(20);
     config
 }
 
+/// mTLS with `identity`, `policy`, and reloads every 100 ms.
+pub fn mtls(identity: IdentityPaths, policy: Option<Policy>) -> Transport {
+    Transport::Mtls {
+        identity,
+        policy,
+        reload_every: Duration::from_millis(100),
+    }
+}
+
+/// The identity test clients expect inventory to have.
+pub fn inventory_id() -> Result<SpiffeId> {
+    Ok(SpiffeId::service(TRUST_DOMAIN, "inventory")?)
+}
+
 impl Inventory {
-    /// Starts a server on `db` with the test configuration and waits until
-    /// it reports SERVING.
+    /// Starts a server on `db` over mTLS with a fresh PKI, no policy, and an
+    /// operator identity for the test's calls; waits until it is SERVING.
     pub async fn start(db: &TestDb) -> Result<Self> {
-        Self::start_with(config(db)).await
+        let pki = Arc::new(TestPki::new()?);
+        let server = pki.service("inventory", "inventory")?;
+        let client = pki.operator("operator-test", "test")?;
+        Self::start_with(config(db, mtls(server, None)), Some(client), Some(pki)).await
     }
 
-    /// Starts a server with `config` and waits until it reports SERVING.
-    pub async fn start_with(config: Config) -> Result<Self> {
+    /// Starts a server in development plaintext.
+    pub async fn start_plaintext(db: &TestDb) -> Result<Self> {
+        Self::start_with(config(db, Transport::Plaintext), None, None).await
+    }
+
+    /// Starts a server with `config`; `client` is the identity `channel`
+    /// presents (mTLS) or `None` (plaintext). Waits until it is SERVING.
+    pub async fn start_with(
+        config: Config,
+        client: Option<IdentityPaths>,
+        pki: Option<Arc<TestPki>>,
+    ) -> Result<Self> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
@@ -51,6 +86,8 @@ impl Inventory {
             addr,
             stop: Some(stop),
             task: Some(task),
+            client,
+            pki,
         };
         server
             .wait_for(ServingStatus::Serving, Duration::from_secs(30))
@@ -63,13 +100,36 @@ impl Inventory {
         self.addr
     }
 
-    /// A plaintext channel to it.
+    /// The PKI the server's certificates come from, when the harness made it.
+    pub fn pki(&self) -> Option<&TestPki> {
+        self.pki.as_deref()
+    }
+
+    /// The identity the harness's channels present.
+    pub fn client_identity(&self) -> Option<&IdentityPaths> {
+        self.client.as_ref()
+    }
+
+    /// A channel presenting the harness's client identity.
     pub async fn channel(&self) -> Result<Channel> {
-        Channel::from_shared(format!("http://{}", self.addr))?
-            .connect_timeout(Duration::from_secs(5))
-            .connect()
-            .await
-            .context("connecting to inventory")
+        match &self.client {
+            Some(identity) => self.channel_as(identity.clone()),
+            None => Channel::from_shared(format!("http://{}", self.addr))?
+                .connect_timeout(Duration::from_secs(5))
+                .connect()
+                .await
+                .context("connecting to inventory"),
+        }
+    }
+
+    /// A lazily connecting mTLS channel presenting `identity` and expecting
+    /// the server to be inventory.
+    pub fn channel_as(&self, identity: IdentityPaths) -> Result<Channel> {
+        let store = CertStore::load(identity, Duration::from_millis(100))?;
+        Ok(mtls_channel(
+            self.addr,
+            client_config(&store, inventory_id()?)?,
+        )?)
     }
 
     /// A client of the inventory API.

@@ -3,6 +3,7 @@
 
 pub mod inventory;
 pub mod moto;
+pub mod pki;
 pub mod postgres;
 pub mod tools;
 

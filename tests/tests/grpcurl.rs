@@ -1,5 +1,6 @@
-//! Drives a running inventory server with the real grpcurl, through server
-//! reflection only (no .proto files): list, describe, calls and health.
+//! Drives a running inventory server with the real grpcurl over mTLS
+//! (`-cacert`, `-cert`, `-key`), through server reflection only (no .proto
+//! files): list, describe, calls and health.
 
 // Test code: a panic is a failed test with its location.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -10,9 +11,23 @@ use weft_tests::TestDb;
 use weft_tests::inventory::Inventory;
 use weft_tests::tools::tool;
 
-/// Runs grpcurl (plaintext) against `addr` off the async threads, so the
+/// The flags that make grpcurl speak mTLS as the harness's operator.
+fn tls_flags(server: &Inventory) -> Vec<String> {
+    let client = server.client_identity().unwrap();
+    vec![
+        "-cacert".into(),
+        client.trust_bundle.display().to_string(),
+        "-cert".into(),
+        client.cert.display().to_string(),
+        "-key".into(),
+        client.key.display().to_string(),
+    ]
+}
+
+/// Runs grpcurl over mTLS against `server` off the async threads, so the
 /// server keeps serving, and returns stdout, failing on a non-zero exit.
-async fn grpcurl(addr: std::net::SocketAddr, args: &[&str]) -> String {
+async fn grpcurl(server: &Inventory, args: &[&str]) -> String {
+    let addr = server.addr();
     let binary = tool("grpcurl").unwrap();
     let mut command = Command::new(binary);
     // grpcurl [flags] ADDRESS [list|describe] [SYMBOL]: flags come before
@@ -22,7 +37,7 @@ async fn grpcurl(addr: std::net::SocketAddr, args: &[&str]) -> String {
         .position(|a| matches!(*a, "list" | "describe"))
         .unwrap_or(args.len() - 1);
     command
-        .arg("-plaintext")
+        .args(tls_flags(server))
         .args(&args[..split])
         .arg(addr.to_string())
         .args(&args[split..]);
@@ -42,9 +57,8 @@ async fn grpcurl(addr: std::net::SocketAddr, args: &[&str]) -> String {
 async fn grpcurl_lists_describes_and_calls_inventory() {
     let db = TestDb::create().await.unwrap();
     let server = Inventory::start(&db).await.unwrap();
-    let addr = server.addr();
 
-    let services = grpcurl(addr, &["list"]).await;
+    let services = grpcurl(&server, &["list"]).await;
     for service in [
         "weft.inventory.v1.InventoryService",
         "grpc.health.v1.Health",
@@ -56,25 +70,29 @@ async fn grpcurl_lists_describes_and_calls_inventory() {
         );
     }
 
-    let methods = grpcurl(addr, &["list", "weft.inventory.v1.InventoryService"]).await;
+    let methods = grpcurl(&server, &["list", "weft.inventory.v1.InventoryService"]).await;
     assert!(
         methods.contains("weft.inventory.v1.InventoryService.ReserveStock"),
         "{methods}"
     );
 
-    let description = grpcurl(addr, &["describe", "weft.inventory.v1.InventoryService"]).await;
+    let description = grpcurl(&server, &["describe", "weft.inventory.v1.InventoryService"]).await;
     assert!(
         description.contains("rpc ReserveStock ( .weft.inventory.v1.ReserveStockRequest ) returns ( .weft.inventory.v1.ReserveStockResponse )"),
         "{description}"
     );
-    let message = grpcurl(addr, &["describe", "weft.inventory.v1.ReserveStockRequest"]).await;
+    let message = grpcurl(
+        &server,
+        &["describe", "weft.inventory.v1.ReserveStockRequest"],
+    )
+    .await;
     assert!(
         message.contains("repeated .weft.inventory.v1.ReservationLineRequest lines = 3;"),
         "{message}"
     );
 
     let created = grpcurl(
-        addr,
+        &server,
         &[
             "-d",
             r#"{"idempotency_key":"k1","sku":"GRPCURL-1","name":"Widget","unit_price":{"amount_minor":"499","currency_code":"EUR"},"initial_stock":"7"}"#,
@@ -85,7 +103,7 @@ async fn grpcurl_lists_describes_and_calls_inventory() {
     assert!(created.contains(r#""sku": "GRPCURL-1""#), "{created}");
 
     let reserved = grpcurl(
-        addr,
+        &server,
         &[
             "-d",
             r#"{"idempotency_key":"k2","order_id":"o-1","lines":[{"sku":"GRPCURL-1","quantity":"3"}]}"#,
@@ -96,7 +114,7 @@ async fn grpcurl_lists_describes_and_calls_inventory() {
     assert!(reserved.contains("RESERVATION_STATUS_HELD"), "{reserved}");
 
     let stock = grpcurl(
-        addr,
+        &server,
         &[
             "-d",
             r#"{"skus":["GRPCURL-1"]}"#,
@@ -110,7 +128,7 @@ async fn grpcurl_lists_describes_and_calls_inventory() {
     );
 
     let health = grpcurl(
-        addr,
+        &server,
         &[
             "-d",
             r#"{"service":"weft.inventory.v1.InventoryService"}"#,
@@ -129,10 +147,11 @@ async fn grpcurl_sees_invalid_argument_naming_the_field() {
     let server = Inventory::start(&db).await.unwrap();
     let binary = tool("grpcurl").unwrap();
     let addr = server.addr().to_string();
+    let flags = tls_flags(&server);
     let output = tokio::task::spawn_blocking(move || {
         Command::new(binary)
+            .args(flags)
             .args([
-                "-plaintext",
                 "-d",
                 r#"{"skus":[]}"#,
                 &addr,

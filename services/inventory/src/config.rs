@@ -1,11 +1,33 @@
 //! Inventory's configuration, read from the environment by the binary and
 //! built directly by tests.
 
+use std::path::PathBuf;
 use std::time::Duration;
+
+use weft_mesh::{IdentityPaths, Policy};
+
+/// How the server talks to its callers.
+#[derive(Debug, Clone)]
+pub enum Transport {
+    /// Mutual TLS: callers must present a certificate from the trust bundle;
+    /// with a policy, only the identities it allows may call each method.
+    Mtls {
+        /// This service's certificate, key and trust bundle.
+        identity: IdentityPaths,
+        /// Who may call what; `None` admits every authenticated caller.
+        policy: Option<Policy>,
+        /// How often to look for rotated certificates on disk.
+        reload_every: Duration,
+    },
+    /// No TLS and no authentication: for development only.
+    Plaintext,
+}
 
 /// Everything `run` needs besides the listener.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// mTLS (the default) or development plaintext.
+    pub transport: Transport,
     /// Where the database is.
     pub database: tokio_postgres::Config,
     /// Most database connections held at once.
@@ -39,9 +61,10 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// Defaults for everything but the database.
-    pub fn new(database: tokio_postgres::Config) -> Self {
+    /// Defaults for everything but the transport and the database.
+    pub fn new(transport: Transport, database: tokio_postgres::Config) -> Self {
         Self {
+            transport,
             database,
             pool_size: 16,
             db_timeout: Duration::from_secs(5),
@@ -52,9 +75,11 @@ impl Config {
         }
     }
 
-    /// Reads `DATABASE_URL` (required) and the optional `WEFT_DB_POOL_SIZE`,
+    /// Reads `DATABASE_URL` (required); the transport (see
+    /// [`transport_from_env`]); and the optional `WEFT_DB_POOL_SIZE`,
     /// `WEFT_DB_TIMEOUT_MS` and `WEFT_HEALTH_INTERVAL_MS`.
     pub fn from_env() -> Result<Self, ConfigError> {
+        let transport = transport_from_env()?;
         let url =
             std::env::var("DATABASE_URL").map_err(|_| ConfigError::Missing("DATABASE_URL"))?;
         let database = url
@@ -63,7 +88,7 @@ impl Config {
                 name: "DATABASE_URL",
                 reason: e.to_string(),
             })?;
-        let mut config = Self::new(database);
+        let mut config = Self::new(transport, database);
         if let Some(n) = env_number("WEFT_DB_POOL_SIZE")? {
             config.pool_size = usize::try_from(n.max(1)).unwrap_or(usize::MAX);
         }
@@ -88,5 +113,58 @@ fn env_number(name: &'static str) -> Result<Option<u64>, ConfigError> {
                 name,
                 reason: e.to_string(),
             }),
+    }
+}
+
+/// mTLS from `WEFT_TLS_CERT`, `WEFT_TLS_KEY`, `WEFT_TLS_CA` (all three), an
+/// optional `WEFT_POLICY` file and `WEFT_TLS_RELOAD_MS`; or plaintext when
+/// `WEFT_DEV_PLAINTEXT=1` and no TLS variable is set. Anything else is an
+/// error: a service never falls back to plaintext silently.
+pub fn transport_from_env() -> Result<Transport, ConfigError> {
+    let var = |name| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    let (cert, key, ca) = (
+        var("WEFT_TLS_CERT"),
+        var("WEFT_TLS_KEY"),
+        var("WEFT_TLS_CA"),
+    );
+    let plaintext = std::env::var("WEFT_DEV_PLAINTEXT").is_ok_and(|v| v == "1" || v == "true");
+    let policy_path = var("WEFT_POLICY");
+    match (cert, key, ca, plaintext) {
+        (Some(cert), Some(key), Some(trust_bundle), false) => {
+            let policy = match policy_path {
+                None => None,
+                Some(path) => Some(Policy::load(&path).map_err(|e| ConfigError::Invalid {
+                    name: "WEFT_POLICY",
+                    reason: e.to_string(),
+                })?),
+            };
+            let reload_every =
+                Duration::from_millis(env_number("WEFT_TLS_RELOAD_MS")?.unwrap_or(5000).max(50));
+            Ok(Transport::Mtls {
+                identity: IdentityPaths {
+                    cert,
+                    key,
+                    trust_bundle,
+                },
+                policy,
+                reload_every,
+            })
+        }
+        (None, None, None, true) if policy_path.is_none() => Ok(Transport::Plaintext),
+        (None, None, None, true) => Err(ConfigError::Invalid {
+            name: "WEFT_POLICY",
+            reason: "a policy needs mTLS; unset WEFT_DEV_PLAINTEXT".into(),
+        }),
+        (_, _, _, true) => Err(ConfigError::Invalid {
+            name: "WEFT_DEV_PLAINTEXT",
+            reason: "set either the WEFT_TLS_* variables or WEFT_DEV_PLAINTEXT, not both".into(),
+        }),
+        _ => Err(ConfigError::Missing(
+            "WEFT_TLS_CERT, WEFT_TLS_KEY and WEFT_TLS_CA (mTLS is required; make development certificates with `weft certs`, or set WEFT_DEV_PLAINTEXT=1)",
+        )),
     }
 }

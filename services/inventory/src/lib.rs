@@ -10,5 +10,5 @@ pub mod server;
 pub mod store;
 pub mod validate;
 
-pub use config::Config;
+pub use config::{Config, Transport};
 pub use server::{ServeError, run};

@@ -11,7 +11,9 @@ use tonic_health::server::HealthReporter;
 use weft_proto::inventory::v1::inventory_service_server::{InventoryServiceServer, SERVICE_NAME};
 
 use crate::api::InventoryApi;
-use crate::config::Config;
+use weft_mesh::{AuthorizeLayer, CertStore, server_config, tls_incoming};
+
+use crate::config::{Config, Transport};
 use crate::migrate::{MigrateError, migrate};
 use crate::store::Store;
 
@@ -24,6 +26,12 @@ pub enum ServeError {
     /// The pool could not be built.
     #[error("database pool: {0}")]
     Pool(String),
+    /// The certificates could not be loaded.
+    #[error("certificates: {0}")]
+    Certificates(#[from] weft_mesh::LoadError),
+    /// TLS refused the configuration.
+    #[error("TLS: {0}")]
+    Tls(#[from] rustls::Error),
     /// Reflection could not load the descriptor set.
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
@@ -62,21 +70,53 @@ pub async fn run(
     let api = InventoryServiceServer::new(InventoryApi::new(store))
         .max_decoding_message_size(config.max_message_bytes);
 
-    tracing::info!(addr = ?listener.local_addr().ok(), "inventory serving");
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    let served = Server::builder()
+    let addr = listener.local_addr().ok();
+    let (policy, tls) = match &config.transport {
+        Transport::Mtls {
+            identity,
+            policy,
+            reload_every,
+        } => {
+            let store = CertStore::load(identity.clone(), *reload_every)?;
+            let id = store.current().id;
+            if id.name() != "inventory" {
+                tracing::warn!(%id, "serving inventory with a certificate for another identity");
+            }
+            tracing::info!(?addr, %id, policy = policy.is_some(), "inventory serving mTLS");
+            (policy.clone(), Some(server_config(&store)?))
+        }
+        Transport::Plaintext => {
+            tracing::warn!(
+                ?addr,
+                "inventory serving PLAINTEXT: no caller is authenticated; for development only"
+            );
+            (None, None)
+        }
+    };
+    let router = Server::builder()
         .concurrency_limit_per_connection(config.concurrency_per_connection)
+        .layer(AuthorizeLayer::new(policy))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(api)
-        .serve_with_incoming_shutdown(incoming, async {
-            shutdown.await;
-            // Say so before the listener closes, so watchers move away.
-            set_health(&reporter, ServingStatus::NotServing).await;
-            tracing::info!("inventory shutting down");
-        })
-        .await;
+        .add_service(api);
+    let signal = async {
+        shutdown.await;
+        // Say so before the listener closes, so watchers move away.
+        set_health(&reporter, ServingStatus::NotServing).await;
+        tracing::info!("inventory shutting down");
+    };
+    let served = match tls {
+        Some(tls) => {
+            router
+                .serve_with_incoming_shutdown(tls_incoming(listener, tls), signal)
+                .await
+        }
+        None => {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            router.serve_with_incoming_shutdown(incoming, signal).await
+        }
+    };
     health_task.abort();
     served?;
     Ok(())

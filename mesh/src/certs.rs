@@ -1,0 +1,209 @@
+//! Loads an identity (certificate chain, private key, trust bundle) from PEM
+//! files and keeps it current: a background task notices when the files
+//! change and swaps in the new material for new handshakes, while live
+//! connections carry on with what they negotiated.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use rustls::RootCertStore;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::sign::CertifiedKey;
+
+use crate::identity::SpiffeId;
+use crate::provider::provider;
+
+/// Where an identity's files are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityPaths {
+    /// The certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// The leaf's private key (PKCS#8, SEC1 or PKCS#1).
+    pub key: PathBuf,
+    /// The CA certificates peers must chain to.
+    pub trust_bundle: PathBuf,
+}
+
+/// Why an identity could not be loaded.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LoadError {
+    /// A file could not be read or holds no usable PEM.
+    #[error("{path}: {reason}")]
+    File {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The key does not belong to the certificate, or TLS refuses it.
+    #[error("{0}")]
+    Tls(String),
+    /// The certificate carries no SPIFFE identity.
+    #[error("certificate: {0}")]
+    Identity(#[from] crate::identity::IdentityError),
+}
+
+/// One loaded generation of identity material.
+#[derive(Debug, Clone)]
+pub struct Material {
+    /// The certificate and signing key for handshakes.
+    pub key: Arc<CertifiedKey>,
+    /// The trust anchors.
+    pub roots: Arc<RootCertStore>,
+    /// The identity the certificate carries.
+    pub id: SpiffeId,
+    /// Counts reloads, starting at 1.
+    pub generation: u64,
+}
+
+fn file_error(path: &Path, reason: impl std::fmt::Display) -> LoadError {
+    LoadError::File {
+        path: path.display().to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Reads and checks the three files once.
+pub fn load(
+    paths: &IdentityPaths,
+    provider: &CryptoProvider,
+) -> Result<(Arc<CertifiedKey>, Arc<RootCertStore>, SpiffeId), LoadError> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&paths.cert)
+        .map_err(|e| file_error(&paths.cert, e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| file_error(&paths.cert, e))?;
+    let leaf = chain
+        .first()
+        .ok_or_else(|| file_error(&paths.cert, "holds no certificate"))?;
+    let id = SpiffeId::from_certificate(leaf)?;
+    let key = PrivateKeyDer::from_pem_file(&paths.key).map_err(|e| file_error(&paths.key, e))?;
+    let signing = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| file_error(&paths.key, e))?;
+    let certified = CertifiedKey::new(chain, signing);
+    // A certificate written before its key (or the reverse) is caught here,
+    // and the previous generation stays in use.
+    certified
+        .keys_match()
+        .map_err(|e| LoadError::Tls(format!("key does not match certificate: {e}")))?;
+    let mut roots = RootCertStore::empty();
+    for ca in CertificateDer::pem_file_iter(&paths.trust_bundle)
+        .map_err(|e| file_error(&paths.trust_bundle, e))?
+    {
+        let ca = ca.map_err(|e| file_error(&paths.trust_bundle, e))?;
+        roots
+            .add(ca)
+            .map_err(|e| file_error(&paths.trust_bundle, e))?;
+    }
+    if roots.is_empty() {
+        return Err(file_error(&paths.trust_bundle, "holds no CA certificate"));
+    }
+    Ok((Arc::new(certified), Arc::new(roots), id))
+}
+
+/// The current identity material, reloaded from disk when it changes.
+#[derive(Debug, Clone)]
+pub struct CertStore {
+    current: Arc<RwLock<Material>>,
+    paths: IdentityPaths,
+}
+
+type Stamp = Vec<Option<(SystemTime, u64)>>;
+
+fn stamp(paths: &IdentityPaths) -> Stamp {
+    [&paths.cert, &paths.key, &paths.trust_bundle]
+        .iter()
+        .map(|p| {
+            std::fs::metadata(p)
+                .ok()
+                .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()))
+        })
+        .collect()
+}
+
+impl CertStore {
+    /// Loads the identity now (failing if it cannot) and, when a tokio
+    /// runtime is present, checks the files every `interval` for changes.
+    pub fn load(paths: IdentityPaths, interval: Duration) -> Result<Self, LoadError> {
+        let provider = provider();
+        let (key, roots, id) = load(&paths, &provider)?;
+        let store = Self {
+            current: Arc::new(RwLock::new(Material {
+                key,
+                roots,
+                id,
+                generation: 1,
+            })),
+            paths,
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(watch(
+                Arc::downgrade(&store.current),
+                store.paths.clone(),
+                interval,
+            ));
+        }
+        Ok(store)
+    }
+
+    /// The material for a new handshake.
+    pub fn current(&self) -> Material {
+        match self.current.read() {
+            Ok(m) => m.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// The files this store reads.
+    pub fn paths(&self) -> &IdentityPaths {
+        &self.paths
+    }
+}
+
+/// Polls file stamps (modification time and size) rather than relying on
+/// inotify, which misses the symlink swaps Kubernetes and some secret agents
+/// use. Stops when the store is dropped.
+async fn watch(
+    current: std::sync::Weak<RwLock<Material>>,
+    paths: IdentityPaths,
+    interval: Duration,
+) {
+    let provider = provider();
+    let mut seen = stamp(&paths);
+    loop {
+        tokio::time::sleep(interval).await;
+        let Some(current) = current.upgrade() else {
+            return;
+        };
+        let now = stamp(&paths);
+        if now == seen {
+            continue;
+        }
+        match load(&paths, &provider) {
+            Ok((key, roots, id)) => {
+                seen = now;
+                if let Ok(mut m) = current.write() {
+                    let generation = m.generation + 1;
+                    if id != m.id {
+                        tracing::warn!(old = %m.id, new = %id, "the reloaded certificate names a different identity");
+                    }
+                    *m = Material {
+                        key,
+                        roots,
+                        id,
+                        generation,
+                    };
+                    tracing::info!(generation, cert = %paths.cert.display(), "reloaded certificates");
+                }
+            }
+            // Half-written files fail here; the next tick tries again.
+            Err(e) => {
+                tracing::warn!(error = %e, "certificate reload failed; keeping the previous ones")
+            }
+        }
+    }
+}

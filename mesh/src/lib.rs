@@ -1,0 +1,22 @@
+//! Everything between a Weft handler and the network: identities and mTLS
+//! (with certificates that reload from disk), per-method authorization, and
+//! the server's accept loop and the client's connector that carry them.
+
+pub mod authorize;
+pub mod certs;
+pub mod client_tls;
+pub mod connector;
+pub mod identity;
+pub mod incoming;
+pub mod policy;
+pub mod provider;
+pub mod server_tls;
+
+pub use authorize::{AuthorizeLayer, CallerIdentity};
+pub use certs::{CertStore, IdentityPaths, LoadError};
+pub use client_tls::client_config;
+pub use connector::{MtlsConnector, mtls_channel};
+pub use identity::{IdentityError, Kind, SpiffeId};
+pub use incoming::{MeshConn, PeerInfo, tls_incoming};
+pub use policy::{Policy, PolicyError};
+pub use server_tls::server_config;
