@@ -101,3 +101,99 @@ where
         Box::pin(inner.call(request))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use rustls::pki_types::CertificateDer;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    /// A handler that answers with the caller identity it was given.
+    async fn echo_caller(
+        request: http::Request<()>,
+    ) -> Result<http::Response<tonic::body::Body>, Infallible> {
+        let caller = request
+            .extensions()
+            .get::<CallerIdentity>()
+            .map(|c| c.0.to_string())
+            .unwrap_or_default();
+        Ok(http::Response::builder()
+            .header("x-caller", caller)
+            .body(tonic::body::Body::empty())
+            .unwrap())
+    }
+
+    fn request(path: &str, caller: Option<&str>) -> http::Request<()> {
+        let mut request = http::Request::builder().uri(path).body(()).unwrap();
+        if let Some(id) = caller {
+            request.extensions_mut().insert(PeerInfo {
+                remote_addr: None,
+                identity: SpiffeId::parse(id).unwrap(),
+                leaf: CertificateDer::from(vec![]),
+            });
+        }
+        request
+    }
+
+    fn grpc_status(response: &http::Response<tonic::body::Body>) -> Option<String> {
+        response
+            .headers()
+            .get("grpc-status")
+            .map(|v| v.to_str().unwrap().to_owned())
+    }
+
+    #[tokio::test]
+    async fn handlers_see_the_caller_and_the_policy_is_enforced() {
+        let policy = Policy::from_toml(
+            "[[allow]]\nmethods = [\"pkg.Svc/Read\"]\ncallers = [\"spiffe://td/service/orders\"]",
+        )
+        .unwrap();
+        let service = AuthorizeLayer::new(Some(policy)).layer(tower::service_fn(echo_caller));
+
+        let ok = service
+            .clone()
+            .oneshot(request("/pkg.Svc/Read", Some("spiffe://td/service/orders")))
+            .await
+            .unwrap();
+        assert_eq!(ok.headers()["x-caller"], "spiffe://td/service/orders");
+        assert_eq!(grpc_status(&ok), None);
+
+        let denied = service
+            .clone()
+            .oneshot(request(
+                "/pkg.Svc/Write",
+                Some("spiffe://td/service/orders"),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(
+            grpc_status(&denied).as_deref(),
+            Some("7"),
+            "PERMISSION_DENIED"
+        );
+
+        let anonymous = service
+            .oneshot(request("/pkg.Svc/Read", None))
+            .await
+            .unwrap();
+        assert_eq!(
+            grpc_status(&anonymous).as_deref(),
+            Some("16"),
+            "UNAUTHENTICATED"
+        );
+
+        // Without a policy every authenticated caller passes, identity attached.
+        let open = AuthorizeLayer::new(None)
+            .layer(tower::service_fn(echo_caller))
+            .oneshot(request(
+                "/pkg.Svc/Write",
+                Some("spiffe://td/operator/alice"),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(open.headers()["x-caller"], "spiffe://td/operator/alice");
+    }
+}

@@ -130,6 +130,8 @@ impl CertStore {
     /// runtime is present, checks the files every `interval` for changes.
     pub fn load(paths: IdentityPaths, interval: Duration) -> Result<Self, LoadError> {
         let provider = provider();
+        // Stamped before reading, so a change during the read is seen later.
+        let seen = stamp(&paths);
         let (key, roots, id) = load(&paths, &provider)?;
         let store = Self {
             current: Arc::new(RwLock::new(Material {
@@ -144,6 +146,7 @@ impl CertStore {
             runtime.spawn(watch(
                 Arc::downgrade(&store.current),
                 store.paths.clone(),
+                seen,
                 interval,
             ));
         }
@@ -170,10 +173,10 @@ impl CertStore {
 async fn watch(
     current: std::sync::Weak<RwLock<Material>>,
     paths: IdentityPaths,
+    mut seen: Stamp,
     interval: Duration,
 ) {
     let provider = provider();
-    let mut seen = stamp(&paths);
     loop {
         tokio::time::sleep(interval).await;
         let Some(current) = current.upgrade() else {

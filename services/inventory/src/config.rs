@@ -121,17 +121,18 @@ fn env_number(name: &'static str) -> Result<Option<u64>, ConfigError> {
 /// `WEFT_DEV_PLAINTEXT=1` and no TLS variable is set. Anything else is an
 /// error: a service never falls back to plaintext silently.
 pub fn transport_from_env() -> Result<Transport, ConfigError> {
-    let var = |name| {
-        std::env::var_os(name)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
+    transport_from(|name| std::env::var(name).ok())
+}
+
+/// [`transport_from_env`] over any variable lookup.
+pub fn transport_from(lookup: impl Fn(&str) -> Option<String>) -> Result<Transport, ConfigError> {
+    let var = |name| lookup(name).filter(|v| !v.is_empty()).map(PathBuf::from);
     let (cert, key, ca) = (
         var("WEFT_TLS_CERT"),
         var("WEFT_TLS_KEY"),
         var("WEFT_TLS_CA"),
     );
-    let plaintext = std::env::var("WEFT_DEV_PLAINTEXT").is_ok_and(|v| v == "1" || v == "true");
+    let plaintext = lookup("WEFT_DEV_PLAINTEXT").is_some_and(|v| v == "1" || v == "true");
     let policy_path = var("WEFT_POLICY");
     match (cert, key, ca, plaintext) {
         (Some(cert), Some(key), Some(trust_bundle), false) => {
@@ -142,8 +143,16 @@ pub fn transport_from_env() -> Result<Transport, ConfigError> {
                     reason: e.to_string(),
                 })?),
             };
-            let reload_every =
-                Duration::from_millis(env_number("WEFT_TLS_RELOAD_MS")?.unwrap_or(5000).max(50));
+            let reload_every = match lookup("WEFT_TLS_RELOAD_MS") {
+                None => Duration::from_secs(5),
+                Some(v) => Duration::from_millis(v.trim().parse::<u64>().map_err(|e| {
+                    ConfigError::Invalid {
+                        name: "WEFT_TLS_RELOAD_MS",
+                        reason: e.to_string(),
+                    }
+                })?)
+                .max(Duration::from_millis(50)),
+            };
             Ok(Transport::Mtls {
                 identity: IdentityPaths {
                     cert,
@@ -166,5 +175,70 @@ pub fn transport_from_env() -> Result<Transport, ConfigError> {
         _ => Err(ConfigError::Missing(
             "WEFT_TLS_CERT, WEFT_TLS_KEY and WEFT_TLS_CA (mTLS is required; make development certificates with `weft certs`, or set WEFT_DEV_PLAINTEXT=1)",
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn transport(vars: &[(&str, &str)]) -> Result<Transport, ConfigError> {
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        transport_from(|name| vars.get(name).cloned())
+    }
+
+    #[test]
+    fn mtls_is_required_unless_plaintext_is_asked_for() {
+        let err = transport(&[]).unwrap_err().to_string();
+        assert!(
+            err.contains("WEFT_TLS_CERT") && err.contains("WEFT_DEV_PLAINTEXT"),
+            "{err}"
+        );
+        let tls = [
+            ("WEFT_TLS_CERT", "/c"),
+            ("WEFT_TLS_KEY", "/k"),
+            ("WEFT_TLS_CA", "/ca"),
+        ];
+        assert!(matches!(
+            transport(&tls).unwrap(),
+            Transport::Mtls { policy: None, .. }
+        ));
+        // Two of three is not enough, and never falls back to plaintext.
+        assert!(transport(&tls[..2]).is_err());
+        assert!(matches!(
+            transport(&[("WEFT_DEV_PLAINTEXT", "1")]).unwrap(),
+            Transport::Plaintext
+        ));
+        let both = [tls[0], tls[1], tls[2], ("WEFT_DEV_PLAINTEXT", "1")];
+        assert!(
+            transport(&both)
+                .unwrap_err()
+                .to_string()
+                .contains("not both")
+        );
+        let plain_policy = [("WEFT_DEV_PLAINTEXT", "1"), ("WEFT_POLICY", "/p.toml")];
+        assert!(
+            transport(&plain_policy)
+                .unwrap_err()
+                .to_string()
+                .contains("needs mTLS")
+        );
+        let missing_policy = [
+            tls[0],
+            tls[1],
+            tls[2],
+            ("WEFT_POLICY", "/nonexistent/policy.toml"),
+        ];
+        assert!(
+            transport(&missing_policy)
+                .unwrap_err()
+                .to_string()
+                .contains("WEFT_POLICY")
+        );
     }
 }
