@@ -70,6 +70,11 @@ async fn grpcurl_lists_describes_and_calls_inventory() {
         );
     }
 
+    assert!(
+        !services.contains("weft.orders.v1.OrdersService"),
+        "only served services are advertised:\n{services}"
+    );
+
     let methods = grpcurl(&server, &["list", "weft.inventory.v1.InventoryService"]).await;
     assert!(
         methods.contains("weft.inventory.v1.InventoryService.ReserveStock"),
