@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustls::pki_types::ServerName;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Channel, Server};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
@@ -54,9 +55,9 @@ async fn run() {
             tls_listener,
             server_config(&server_store).unwrap(),
         ));
-    let plain_server = Server::builder().add_service(health).serve_with_incoming(
-        tokio_stream::wrappers::TcpListenerStream::new(plain_listener),
-    );
+    let plain_server = Server::builder()
+        .add_service(health)
+        .serve_with_incoming(TcpIncoming::from(plain_listener).with_nodelay(Some(true)));
     tokio::spawn(tls_server);
     tokio::spawn(plain_server);
 
