@@ -37,6 +37,11 @@ pub fn config(db: &TestDb, transport: Transport) -> Config {
     config.health_interval = Duration::from_millis(100);
     config.db_timeout = Duration::from_secs(2);
     config.startup_timeout = Duration::from_secs(20);
+    // Tests that are not about draining should not wait for it.
+    config.drain = weft_mesh::DrainConfig {
+        drain_period: Duration::ZERO,
+        grace_period: Duration::from_secs(10),
+    };
     config
 }
 

@@ -1,10 +1,25 @@
 //! Inventory's configuration, read from the environment by the binary and
 //! built directly by tests.
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use weft_mesh::{IdentityPaths, Policy};
+use weft_mesh::{DrainConfig, IdentityPaths, Policy};
+
+/// How this instance makes itself known to clients.
+#[derive(Debug, Clone)]
+pub struct RegistrationConfig {
+    /// The discovery setting (`cloudmap://…`, `local:///…`, `static://…`).
+    pub discovery: String,
+    /// This instance's id, unique within the service.
+    pub instance_id: String,
+    /// The address clients should dial; the listener's when unset.
+    pub advertise: Option<SocketAddr>,
+    /// Attributes such as `version` and `zone`.
+    pub attributes: BTreeMap<String, String>,
+}
 
 /// How the server talks to its callers.
 #[derive(Debug, Clone)]
@@ -42,6 +57,10 @@ pub struct Config {
     pub concurrency_per_connection: usize,
     /// Largest request message accepted, in bytes.
     pub max_message_bytes: usize,
+    /// Registration in discovery; `None` serves without registering.
+    pub registration: Option<RegistrationConfig>,
+    /// The shutdown protocol's timings.
+    pub drain: DrainConfig,
 }
 
 /// Why the configuration could not be read.
@@ -72,6 +91,8 @@ impl Config {
             health_interval: Duration::from_secs(1),
             concurrency_per_connection: 256,
             max_message_bytes: 4 * 1024 * 1024,
+            registration: None,
+            drain: DrainConfig::default(),
         }
     }
 
@@ -98,8 +119,48 @@ impl Config {
         if let Some(ms) = env_number("WEFT_HEALTH_INTERVAL_MS")? {
             config.health_interval = Duration::from_millis(ms.max(10));
         }
+        if let Some(ms) = env_number("WEFT_DRAIN_MS")? {
+            config.drain.drain_period = Duration::from_millis(ms);
+        }
+        if let Some(ms) = env_number("WEFT_GRACE_MS")? {
+            config.drain.grace_period = Duration::from_millis(ms);
+        }
+        if let Ok(discovery) = std::env::var("WEFT_DISCOVERY") {
+            let advertise =
+                match std::env::var("WEFT_ADVERTISE") {
+                    Err(_) => None,
+                    Ok(v) => Some(v.parse().map_err(|e: std::net::AddrParseError| {
+                        ConfigError::Invalid {
+                            name: "WEFT_ADVERTISE",
+                            reason: e.to_string(),
+                        }
+                    })?),
+                };
+            let mut attributes = BTreeMap::new();
+            let version =
+                std::env::var("WEFT_VERSION").unwrap_or_else(|_| env!("CARGO_PKG_VERSION").into());
+            attributes.insert("version".to_owned(), version);
+            if let Ok(zone) = std::env::var("WEFT_ZONE") {
+                attributes.insert("zone".to_owned(), zone);
+            }
+            config.registration = Some(RegistrationConfig {
+                discovery,
+                instance_id: std::env::var("WEFT_INSTANCE_ID").unwrap_or_else(|_| {
+                    format!("inventory-{}-{:08x}", std::process::id(), nanos())
+                }),
+                advertise,
+                attributes,
+            });
+        }
         Ok(config)
     }
+}
+
+fn nanos() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0)
 }
 
 fn env_number(name: &'static str) -> Result<Option<u64>, ConfigError> {

@@ -6,9 +6,10 @@ pub mod config;
 pub mod convert;
 pub mod domain;
 pub mod migrate;
+pub mod registration;
 pub mod server;
 pub mod store;
 pub mod validate;
 
-pub use config::{Config, Transport};
+pub use config::{Config, RegistrationConfig, Transport};
 pub use server::{ServeError, run};

@@ -12,10 +12,12 @@ use tonic_health::server::HealthReporter;
 use weft_proto::inventory::v1::inventory_service_server::{InventoryServiceServer, SERVICE_NAME};
 
 use crate::api::InventoryApi;
-use weft_mesh::{AuthorizeLayer, CertStore, server_config, tls_incoming};
+use weft_discovery::Health;
+use weft_mesh::{AuthorizeLayer, CertStore, serve_with_drain, server_config, tls_incoming};
 
 use crate::config::{Config, Transport};
 use crate::migrate::{MigrateError, migrate};
+use crate::registration::Registered;
 use crate::store::Store;
 
 /// Why the server stopped with an error.
@@ -36,6 +38,12 @@ pub enum ServeError {
     /// Reflection could not load the descriptor set.
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// Registering in discovery failed.
+    #[error("discovery: {0}")]
+    Discovery(#[from] weft_discovery::DiscoveryError),
+    /// The listener's address could not be read.
+    #[error("listener: {0}")]
+    Listener(#[from] std::io::Error),
     /// The transport failed.
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -53,10 +61,15 @@ pub async fn run(
         .map_err(|e| ServeError::Pool(e.to_string()))?;
 
     let (reporter, health_service) = tonic_health::server::health_reporter();
+    let registered = match &config.registration {
+        Some(r) => Some(Registered::register(r, listener.local_addr()?).await?),
+        None => None,
+    };
     let health_task = tokio::spawn(watch_database(
         store.clone(),
         reporter.clone(),
         config.health_interval,
+        registered.clone(),
     ));
 
     // Advertise only what this server serves: the shared descriptor set also
@@ -106,24 +119,40 @@ pub async fn run(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(api);
-    let signal = async {
-        shutdown.await;
-        // Say so before the listener closes, so watchers move away.
+    // The drain: stop the health watcher (it would report SERVING again),
+    // say NOT_SERVING so health watchers move away, and leave discovery so
+    // pollers do; the listener stays open for the drain period.
+    let health_abort = health_task.abort_handle();
+    let on_drain = async move {
+        health_abort.abort();
         set_health(&reporter, ServingStatus::NotServing).await;
-        tracing::info!("inventory shutting down");
-    };
-    let served = match tls {
-        Some(tls) => {
-            router
-                .serve_with_incoming_shutdown(tls_incoming(listener, tls), signal)
-                .await
-        }
-        None => {
-            // Nagle off, as on the mTLS path: small gRPC frames go out at once.
-            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-            router.serve_with_incoming_shutdown(incoming, signal).await
+        if let Some(r) = &registered {
+            r.set_health(Health::Unhealthy).await;
+            r.deregister().await;
         }
     };
+    let served = serve_with_drain(
+        config.drain,
+        shutdown,
+        on_drain,
+        move |stop_accepting| async move {
+            match tls {
+                Some(tls) => {
+                    router
+                        .serve_with_incoming_shutdown(tls_incoming(listener, tls), stop_accepting)
+                        .await
+                }
+                None => {
+                    // Nagle off, as on the mTLS path: small gRPC frames go out at once.
+                    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+                    router
+                        .serve_with_incoming_shutdown(incoming, stop_accepting)
+                        .await
+                }
+            }
+        },
+    )
+    .await;
     health_task.abort();
     served?;
     Ok(())
@@ -131,7 +160,12 @@ pub async fn run(
 
 /// Keeps grpc.health.v1 in step with the database: SERVING only while it
 /// answers, for the whole server ("") and for the inventory service.
-async fn watch_database(store: Store, reporter: HealthReporter, every: std::time::Duration) {
+async fn watch_database(
+    store: Store,
+    reporter: HealthReporter,
+    every: std::time::Duration,
+    registered: Option<Registered>,
+) {
     let mut last = None;
     loop {
         let status = match store.ping().await {
@@ -144,6 +178,14 @@ async fn watch_database(store: Store, reporter: HealthReporter, every: std::time
         if last != Some(status) {
             tracing::info!(?status, "health changed");
             set_health(&reporter, status).await;
+            if let Some(r) = &registered {
+                r.set_health(if status == ServingStatus::Serving {
+                    Health::Healthy
+                } else {
+                    Health::Unhealthy
+                })
+                .await;
+            }
             last = Some(status);
         }
         tokio::time::sleep(every).await;

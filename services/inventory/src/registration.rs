@@ -1,0 +1,67 @@
+//! This instance's entry in discovery: registered unhealthy at start, its
+//! health kept in step with the database, and deregistered when draining.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use weft_discovery::{Discovery, DiscoveryError, Health, Registration, Registry};
+
+use crate::config::RegistrationConfig;
+
+/// The service name inventory registers under.
+pub const SERVICE: &str = "inventory";
+
+/// A registered instance.
+#[derive(Debug, Clone)]
+pub struct Registered {
+    discovery: Discovery,
+    id: String,
+}
+
+impl Registered {
+    /// Connects to discovery and registers (unhealthy until the database is
+    /// known to answer), advertising `config.advertise` or `listening`.
+    pub async fn register(
+        config: &RegistrationConfig,
+        listening: SocketAddr,
+    ) -> Result<Self, DiscoveryError> {
+        let addr = config.advertise.unwrap_or(listening);
+        if addr.ip().is_unspecified() {
+            return Err(DiscoveryError::InvalidRegistration(format!(
+                "listening on {addr}: set WEFT_ADVERTISE to the address clients should dial"
+            )));
+        }
+        let discovery = Discovery::from_setting(&config.discovery).await?;
+        let mut registration = Registration::new(SERVICE, config.instance_id.clone(), addr);
+        registration.attributes = config.attributes.clone();
+        registration.initially_healthy = false;
+        discovery.register(&registration).await?;
+        tracing::info!(id = %config.instance_id, %addr, "registered in discovery");
+        Ok(Self {
+            discovery,
+            id: config.instance_id.clone(),
+        })
+    }
+
+    /// Reports health; failures are logged (discovery being down must not
+    /// take the service down).
+    pub async fn set_health(&self, health: Health) {
+        if let Err(e) = self.discovery.set_health(SERVICE, &self.id, health).await {
+            tracing::warn!(error = %e, ?health, "reporting health to discovery failed");
+        }
+    }
+
+    /// Deregisters, within a bound.
+    pub async fn deregister(&self) {
+        match tokio::time::timeout(
+            Duration::from_secs(10),
+            self.discovery.deregister(SERVICE, &self.id),
+        )
+        .await
+        {
+            Ok(Ok(())) => tracing::info!(id = %self.id, "deregistered from discovery"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "deregistering failed"),
+            Err(_) => tracing::warn!("deregistering timed out"),
+        }
+    }
+}
