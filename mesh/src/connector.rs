@@ -67,5 +67,9 @@ pub fn mtls_channel(
 ) -> Result<Channel, tonic::transport::Error> {
     Ok(Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(Duration::from_secs(5))
+        // A peer that died silently (no FIN, no RST) is noticed in ~15 s.
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true)
         .connect_with_connector_lazy(MtlsConnector::new(config)))
 }

@@ -4,6 +4,7 @@
 
 pub mod authorize;
 pub mod certs;
+pub mod client;
 pub mod client_tls;
 pub mod connector;
 pub mod drain;
@@ -15,6 +16,7 @@ pub mod server_tls;
 
 pub use authorize::{AuthorizeLayer, CallerIdentity};
 pub use certs::{CertStore, IdentityPaths, LoadError};
+pub use client::{ClientOptions, Idempotency, MeshChannel};
 pub use client_tls::client_config;
 pub use connector::{MtlsConnector, mtls_channel};
 pub use drain::{DrainConfig, serve_with_drain};

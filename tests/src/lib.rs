@@ -1,6 +1,7 @@
 //! The harness for Weft's end-to-end tests: it starts real parts (PostgreSQL,
 //! Weft services, external tools) on 127.0.0.1 and cleans up after them.
 
+pub mod cluster;
 pub mod inventory;
 pub mod moto;
 pub mod pki;

@@ -65,12 +65,14 @@ pub async fn run(
         Some(r) => Some(Registered::register(r, listener.local_addr()?).await?),
         None => None,
     };
-    let health_task = tokio::spawn(watch_database(
+    // Aborted with the server, however it ends (a dropped server must not
+    // keep reporting itself healthy).
+    let health_task = AbortOnDrop(tokio::spawn(watch_database(
         store.clone(),
         reporter.clone(),
         config.health_interval,
         registered.clone(),
-    ));
+    )));
 
     // Advertise only what this server serves: the shared descriptor set also
     // describes payments and orders.
@@ -122,7 +124,7 @@ pub async fn run(
     // The drain: stop the health watcher (it would report SERVING again),
     // say NOT_SERVING so health watchers move away, and leave discovery so
     // pollers do; the listener stays open for the drain period.
-    let health_abort = health_task.abort_handle();
+    let health_abort = health_task.0.abort_handle();
     let on_drain = async move {
         health_abort.abort();
         set_health(&reporter, ServingStatus::NotServing).await;
@@ -153,7 +155,7 @@ pub async fn run(
         },
     )
     .await;
-    health_task.abort();
+    drop(health_task);
     served?;
     Ok(())
 }
@@ -195,4 +197,14 @@ async fn watch_database(
 async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
     reporter.set_service_status("", status).await;
     reporter.set_service_status(SERVICE_NAME, status).await;
+}
+
+/// Aborts a task when dropped.
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

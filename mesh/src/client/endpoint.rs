@@ -1,0 +1,209 @@
+//! One endpoint of a service as the client sees it: its HTTP/2 connection,
+//! its peak-EWMA latency and in-flight count (the load the balancer compares),
+//! and whether it may be picked (health, connection state, ejection).
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tonic::transport::Channel;
+use weft_discovery::backoff::Backoff;
+
+/// How fast the latency estimate forgets: the decay time constant.
+const DECAY: Duration = Duration::from_secs(10);
+/// The latency assumed before the first response.
+const DEFAULT_RTT: Duration = Duration::from_millis(5);
+
+/// When an endpoint fails and how long it stays out.
+#[derive(Debug, Clone, Copy)]
+pub struct FailurePolicy {
+    /// Consecutive failed calls that eject an endpoint.
+    pub consecutive_failures: u32,
+    /// The first ejection's length; each further ejection adds as much.
+    pub base_ejection: Duration,
+    /// The longest ejection.
+    pub max_ejection: Duration,
+}
+
+impl Default for FailurePolicy {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: 7,
+            base_ejection: Duration::from_secs(30),
+            max_ejection: Duration::from_secs(300),
+        }
+    }
+}
+
+/// The client's view of one endpoint.
+#[derive(Debug)]
+pub struct EndpointState {
+    /// The discovery id.
+    pub id: String,
+    /// The address.
+    pub addr: std::net::SocketAddr,
+    /// The connection (tonic reconnects it; we keep it out of the pool while it is down).
+    pub channel: Channel,
+    ewma: Mutex<(f64, Instant)>,
+    in_flight: AtomicUsize,
+    /// Health as the endpoint's grpc.health.v1 Watch stream reports it; false
+    /// while the stream is down (the connection failed).
+    serving: AtomicBool,
+    consecutive_failures: AtomicU32,
+    ejections: AtomicU32,
+    ejected_until: Mutex<Option<Instant>>,
+    /// Calls sent here (for operators and tests).
+    pub calls: AtomicU64,
+    policy: FailurePolicy,
+    reconnect: Mutex<Backoff>,
+}
+
+impl EndpointState {
+    /// A new endpoint, not yet known to be serving.
+    pub fn new(
+        id: String,
+        addr: std::net::SocketAddr,
+        channel: Channel,
+        policy: FailurePolicy,
+    ) -> Self {
+        Self {
+            id,
+            addr,
+            channel,
+            ewma: Mutex::new((DEFAULT_RTT.as_nanos() as f64, Instant::now())),
+            in_flight: AtomicUsize::new(0),
+            serving: AtomicBool::new(false),
+            consecutive_failures: AtomicU32::new(0),
+            ejections: AtomicU32::new(0),
+            ejected_until: Mutex::new(None),
+            calls: AtomicU64::new(0),
+            policy,
+            reconnect: Mutex::new(reconnect_backoff()),
+        }
+    }
+
+    /// Whether the balancer may pick it now.
+    pub fn available(&self) -> bool {
+        if !self.serving.load(Ordering::Acquire) {
+            return false;
+        }
+        match self.ejected_until.lock().map(|g| *g) {
+            Ok(Some(until)) => Instant::now() >= until,
+            _ => true,
+        }
+    }
+
+    /// The load the balancer compares: latency estimate × (in flight + 1).
+    pub fn cost(&self) -> f64 {
+        let ewma = self
+            .ewma
+            .lock()
+            .map(|g| decayed(g.0, g.1, Instant::now()))
+            .unwrap_or(0.0);
+        ewma * (self.in_flight.load(Ordering::Relaxed) + 1) as f64
+    }
+
+    /// Marks a call as started; the guard ends it.
+    pub fn start(&self) -> InFlight<'_> {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        InFlight {
+            endpoint: self,
+            started: Instant::now(),
+        }
+    }
+
+    /// Records an observed round trip: peaks are taken at once, lower values
+    /// are blended in with the decay.
+    fn observe(&self, rtt: Duration) {
+        if let Ok(mut g) = self.ewma.lock() {
+            let now = Instant::now();
+            let rtt = rtt.as_nanos() as f64;
+            let current = decayed(g.0, g.1, now);
+            let elapsed = now.saturating_duration_since(g.1).as_secs_f64();
+            let w = (-elapsed / DECAY.as_secs_f64()).exp();
+            g.0 = if rtt > current {
+                rtt
+            } else {
+                current * w + rtt * (1.0 - w)
+            };
+            g.1 = now;
+        }
+    }
+
+    /// The health stream says SERVING (or the server has no health service).
+    pub fn set_serving(&self, serving: bool) {
+        let was = self.serving.swap(serving, Ordering::AcqRel);
+        if serving && !was {
+            if let Ok(mut b) = self.reconnect.lock() {
+                b.reset();
+            }
+            tracing::debug!(id = %self.id, "endpoint in the pool");
+        } else if !serving && was {
+            tracing::info!(id = %self.id, addr = %self.addr, "endpoint out of the pool");
+        }
+    }
+
+    /// The connection failed: out of the pool at once; the delay before the
+    /// next connection attempt grows (1 s ×1.6, jitter 0.2, at most 120 s).
+    pub fn connection_failed(&self) -> Duration {
+        self.set_serving(false);
+        self.reconnect
+            .lock()
+            .map(|mut b| b.next_delay())
+            .unwrap_or(Duration::from_secs(1))
+    }
+
+    /// A call failed in a way that counts against the endpoint.
+    pub fn call_failed(&self) {
+        let n = self.consecutive_failures.fetch_add(1, Ordering::AcqRel) + 1;
+        if n >= self.policy.consecutive_failures {
+            self.consecutive_failures.store(0, Ordering::Release);
+            let k = self.ejections.fetch_add(1, Ordering::AcqRel) + 1;
+            let length = (self.policy.base_ejection * k).min(self.policy.max_ejection);
+            if let Ok(mut until) = self.ejected_until.lock() {
+                *until = Some(Instant::now() + length);
+            }
+            tracing::warn!(id = %self.id, addr = %self.addr, ?length, "endpoint ejected after {n} consecutive failures");
+        }
+    }
+
+    /// A call succeeded.
+    pub fn call_succeeded(&self) {
+        self.consecutive_failures.store(0, Ordering::Release);
+    }
+}
+
+/// A call in progress on an endpoint.
+#[derive(Debug)]
+pub struct InFlight<'a> {
+    endpoint: &'a EndpointState,
+    started: Instant,
+}
+
+impl InFlight<'_> {
+    /// The response arrived: its latency feeds the estimate.
+    pub fn responded(self) {
+        self.endpoint.observe(self.started.elapsed());
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn decayed(ewma: f64, at: Instant, now: Instant) -> f64 {
+    // Without new observations the estimate drifts toward the default, so an
+    // endpoint that was slow once is tried again eventually.
+    let elapsed = now.saturating_duration_since(at).as_secs_f64();
+    let w = (-elapsed / DECAY.as_secs_f64()).exp();
+    ewma * w + DEFAULT_RTT.as_nanos() as f64 * (1.0 - w)
+}
+
+/// The reconnect schedule: 1 s, ×1.6, jitter 0.2, at most 120 s.
+pub fn reconnect_backoff() -> Backoff {
+    Backoff::new(Duration::from_secs(1), 1.6, Duration::from_secs(120), 0.2)
+}

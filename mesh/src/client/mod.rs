@@ -1,0 +1,225 @@
+//! The mesh client: a channel per service name, fed by discovery, with one
+//! HTTP/2 connection per endpoint, power-of-two-choices over peak-EWMA load,
+//! endpoints out of the pool on connection failure or NOT_SERVING, outlier
+//! ejection, and retries only where safe and within a budget. It is a tower
+//! service, so generated tonic clients take it like a `Channel`.
+
+mod endpoint;
+mod pool;
+mod retry;
+
+pub use endpoint::{EndpointState, FailurePolicy};
+pub use pool::{Connect, Pool};
+pub use retry::{Idempotency, RetryBudget, never_sent};
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tonic::Status;
+use tonic::codegen::http;
+use tower::{Service, ServiceExt};
+use weft_discovery::Snapshot;
+
+/// How a [`MeshChannel`] behaves.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Most attempts per call (the first included).
+    pub max_attempts: u32,
+    /// How long a call waits for an available endpoint.
+    pub pick_timeout: Duration,
+    /// When endpoints are ejected.
+    pub failure: FailurePolicy,
+    /// Retries allowed: this fraction of requests …
+    pub retry_percent: f32,
+    /// … plus this many per second.
+    pub retry_min_per_sec: u32,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            pick_timeout: Duration::from_secs(5),
+            failure: FailurePolicy::default(),
+            retry_percent: 0.2,
+            retry_min_per_sec: 10,
+        }
+    }
+}
+
+/// A balanced, failure-aware channel to every endpoint of one service.
+#[derive(Debug, Clone)]
+pub struct MeshChannel {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    service: String,
+    pool: Arc<Pool>,
+    idempotency: Arc<Idempotency>,
+    budget: RetryBudget,
+    options: ClientOptions,
+    follower: JoinHandle<()>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.follower.abort();
+    }
+}
+
+impl MeshChannel {
+    /// A channel to `service`, following `endpoints` (from a resolver),
+    /// connecting with `connect`.
+    pub fn new(
+        service: impl Into<String>,
+        endpoints: watch::Receiver<Snapshot>,
+        connect: Connect,
+        idempotency: Arc<Idempotency>,
+        options: ClientOptions,
+    ) -> Self {
+        let (pool, follower) = pool::follow(endpoints, connect, options.failure);
+        Self {
+            inner: Arc::new(Inner {
+                service: service.into(),
+                budget: RetryBudget::new(options.retry_percent, options.retry_min_per_sec),
+                pool,
+                idempotency,
+                options,
+                follower,
+            }),
+        }
+    }
+
+    /// A channel to `service` over mTLS: every endpoint must prove `expected`.
+    pub fn mtls(
+        service: impl Into<String>,
+        endpoints: watch::Receiver<Snapshot>,
+        store: &crate::CertStore,
+        expected: crate::SpiffeId,
+        idempotency: Arc<Idempotency>,
+        options: ClientOptions,
+    ) -> Result<Self, rustls::Error> {
+        let tls = crate::client_config(store, expected)?;
+        let connect: Connect = Arc::new(move |addr| match crate::mtls_channel(addr, tls.clone()) {
+            Ok(channel) => Some(channel),
+            Err(e) => {
+                tracing::warn!(%addr, error = %e, "cannot make a channel");
+                None
+            }
+        });
+        Ok(Self::new(service, endpoints, connect, idempotency, options))
+    }
+
+    /// The endpoints, for operators and tests.
+    pub fn endpoints(&self) -> Arc<[Arc<EndpointState>]> {
+        self.inner.pool.snapshot()
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type Responding =
+    Pin<Box<dyn Future<Output = Result<http::Response<tonic::body::Body>, BoxError>> + Send>>;
+
+impl Service<http::Request<tonic::body::Body>> for MeshChannel {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = BoxError;
+    type Future = Responding;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        // Readiness is per endpoint and settled inside each call.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        let inner = self.inner.clone();
+        Box::pin(async move { inner.send(request).await })
+    }
+}
+
+/// The gRPC status carried in response headers (a trailers-only response),
+/// which is how a server answers UNAVAILABLE before any message.
+fn header_status(response: &http::Response<tonic::body::Body>) -> Option<tonic::Code> {
+    let value = response.headers().get("grpc-status")?.to_str().ok()?;
+    Some(tonic::Code::from_i32(value.parse().ok()?))
+}
+
+impl Inner {
+    async fn send(
+        &self,
+        request: http::Request<tonic::body::Body>,
+    ) -> Result<http::Response<tonic::body::Body>, BoxError> {
+        let (parts, body) = request.into_parts();
+        let safe_method = self.idempotency.is_safe(parts.uri.path());
+        // Unary bodies are small: keep them so an attempt can be repeated.
+        let body: Bytes = body.collect().await?.to_bytes();
+        self.budget.deposit();
+        let mut tried: Vec<String> = Vec::new();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let Some(endpoint) = self
+                .pool
+                .pick_within(&tried, self.options.pick_timeout)
+                .await
+            else {
+                return Err(Status::unavailable(format!(
+                    "no available endpoint for {}",
+                    self.service
+                ))
+                .into());
+            };
+            tried.push(endpoint.id.clone());
+            let request = http::Request::from_parts(
+                parts.clone(),
+                tonic::body::Body::new(http_body_util::Full::new(body.clone())),
+            );
+            let in_flight = endpoint.start();
+            let mut channel = endpoint.channel.clone();
+            let result = match channel.ready().await {
+                Ok(ready) => ready.call(request).await,
+                Err(e) => Err(e),
+            };
+            let can_retry = attempt < self.options.max_attempts;
+            match result {
+                Ok(response) => {
+                    in_flight.responded();
+                    if header_status(&response) == Some(tonic::Code::Unavailable) {
+                        endpoint.call_failed();
+                        if safe_method && can_retry && self.budget.withdraw() {
+                            continue;
+                        }
+                    } else {
+                        endpoint.call_succeeded();
+                    }
+                    return Ok(response);
+                }
+                Err(e) => {
+                    drop(in_flight);
+                    let unsent = never_sent(&e);
+                    if unsent {
+                        endpoint.connection_failed();
+                    } else {
+                        endpoint.call_failed();
+                    }
+                    if (unsent || safe_method) && can_retry && self.budget.withdraw() {
+                        tracing::debug!(service = %self.service, endpoint = %endpoint.id, error = %e, "retrying elsewhere");
+                        continue;
+                    }
+                    return Err(Box::new(Status::unavailable(format!(
+                        "{} unavailable: {e}",
+                        self.service
+                    ))));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! The endpoints of one service, kept in step with discovery, and the
+//! power-of-two-choices pick over their peak-EWMA cost.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use weft_discovery::Snapshot;
+
+use super::endpoint::{EndpointState, FailurePolicy};
+
+/// Makes the connection to an address.
+pub type Connect = Arc<dyn Fn(SocketAddr) -> Option<Channel> + Send + Sync>;
+
+/// Each endpoint by id, with the task that watches its health.
+type Watched = HashMap<String, (Arc<EndpointState>, JoinHandle<()>)>;
+
+/// The live endpoints of one service.
+pub struct Pool {
+    endpoints: RwLock<Arc<[Arc<EndpointState>]>>,
+    tasks: Mutex<Watched>,
+    changed: Notify,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("endpoints", &self.snapshot().len())
+            .finish()
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        if let Ok(tasks) = self.tasks.lock() {
+            for (_, task) in tasks.values() {
+                task.abort();
+            }
+        }
+    }
+}
+
+impl Pool {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            endpoints: RwLock::new(Arc::from(Vec::new())),
+            tasks: Mutex::new(HashMap::new()),
+            changed: Notify::new(),
+        })
+    }
+
+    /// Every endpoint discovery lists, available or not.
+    pub fn snapshot(&self) -> Arc<[Arc<EndpointState>]> {
+        match self.endpoints.read() {
+            Ok(e) => e.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Picks the cheaper of two random available endpoints, preferring ones
+    /// not in `tried` (a retry goes elsewhere when it can).
+    pub fn pick(&self, tried: &[String]) -> Option<Arc<EndpointState>> {
+        let all = self.snapshot();
+        let available: Vec<&Arc<EndpointState>> = all.iter().filter(|e| e.available()).collect();
+        let fresh: Vec<&Arc<EndpointState>> = available
+            .iter()
+            .copied()
+            .filter(|e| !tried.contains(&e.id))
+            .collect();
+        let candidates = if fresh.is_empty() { available } else { fresh };
+        match candidates.len() {
+            0 => None,
+            1 => Some(candidates[0].clone()),
+            n => {
+                let a = fastrand::usize(..n);
+                let b = (a + 1 + fastrand::usize(..n - 1)) % n;
+                let (x, y) = (candidates[a], candidates[b]);
+                Some(if x.cost() <= y.cost() {
+                    x.clone()
+                } else {
+                    y.clone()
+                })
+            }
+        }
+    }
+
+    /// Like [`Pool::pick`], waiting up to `within` for an endpoint to become
+    /// available (at start, or while every endpoint is out).
+    pub async fn pick_within(
+        &self,
+        tried: &[String],
+        within: Duration,
+    ) -> Option<Arc<EndpointState>> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let notified = self.changed.notified();
+            if let Some(e) = self.pick(tried) {
+                return Some(e);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return None;
+            }
+        }
+    }
+
+    fn notify(&self) {
+        self.changed.notify_waiters();
+    }
+
+    fn apply(self: &Arc<Self>, snapshot: &Snapshot, connect: &Connect, policy: FailurePolicy) {
+        let Ok(mut tasks) = self.tasks.lock() else {
+            return;
+        };
+        let wanted: HashMap<&str, SocketAddr> = snapshot
+            .endpoints
+            .iter()
+            .map(|e| (e.id.as_str(), e.addr))
+            .collect();
+        tasks.retain(|id, (state, task)| {
+            let keep = wanted.get(id.as_str()) == Some(&state.addr);
+            if !keep {
+                task.abort();
+                tracing::info!(%id, addr = %state.addr, "endpoint left discovery");
+            }
+            keep
+        });
+        for (id, addr) in wanted {
+            if tasks.contains_key(id) {
+                continue;
+            }
+            let Some(channel) = connect(addr) else {
+                continue;
+            };
+            let state = Arc::new(EndpointState::new(id.to_owned(), addr, channel, policy));
+            let task = tokio::spawn(watch_health(state.clone(), Arc::downgrade(self)));
+            tasks.insert(id.to_owned(), (state, task));
+        }
+        let list: Vec<Arc<EndpointState>> = tasks.values().map(|(s, _)| s.clone()).collect();
+        if let Ok(mut e) = self.endpoints.write() {
+            *e = Arc::from(list);
+        }
+        drop(tasks);
+        self.notify();
+    }
+}
+
+/// Follows discovery for as long as the pool lives.
+pub fn follow(
+    mut rx: watch::Receiver<Snapshot>,
+    connect: Connect,
+    policy: FailurePolicy,
+) -> (Arc<Pool>, JoinHandle<()>) {
+    let pool = Pool::new();
+    let weak = Arc::downgrade(&pool);
+    let task = tokio::spawn(async move {
+        loop {
+            let snapshot = rx.borrow_and_update().clone();
+            let Some(pool) = weak.upgrade() else { return };
+            pool.apply(&snapshot, &connect, policy);
+            drop(pool);
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+    (pool, task)
+}
+
+/// Watches an endpoint's grpc.health.v1 over its own connection: NOT_SERVING
+/// takes it out of the pool within one round trip (discovery may take 30 s),
+/// and a broken stream means the connection failed: out at once, then
+/// reconnect attempts with backoff until it serves again.
+async fn watch_health(state: Arc<EndpointState>, pool: std::sync::Weak<Pool>) {
+    let notify = |pool: &std::sync::Weak<Pool>| {
+        if let Some(p) = pool.upgrade() {
+            p.notify();
+        }
+    };
+    loop {
+        let mut client = HealthClient::new(state.channel.clone());
+        match client.watch(HealthCheckRequest::default()).await {
+            Ok(response) => {
+                let mut stream = response.into_inner();
+                while let Ok(Some(update)) = stream.message().await {
+                    state.set_serving(update.status() == ServingStatus::Serving);
+                    notify(&pool);
+                }
+            }
+            Err(status) if status.code() == tonic::Code::Unimplemented => {
+                // No health service: its connection state is all we know.
+                state.set_serving(true);
+                notify(&pool);
+                return;
+            }
+            Err(_) => {}
+        }
+        let delay = state.connection_failed();
+        notify(&pool);
+        tokio::time::sleep(delay).await;
+    }
+}

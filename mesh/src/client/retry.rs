@@ -1,0 +1,105 @@
+//! What may be retried: a request that never reached a server, or a method
+//! whose proto says `NO_SIDE_EFFECTS` or `IDEMPOTENT`; and how many retries
+//! the budget allows (at most 20% of requests plus 10 per second), so retries
+//! cannot multiply an outage.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use prost::Message;
+use prost_types::FileDescriptorSet;
+use prost_types::method_options::IdempotencyLevel;
+use tower::retry::budget::{Budget, TpsBudget};
+
+/// The methods that are safe to repeat, read from descriptor sets.
+#[derive(Debug, Clone, Default)]
+pub struct Idempotency {
+    safe: HashSet<String>,
+}
+
+impl Idempotency {
+    /// Reads every method's `idempotency_level` from encoded descriptor sets.
+    pub fn from_descriptor_sets(sets: &[&[u8]]) -> Result<Self, prost::DecodeError> {
+        let mut safe = HashSet::new();
+        for bytes in sets {
+            let set = FileDescriptorSet::decode(*bytes)?;
+            for file in set.file {
+                let package = file.package.unwrap_or_default();
+                for service in file.service {
+                    let name = service.name.unwrap_or_default();
+                    for method in service.method {
+                        let level = method.options.as_ref().map(|o| o.idempotency_level());
+                        if matches!(
+                            level,
+                            Some(IdempotencyLevel::NoSideEffects | IdempotencyLevel::Idempotent)
+                        ) {
+                            safe.insert(format!(
+                                "/{package}.{name}/{}",
+                                method.name.unwrap_or_default()
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(Self { safe })
+    }
+
+    /// Whether `path` (`/package.Service/Method`) may be repeated.
+    pub fn is_safe(&self, path: &str) -> bool {
+        self.safe.contains(path)
+    }
+}
+
+/// The retry budget shared by every call of a channel.
+#[derive(Debug)]
+pub struct RetryBudget(TpsBudget);
+
+impl RetryBudget {
+    /// 20% of requests over a 10 s window, plus 10 retries per second.
+    pub fn standard() -> Self {
+        Self::new(0.2, 10)
+    }
+
+    /// `percent` of requests plus `min_per_sec` retries per second.
+    pub fn new(percent: f32, min_per_sec: u32) -> Self {
+        Self(TpsBudget::new(
+            Duration::from_secs(10),
+            min_per_sec,
+            percent,
+        ))
+    }
+
+    /// A request was made.
+    pub fn deposit(&self) {
+        self.0.deposit();
+    }
+
+    /// Takes one retry from the budget, if there is one.
+    pub fn withdraw(&self) -> bool {
+        self.0.withdraw()
+    }
+}
+
+/// Whether a transport error shows the request was never written: the
+/// connection was refused or failed before use, or HTTP/2 refused the stream
+/// (a GOAWAY from a draining server).
+pub fn never_sent(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = current {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && matches!(io.kind(), std::io::ErrorKind::ConnectionRefused)
+        {
+            return true;
+        }
+        let text = format!("{e:?}");
+        if text.contains("ConnectError")
+            || text.contains("REFUSED_STREAM")
+            || text.contains("Connect,")
+        {
+            return true;
+        }
+        current = e.source();
+    }
+    false
+}
