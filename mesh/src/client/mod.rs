@@ -40,6 +40,11 @@ pub struct ClientOptions {
     pub retry_percent: f32,
     /// … plus this many per second.
     pub retry_min_per_sec: u32,
+    /// Timeouts by method path (`/package.Service/Method`) for calls that
+    /// carry no deadline of their own.
+    pub method_timeouts: std::collections::HashMap<String, Duration>,
+    /// The timeout for other calls without a deadline; `None` for none.
+    pub default_timeout: Option<Duration>,
 }
 
 impl Default for ClientOptions {
@@ -50,6 +55,8 @@ impl Default for ClientOptions {
             failure: FailurePolicy::default(),
             retry_percent: 0.2,
             retry_min_per_sec: 10,
+            method_timeouts: Default::default(),
+            default_timeout: None,
         }
     }
 }
@@ -153,11 +160,64 @@ fn header_status(response: &http::Response<tonic::body::Body>) -> Option<tonic::
 }
 
 impl Inner {
+    /// The call's deadline: the earliest of the incoming call's (propagated),
+    /// the caller's own `grpc-timeout`, and the configured method timeout.
+    fn deadline(&self, parts: &http::request::Parts) -> Option<tokio::time::Instant> {
+        let now = tokio::time::Instant::now();
+        let own = parts
+            .headers
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(crate::deadline::parse_grpc_timeout)
+            .map(|t| now + t);
+        let configured = self
+            .options
+            .method_timeouts
+            .get(parts.uri.path())
+            .copied()
+            .or(self.options.default_timeout)
+            .map(|t| now + t);
+        [crate::deadline::current_deadline(), own, configured]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
     async fn send(
         &self,
         request: http::Request<tonic::body::Body>,
     ) -> Result<http::Response<tonic::body::Body>, BoxError> {
-        let (parts, body) = request.into_parts();
+        let (mut parts, body) = request.into_parts();
+        let Some(deadline) = self.deadline(&parts) else {
+            return self.attempts(parts, body).await;
+        };
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if remaining.is_zero() {
+            return Err(
+                Status::deadline_exceeded("deadline exceeded before the call was made").into(),
+            );
+        }
+        // What is left of the deadline travels with the call.
+        if let Ok(value) =
+            http::HeaderValue::from_str(&crate::deadline::format_grpc_timeout(remaining))
+        {
+            parts.headers.insert("grpc-timeout", value);
+        }
+        match tokio::time::timeout_at(deadline, self.attempts(parts, body)).await {
+            Ok(result) => result,
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "deadline exceeded calling {}",
+                self.service
+            ))
+            .into()),
+        }
+    }
+
+    async fn attempts(
+        &self,
+        parts: http::request::Parts,
+        body: tonic::body::Body,
+    ) -> Result<http::Response<tonic::body::Body>, BoxError> {
         let safe_method = self.idempotency.is_safe(parts.uri.path());
         // Unary bodies are small: keep them so an attempt can be repeated.
         let body: Bytes = body.collect().await?.to_bytes();

@@ -13,7 +13,9 @@ use weft_proto::inventory::v1::inventory_service_server::{InventoryServiceServer
 
 use crate::api::InventoryApi;
 use weft_discovery::Health;
-use weft_mesh::{AuthorizeLayer, CertStore, serve_with_drain, server_config, tls_incoming};
+use weft_mesh::{
+    AuthorizeLayer, CertStore, DeadlineLayer, serve_with_drain, server_config, tls_incoming,
+};
 
 use crate::config::{Config, Transport};
 use crate::migrate::{MigrateError, migrate};
@@ -117,6 +119,7 @@ pub async fn run(
     let router = Server::builder()
         .concurrency_limit_per_connection(config.concurrency_per_connection)
         .layer(AuthorizeLayer::new(policy))
+        .layer(DeadlineLayer)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
