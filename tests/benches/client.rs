@@ -1,0 +1,156 @@
+//! The mesh client against a plain tonic channel, printed: throughput and
+//! p50/p99 of small unary calls (grpc.health.v1 Check) at concurrency 1, 16
+//! and 64, over mTLS: the Weft client to three instances, to one, and a plain
+//! `Channel` to one, in one run.
+//! Run: `cargo bench -p weft-tests --bench client`.
+
+// Bench code: a panic is a failed run with its location.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tonic::client::GrpcService;
+use tonic::transport::Server;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+use weft_discovery::{Discovery, Filter, Resolver};
+use weft_mesh::{
+    CertStore, ClientOptions, Idempotency, MeshChannel, client_config, mtls_channel, server_config,
+    tls_incoming,
+};
+use weft_tests::pki::TestPki;
+
+const CALLS: usize = 20_000;
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(run());
+}
+
+async fn start_server(store: &CertStore) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    tokio::spawn(
+        Server::builder()
+            .add_service(health)
+            .serve_with_incoming(tls_incoming(listener, server_config(store).unwrap())),
+    );
+    addr
+}
+
+async fn mesh(
+    addrs: &[SocketAddr],
+    store: &CertStore,
+    expected: weft_mesh::SpiffeId,
+) -> MeshChannel {
+    let list: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+    let discovery = Discovery::from_setting(&format!("static://bench={}", list.join(",")))
+        .await
+        .unwrap();
+    let rx = discovery.watch("bench", &Filter::any()).unwrap();
+    let channel = MeshChannel::mtls(
+        "bench",
+        rx,
+        store,
+        expected,
+        Arc::new(Idempotency::default()),
+        ClientOptions::default(),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while channel.endpoints().iter().filter(|e| e.available()).count() < addrs.len() {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    channel
+}
+
+/// (calls per second, p50 µs, p99 µs)
+async fn measure<T>(client: HealthClient<T>, concurrency: usize) -> (f64, f64, f64)
+where
+    T: GrpcService<tonic::body::Body> + Clone + Send + 'static,
+    T::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    T::ResponseBody: tonic::codegen::Body<Data = bytes::Bytes> + Send + 'static,
+    <T::ResponseBody as tonic::codegen::Body>::Error:
+        Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+    T::Future: Send,
+{
+    let mut warm = client.clone();
+    for _ in 0..500 {
+        warm.check(HealthCheckRequest::default()).await.unwrap();
+    }
+    let per_task = CALLS / concurrency;
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let mut client = client.clone();
+            tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(per_task);
+                for _ in 0..per_task {
+                    let t = Instant::now();
+                    client.check(HealthCheckRequest::default()).await.unwrap();
+                    latencies.push(t.elapsed());
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut all = Vec::with_capacity(CALLS);
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    all.sort();
+    let pct =
+        |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)].as_secs_f64() * 1e6;
+    (all.len() as f64 / elapsed, pct(0.50), pct(0.99))
+}
+
+async fn run() {
+    let pki = TestPki::new().unwrap();
+    let server_store = CertStore::load(
+        pki.service("bench-server", "bench").unwrap(),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    let client_store = CertStore::load(
+        pki.service("bench-client", "client").unwrap(),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    let expected = server_store.current().id;
+    let mut addrs = Vec::new();
+    for _ in 0..3 {
+        addrs.push(start_server(&server_store).await);
+    }
+    let three = mesh(&addrs, &client_store, expected.clone()).await;
+    let one = mesh(&addrs[..1], &client_store, expected.clone()).await;
+    let plain = mtls_channel(addrs[0], client_config(&client_store, expected).unwrap()).unwrap();
+
+    println!("| concurrency | client | calls/s | p50 µs | p99 µs | vs plain channel |");
+    println!("| --- | --- | --- | --- | --- | --- |");
+    for concurrency in [1, 16, 64] {
+        let base = measure(HealthClient::new(plain.clone()), concurrency).await;
+        let w1 = measure(HealthClient::new(one.clone()), concurrency).await;
+        let w3 = measure(HealthClient::new(three.clone()), concurrency).await;
+        for (label, r) in [
+            ("plain Channel, 1 instance", base),
+            ("Weft, 1 instance", w1),
+            ("Weft, 3 instances", w3),
+        ] {
+            println!(
+                "| {concurrency} | {label} | {:.0} | {:.0} | {:.0} | {:.2} |",
+                r.0,
+                r.1,
+                r.2,
+                r.0 / base.0
+            );
+        }
+    }
+}
