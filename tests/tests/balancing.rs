@@ -114,7 +114,13 @@ async fn killing_one_of_three_fails_no_idempotent_call() {
     for _ in 0..3 {
         cluster.add(&db, None).await.unwrap();
     }
-    let channel = cluster.channel(ClientOptions::default()).await.unwrap();
+    let channel = cluster
+        .channel(ClientOptions {
+            connections_per_endpoint: 2,
+            ..ClientOptions::default()
+        })
+        .await
+        .unwrap();
     wait_for_endpoints(&channel, 3).await;
     let mut client = Client::new(channel.clone());
     seed(&mut client).await;
@@ -442,4 +448,72 @@ async fn a_rolling_restart_with_drain_fails_no_call_even_unretried_ones() {
         .await
         .unwrap();
     assert_eq!(stock.into_inner().stock[0].available, 5 + writes as i64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_serving_takes_an_endpoint_out_within_a_round_trip() {
+    let cluster = Cluster::new().unwrap();
+    let discovery = Discovery::from_setting(&cluster.setting()).await.unwrap();
+    let store = CertStore::load(
+        cluster.pki().service("inventory", "inventory").unwrap(),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    let mut reporters = Vec::new();
+    for n in 0..2 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (reporter, health) = tonic_health::server::health_reporter();
+        tokio::spawn(
+            Server::builder()
+                .add_service(health)
+                .serve_with_incoming(tls_incoming(listener, server_config(&store).unwrap())),
+        );
+        discovery
+            .register(&Registration::new("inventory", format!("h-{n}"), addr))
+            .await
+            .unwrap();
+        reporters.push(reporter);
+    }
+    let channel = cluster.channel(ClientOptions::default()).await.unwrap();
+    wait_for_endpoints(&channel, 2).await;
+    let h0 = channel
+        .endpoints()
+        .iter()
+        .find(|e| e.id == "h-0")
+        .cloned()
+        .unwrap();
+
+    // Discovery still lists h-0 as healthy; only its health stream changes.
+    let started = Instant::now();
+    reporters[0]
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+    while h0.available() {
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "h-0 stayed in the pool"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(100), "out after {took:?}");
+    let before = h0.calls.load(Ordering::Relaxed);
+    let mut client = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    for _ in 0..50 {
+        client
+            .check(tonic_health::pb::HealthCheckRequest::default())
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        h0.calls.load(Ordering::Relaxed),
+        before,
+        "no call went to the NOT_SERVING endpoint"
+    );
+    // SERVING again: back in the pool.
+    reporters[0]
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    wait_for_endpoints(&channel, 2).await;
 }

@@ -234,3 +234,62 @@ async fn a_deadline_set_by_the_first_caller_is_enforced_two_hops_away() {
         "hop 2 worked on for {abandoned:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_per_method_timeout_bounds_calls_without_a_deadline() {
+    let cluster = Cluster::new().unwrap();
+    let pki = cluster.pki().clone();
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let store = CertStore::load(
+        pki.service("inventory", "inventory").unwrap(),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    let addr = serve(Slow(seen.clone()), &store).await;
+    let discovery = Discovery::from_setting(&cluster.setting()).await.unwrap();
+    discovery
+        .register(&Registration::new("inventory", "slow-1", addr))
+        .await
+        .unwrap();
+
+    let options = ClientOptions {
+        method_timeouts: [(
+            "/weft.inventory.v1.InventoryService/GetStock".to_string(),
+            Duration::from_millis(200),
+        )]
+        .into(),
+        ..ClientOptions::default()
+    };
+    let channel = cluster.channel(options).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !channel.endpoints().iter().any(|e| e.available()) {
+        assert!(
+            Instant::now() < deadline,
+            "inventory never became available"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let started = Instant::now();
+    let err = InventoryServiceClient::new(channel)
+        .get_stock(pb::GetStockRequest {
+            skus: vec!["A".into()],
+        })
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err:?}");
+    assert!(
+        took >= Duration::from_millis(190) && took < Duration::from_millis(800),
+        "took {took:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let given = seen
+        .lock()
+        .unwrap()
+        .timeout
+        .expect("the server was told the deadline");
+    assert!(
+        given <= Duration::from_millis(200),
+        "the server was given {given:?}"
+    );
+}

@@ -43,8 +43,10 @@ pub struct EndpointState {
     pub id: String,
     /// The address.
     pub addr: std::net::SocketAddr,
-    /// The connection (tonic reconnects it; we keep it out of the pool while it is down).
-    pub channel: Channel,
+    /// The connections (tonic reconnects them; the endpoint stays out of the
+    /// pool while they are down). Calls rotate over them.
+    channels: Vec<Channel>,
+    next_channel: AtomicUsize,
     ewma: Mutex<(f64, Instant)>,
     in_flight: AtomicUsize,
     /// Health as the endpoint's grpc.health.v1 Watch stream reports it; false
@@ -64,13 +66,14 @@ impl EndpointState {
     pub fn new(
         id: String,
         addr: std::net::SocketAddr,
-        channel: Channel,
+        channels: Vec<Channel>,
         policy: FailurePolicy,
     ) -> Self {
         Self {
             id,
             addr,
-            channel,
+            channels,
+            next_channel: AtomicUsize::new(0),
             ewma: Mutex::new((DEFAULT_RTT.as_nanos() as f64, Instant::now())),
             in_flight: AtomicUsize::new(0),
             serving: AtomicBool::new(false),
@@ -81,6 +84,22 @@ impl EndpointState {
             policy,
             reconnect: Mutex::new(reconnect_backoff()),
         }
+    }
+
+    /// The connection for the next call (round robin over the endpoint's
+    /// connections); `None` if it has none.
+    pub fn channel(&self) -> Option<Channel> {
+        let n = self.channels.len();
+        if n == 0 {
+            return None;
+        }
+        let i = self.next_channel.fetch_add(1, Ordering::Relaxed) % n;
+        self.channels.get(i).cloned()
+    }
+
+    /// The first connection, which also carries the health watch.
+    pub fn primary(&self) -> Option<Channel> {
+        self.channels.first().cloned()
     }
 
     /// Whether the balancer may pick it now.

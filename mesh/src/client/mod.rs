@@ -32,6 +32,9 @@ use weft_discovery::Snapshot;
 pub struct ClientOptions {
     /// Most attempts per call (the first included).
     pub max_attempts: u32,
+    /// HTTP/2 connections per endpoint (one is usually enough; a few help
+    /// when one connection's flow control or a single core limits it).
+    pub connections_per_endpoint: usize,
     /// How long a call waits for an available endpoint.
     pub pick_timeout: Duration,
     /// When endpoints are ejected.
@@ -51,6 +54,7 @@ impl Default for ClientOptions {
     fn default() -> Self {
         Self {
             max_attempts: 3,
+            connections_per_endpoint: 1,
             pick_timeout: Duration::from_secs(5),
             failure: FailurePolicy::default(),
             retry_percent: 0.2,
@@ -93,7 +97,12 @@ impl MeshChannel {
         idempotency: Arc<Idempotency>,
         options: ClientOptions,
     ) -> Self {
-        let (pool, follower) = pool::follow(endpoints, connect, options.failure);
+        let (pool, follower) = pool::follow(
+            endpoints,
+            connect,
+            options.failure,
+            options.connections_per_endpoint,
+        );
         Self {
             inner: Arc::new(Inner {
                 service: service.into(),
@@ -243,7 +252,9 @@ impl Inner {
                 tonic::body::Body::new(http_body_util::Full::new(body.clone())),
             );
             let in_flight = endpoint.start();
-            let mut channel = endpoint.channel.clone();
+            let Some(mut channel) = endpoint.channel() else {
+                continue;
+            };
             let result = match channel.ready().await {
                 Ok(ready) => ready.call(request).await,
                 Err(e) => Err(e),

@@ -114,7 +114,13 @@ impl Pool {
         self.changed.notify_waiters();
     }
 
-    fn apply(self: &Arc<Self>, snapshot: &Snapshot, connect: &Connect, policy: FailurePolicy) {
+    fn apply(
+        self: &Arc<Self>,
+        snapshot: &Snapshot,
+        connect: &Connect,
+        policy: FailurePolicy,
+        connections: usize,
+    ) {
         let Ok(mut tasks) = self.tasks.lock() else {
             return;
         };
@@ -135,10 +141,13 @@ impl Pool {
             if tasks.contains_key(id) {
                 continue;
             }
-            let Some(channel) = connect(addr) else {
+            let channels: Vec<Channel> = (0..connections.max(1))
+                .filter_map(|_| connect(addr))
+                .collect();
+            if channels.is_empty() {
                 continue;
-            };
-            let state = Arc::new(EndpointState::new(id.to_owned(), addr, channel, policy));
+            }
+            let state = Arc::new(EndpointState::new(id.to_owned(), addr, channels, policy));
             let task = tokio::spawn(watch_health(state.clone(), Arc::downgrade(self)));
             tasks.insert(id.to_owned(), (state, task));
         }
@@ -156,6 +165,7 @@ pub fn follow(
     mut rx: watch::Receiver<Snapshot>,
     connect: Connect,
     policy: FailurePolicy,
+    connections: usize,
 ) -> (Arc<Pool>, JoinHandle<()>) {
     let pool = Pool::new();
     let weak = Arc::downgrade(&pool);
@@ -163,7 +173,7 @@ pub fn follow(
         loop {
             let snapshot = rx.borrow_and_update().clone();
             let Some(pool) = weak.upgrade() else { return };
-            pool.apply(&snapshot, &connect, policy);
+            pool.apply(&snapshot, &connect, policy, connections);
             drop(pool);
             if rx.changed().await.is_err() {
                 return;
@@ -184,7 +194,10 @@ async fn watch_health(state: Arc<EndpointState>, pool: std::sync::Weak<Pool>) {
         }
     };
     loop {
-        let mut client = HealthClient::new(state.channel.clone());
+        let Some(channel) = state.primary() else {
+            return;
+        };
+        let mut client = HealthClient::new(channel);
         match client.watch(HealthCheckRequest::default()).await {
             Ok(response) => {
                 let mut stream = response.into_inner();
