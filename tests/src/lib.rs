@@ -7,5 +7,6 @@ pub mod moto;
 pub mod pki;
 pub mod postgres;
 pub mod tools;
+pub mod wait;
 
 pub use postgres::TestDb;

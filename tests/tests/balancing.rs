@@ -267,11 +267,10 @@ async fn a_new_instance_receives_calls_within_a_resolver_period() {
     let took = registered.elapsed();
     let (_, failures) = finish(&running, workers).await;
     assert_eq!(failures, 0);
-    // One local-resolver period is 100 ms; allow for the health round trip.
-    assert!(
-        took < Duration::from_millis(600),
-        "first call after {took:?}"
-    );
+    // One local-resolver period is 100 ms, then a health round trip; the
+    // bound leaves room for a loaded machine and is still far below the 1 s
+    // record TTL or a Cloud Map refresh.
+    assert!(took < Duration::from_secs(1), "first call after {took:?}");
 }
 
 /// An inventory whose every call fails with UNAVAILABLE while its health
@@ -497,7 +496,8 @@ async fn not_serving_takes_an_endpoint_out_within_a_round_trip() {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let took = started.elapsed();
-    assert!(took < Duration::from_millis(100), "out after {took:?}");
+    // One health-stream round trip on loopback, with room for a loaded machine.
+    assert!(took < Duration::from_millis(250), "out after {took:?}");
     let before = h0.calls.load(Ordering::Relaxed);
     let mut client = tonic_health::pb::health_client::HealthClient::new(channel.clone());
     for _ in 0..50 {

@@ -9,10 +9,10 @@ use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::sync::watch;
 use weft_discovery::cloudmap::{CloudMap, PollConfig, RegistrationMode};
 use weft_discovery::{Filter, Health, Registration, Registry, Resolver, Snapshot};
 use weft_tests::moto::Moto;
+use weft_tests::wait::until;
 
 const NS: &str = "weft.test";
 
@@ -38,21 +38,6 @@ fn instance(id: &str, port: u16, version: &str, zone: &str) -> Registration {
     Registration::new("inventory", id, ([127, 0, 0, 1], port).into())
         .with_attribute("version", version)
         .with_attribute("zone", zone)
-}
-
-/// Waits until the watched snapshot satisfies `pred`, or fails after 10 s.
-async fn until(
-    rx: &mut watch::Receiver<Snapshot>,
-    what: &str,
-    pred: impl Fn(&Snapshot) -> bool,
-) -> Snapshot {
-    let waited = tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|s| pred(s)))
-        .await
-        .map(|r| r.map(|s| s.clone()));
-    match waited {
-        Ok(snapshot) => snapshot.unwrap(),
-        Err(_) => panic!("timed out waiting for {what}; last: {:?}", rx.borrow()),
-    }
 }
 
 fn ids(s: &Snapshot) -> BTreeSet<String> {

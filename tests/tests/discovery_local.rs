@@ -8,8 +8,8 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
 use weft_discovery::{Discovery, Filter, Health, Registration, Registry, Resolver, Snapshot};
+use weft_tests::wait::until;
 
 async fn local(dir: &std::path::Path, ttl_ms: u64) -> Discovery {
     Discovery::from_setting(&format!(
@@ -24,20 +24,6 @@ fn instance(id: &str, port: u16, version: &str, zone: &str) -> Registration {
     Registration::new("inventory", id, ([127, 0, 0, 1], port).into())
         .with_attribute("version", version)
         .with_attribute("zone", zone)
-}
-
-async fn until(
-    rx: &mut watch::Receiver<Snapshot>,
-    what: &str,
-    pred: impl Fn(&Snapshot) -> bool,
-) -> Snapshot {
-    let waited = tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|s| pred(s)))
-        .await
-        .map(|r| r.map(|s| s.clone()));
-    match waited {
-        Ok(snapshot) => snapshot.unwrap(),
-        Err(_) => panic!("timed out waiting for {what}; last: {:?}", rx.borrow()),
-    }
 }
 
 fn ids(s: &Snapshot) -> BTreeSet<String> {
