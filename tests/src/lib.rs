@@ -3,9 +3,11 @@
 
 pub mod cluster;
 pub mod inventory;
+pub mod load;
 pub mod moto;
 pub mod pki;
 pub mod postgres;
+pub mod process;
 pub mod tools;
 pub mod wait;
 

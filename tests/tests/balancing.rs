@@ -18,75 +18,9 @@ use weft_proto::inventory::v1 as pb;
 use weft_proto::inventory::v1::inventory_service_server::{
     InventoryService, InventoryServiceServer,
 };
-use weft_proto::money::v1::Money;
 use weft_tests::TestDb;
 use weft_tests::cluster::Cluster;
-
-type Client = pb::inventory_service_client::InventoryServiceClient<MeshChannel>;
-
-async fn seed(client: &mut Client) {
-    client
-        .create_product(pb::CreateProductRequest {
-            idempotency_key: "seed".into(),
-            sku: "A".into(),
-            name: "A".into(),
-            unit_price: Some(Money {
-                amount_minor: 1,
-                currency_code: "EUR".into(),
-            }),
-            initial_stock: 5,
-        })
-        .await
-        .unwrap();
-}
-
-/// Calls GetStock from `workers` tasks until `running` is cleared; returns
-/// (calls, failures).
-fn load(
-    client: &Client,
-    workers: usize,
-    running: &Arc<AtomicBool>,
-) -> Vec<tokio::task::JoinHandle<(u64, u64)>> {
-    (0..workers)
-        .map(|_| {
-            let (mut client, running) = (client.clone(), running.clone());
-            tokio::spawn(async move {
-                let (mut calls, mut failures) = (0, 0);
-                let started = Instant::now();
-                while running.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(30)
-                {
-                    calls += 1;
-                    if let Err(e) = client
-                        .get_stock(pb::GetStockRequest {
-                            skus: vec!["A".into()],
-                        })
-                        .await
-                    {
-                        if failures < 3 {
-                            eprintln!("failed call: {e:?}");
-                        }
-                        failures += 1;
-                    }
-                }
-                (calls, failures)
-            })
-        })
-        .collect()
-}
-
-async fn finish(
-    running: &AtomicBool,
-    workers: Vec<tokio::task::JoinHandle<(u64, u64)>>,
-) -> (u64, u64) {
-    running.store(false, Ordering::Relaxed);
-    let mut totals = (0, 0);
-    for w in workers {
-        let (c, f) = w.await.unwrap();
-        totals.0 += c;
-        totals.1 += f;
-    }
-    totals
-}
+use weft_tests::load::{Client, finish, get_stock_load as load, seed, wait_for_endpoints};
 
 fn calls_by_id(channel: &MeshChannel) -> HashMap<String, u64> {
     channel
@@ -94,17 +28,6 @@ fn calls_by_id(channel: &MeshChannel) -> HashMap<String, u64> {
         .iter()
         .map(|e| (e.id.clone(), e.calls.load(Ordering::Relaxed)))
         .collect()
-}
-
-async fn wait_for_endpoints(channel: &MeshChannel, n: usize) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while channel.endpoints().iter().filter(|e| e.available()).count() < n {
-        assert!(
-            Instant::now() < deadline,
-            "{n} endpoints never became available"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -121,9 +44,9 @@ async fn killing_one_of_three_fails_no_idempotent_call() {
         })
         .await
         .unwrap();
-    wait_for_endpoints(&channel, 3).await;
+    wait_for_endpoints(&channel, 3).await.unwrap();
     let mut client = Client::new(channel.clone());
-    seed(&mut client).await;
+    seed(&mut client).await.unwrap();
 
     let running = Arc::new(AtomicBool::new(true));
     let workers = load(&client, 4, &running);
@@ -141,7 +64,7 @@ async fn killing_one_of_three_fails_no_idempotent_call() {
     let after_one_second = victim.calls.load(Ordering::Relaxed);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let later = victim.calls.load(Ordering::Relaxed);
-    let (calls, failures) = finish(&running, workers).await;
+    let (calls, failures) = finish(&running, workers).await.unwrap();
 
     assert_eq!(failures, 0, "{failures} of {calls} idempotent calls failed");
     assert!(calls > 100, "only {calls} calls");
@@ -215,13 +138,13 @@ async fn a_slow_instance_gets_a_much_smaller_share() {
     *target.lock().unwrap() = Some(cluster.instances[slow].as_ref().unwrap().addr());
 
     let channel = cluster.channel(ClientOptions::default()).await.unwrap();
-    wait_for_endpoints(&channel, 3).await;
+    wait_for_endpoints(&channel, 3).await.unwrap();
     let mut client = Client::new(channel.clone());
-    seed(&mut client).await;
+    seed(&mut client).await.unwrap();
     let running = Arc::new(AtomicBool::new(true));
     let workers = load(&client, 8, &running);
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let (calls, failures) = finish(&running, workers).await;
+    let (calls, failures) = finish(&running, workers).await.unwrap();
     assert_eq!(failures, 0);
     let shares = calls_by_id(&channel);
     let slow_calls = shares.get(&format!("inv-{slow}")).copied().unwrap_or(0) as f64;
@@ -243,9 +166,9 @@ async fn a_new_instance_receives_calls_within_a_resolver_period() {
     cluster.add(&db, None).await.unwrap();
     cluster.add(&db, None).await.unwrap();
     let channel = cluster.channel(ClientOptions::default()).await.unwrap();
-    wait_for_endpoints(&channel, 2).await;
+    wait_for_endpoints(&channel, 2).await.unwrap();
     let mut client = Client::new(channel.clone());
-    seed(&mut client).await;
+    seed(&mut client).await.unwrap();
     let running = Arc::new(AtomicBool::new(true));
     let workers = load(&client, 4, &running);
 
@@ -265,7 +188,7 @@ async fn a_new_instance_receives_calls_within_a_resolver_period() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let took = registered.elapsed();
-    let (_, failures) = finish(&running, workers).await;
+    let (_, failures) = finish(&running, workers).await.unwrap();
     assert_eq!(failures, 0);
     // One local-resolver period is 100 ms, then a health round trip; the
     // bound leaves room for a loaded machine and is still far below the 1 s
@@ -331,7 +254,7 @@ async fn the_retry_budget_stops_retries_when_every_instance_fails() {
     let mut options = ClientOptions::default();
     options.failure.consecutive_failures = u32::MAX;
     let channel = cluster.channel(options).await.unwrap();
-    wait_for_endpoints(&channel, 3).await;
+    wait_for_endpoints(&channel, 3).await.unwrap();
     let client = Client::new(channel);
 
     let requests = 600u64;
@@ -387,9 +310,9 @@ async fn a_rolling_restart_with_drain_fails_no_call_even_unretried_ones() {
         .channel_with(ClientOptions::default(), weft_mesh::Idempotency::default())
         .await
         .unwrap();
-    wait_for_endpoints(&channel, 3).await;
+    wait_for_endpoints(&channel, 3).await.unwrap();
     let mut client = Client::new(channel.clone());
-    seed(&mut client).await;
+    seed(&mut client).await.unwrap();
 
     let running = Arc::new(AtomicBool::new(true));
     let readers = load(&client, 3, &running);
@@ -430,7 +353,7 @@ async fn a_rolling_restart_with_drain_fails_no_call_even_unretried_ones() {
         cluster.stop(old).await.unwrap();
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (calls, failures) = finish(&running, readers).await;
+    let (calls, failures) = finish(&running, readers).await.unwrap();
     for w in writers {
         w.await.unwrap();
     }
@@ -475,7 +398,7 @@ async fn not_serving_takes_an_endpoint_out_within_a_round_trip() {
         reporters.push(reporter);
     }
     let channel = cluster.channel(ClientOptions::default()).await.unwrap();
-    wait_for_endpoints(&channel, 2).await;
+    wait_for_endpoints(&channel, 2).await.unwrap();
     let h0 = channel
         .endpoints()
         .iter()
@@ -515,5 +438,5 @@ async fn not_serving_takes_an_endpoint_out_within_a_round_trip() {
     reporters[0]
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
-    wait_for_endpoints(&channel, 2).await;
+    wait_for_endpoints(&channel, 2).await.unwrap();
 }

@@ -1,0 +1,92 @@
+//! Steady load for the mesh-client tests: a seeded product, workers calling
+//! GetStock until told to stop, and the wait for endpoints to be usable.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use weft_mesh::MeshChannel;
+use weft_proto::inventory::v1 as pb;
+use weft_proto::money::v1::Money;
+
+/// An inventory client over the mesh.
+pub type Client = pb::inventory_service_client::InventoryServiceClient<MeshChannel>;
+
+/// Creates product "A" with 5 units.
+pub async fn seed(client: &mut Client) -> Result<()> {
+    client
+        .create_product(pb::CreateProductRequest {
+            idempotency_key: "seed".into(),
+            sku: "A".into(),
+            name: "A".into(),
+            unit_price: Some(Money {
+                amount_minor: 1,
+                currency_code: "EUR".into(),
+            }),
+            initial_stock: 5,
+        })
+        .await?;
+    Ok(())
+}
+
+/// Workers calling GetStock("A") until `running` is cleared (or 30 s pass);
+/// each yields (calls, failures).
+pub fn get_stock_load(
+    client: &Client,
+    workers: usize,
+    running: &Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<(u64, u64)>> {
+    (0..workers)
+        .map(|_| {
+            let (mut client, running) = (client.clone(), running.clone());
+            tokio::spawn(async move {
+                let (mut calls, mut failures) = (0, 0);
+                let started = Instant::now();
+                while running.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(30)
+                {
+                    calls += 1;
+                    if let Err(e) = client
+                        .get_stock(pb::GetStockRequest {
+                            skus: vec!["A".into()],
+                        })
+                        .await
+                    {
+                        if failures < 3 {
+                            eprintln!("failed call: {e:?}");
+                        }
+                        failures += 1;
+                    }
+                }
+                (calls, failures)
+            })
+        })
+        .collect()
+}
+
+/// Stops the workers and sums (calls, failures).
+pub async fn finish(
+    running: &AtomicBool,
+    workers: Vec<tokio::task::JoinHandle<(u64, u64)>>,
+) -> Result<(u64, u64)> {
+    running.store(false, Ordering::Relaxed);
+    let mut totals = (0, 0);
+    for w in workers {
+        let (c, f) = w.await?;
+        totals.0 += c;
+        totals.1 += f;
+    }
+    Ok(totals)
+}
+
+/// Waits until `n` endpoints of `channel` are available, failing after 15 s.
+pub async fn wait_for_endpoints(channel: &MeshChannel, n: usize) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while channel.endpoints().iter().filter(|e| e.available()).count() < n {
+        if Instant::now() > deadline {
+            bail!("{n} endpoints never became available");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}

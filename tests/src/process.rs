@@ -1,0 +1,71 @@
+//! Runs a service binary as its own process, as production does, for the
+//! tests that must kill one for real (`kill -9`) or signal it.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use anyhow::{Context, Result, bail};
+
+/// Finds a workspace binary next to the running test executable
+/// (`target/<profile>/<name>`); scripts/test builds them first.
+pub fn binary(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .context("unexpected test executable location")?;
+    let path = dir.join(name);
+    if !path.is_file() {
+        bail!(
+            "{} not found: build it with `cargo build --workspace --bins` (scripts/test does)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// A running service process, killed (SIGKILL) when dropped.
+#[derive(Debug)]
+pub struct ServiceProcess {
+    child: Option<Child>,
+}
+
+impl ServiceProcess {
+    /// Starts `binary` with exactly `env` (plus PATH), output discarded
+    /// unless `WEFT_TEST_LOGS` is set.
+    pub fn start(binary: &std::path::Path, env: &HashMap<String, String>) -> Result<Self> {
+        let mut command = Command::new(binary);
+        command.env_clear().envs(env).stdin(Stdio::null());
+        if let Ok(path) = std::env::var("PATH") {
+            command.env("PATH", path);
+        }
+        if std::env::var_os("WEFT_TEST_LOGS").is_none() {
+            command.stdout(Stdio::null()).stderr(Stdio::null());
+        }
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        Ok(Self { child: Some(child) })
+    }
+
+    /// `kill -9`.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// The process id.
+    pub fn id(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,73 @@
+//! `kill -9` of one of three real inventory processes (the binary, configured
+//! from its environment, as production runs it) under steady load: no
+//! idempotent call fails and no call reaches the dead process after 1 s.
+
+// Test code: a panic is a failed test with its location.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use weft_mesh::ClientOptions;
+use weft_tests::TestDb;
+use weft_tests::cluster::Cluster;
+use weft_tests::load::{Client, finish, get_stock_load, seed, wait_for_endpoints};
+use weft_tests::process::{ServiceProcess, binary};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_minus_nine_of_one_of_three_processes_fails_no_idempotent_call() {
+    let db = TestDb::create().await.unwrap();
+    let cluster = Cluster::new().unwrap();
+    let identity = cluster.pki().service("inventory", "inventory").unwrap();
+    let inventory = binary("weft-inventory").unwrap();
+    let mut processes = Vec::new();
+    for n in 0..3 {
+        let env: HashMap<String, String> = [
+            ("DATABASE_URL", db.url()),
+            ("WEFT_LISTEN", "127.0.0.1:0".into()),
+            ("WEFT_TLS_CERT", identity.cert.display().to_string()),
+            ("WEFT_TLS_KEY", identity.key.display().to_string()),
+            ("WEFT_TLS_CA", identity.trust_bundle.display().to_string()),
+            ("WEFT_DISCOVERY", cluster.setting()),
+            ("WEFT_INSTANCE_ID", format!("proc-{n}")),
+            ("WEFT_HEALTH_INTERVAL_MS", "100".into()),
+            ("WEFT_DRAIN_MS", "0".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        processes.push(ServiceProcess::start(&inventory, &env).unwrap());
+    }
+
+    let channel = cluster.channel(ClientOptions::default()).await.unwrap();
+    wait_for_endpoints(&channel, 3).await.unwrap();
+    let mut client = Client::new(channel.clone());
+    seed(&mut client).await.unwrap();
+    let victim = channel
+        .endpoints()
+        .iter()
+        .find(|e| e.id == "proc-1")
+        .cloned()
+        .unwrap();
+
+    let running = Arc::new(AtomicBool::new(true));
+    let workers = get_stock_load(&client, 4, &running);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let before = victim.calls.load(Ordering::Relaxed);
+    processes[1].kill();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after_one_second = victim.calls.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let later = victim.calls.load(Ordering::Relaxed);
+    let (calls, failures) = finish(&running, workers).await.unwrap();
+
+    assert_eq!(failures, 0, "{failures} of {calls} idempotent calls failed");
+    assert!(before > 0, "the victim served before it was killed");
+    assert_eq!(
+        later, after_one_second,
+        "calls reached the killed process after 1 s"
+    );
+    assert!(calls > 100, "only {calls} calls");
+}
