@@ -253,11 +253,10 @@ async fn a_per_method_timeout_bounds_calls_without_a_deadline() {
         .unwrap();
 
     let options = ClientOptions {
-        method_timeouts: [(
-            "/weft.inventory.v1.InventoryService/GetStock".to_string(),
-            Duration::from_millis(200),
-        )]
-        .into(),
+        method_timeouts: weft_mesh::client::MethodTimeouts::parse(
+            "weft.inventory.v1.InventoryService/GetStock=200ms",
+        )
+        .unwrap(),
         ..ClientOptions::default()
     };
     let channel = cluster.channel(options).await.unwrap();

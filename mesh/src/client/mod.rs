@@ -7,10 +7,12 @@
 mod endpoint;
 mod pool;
 mod retry;
+mod timeouts;
 
 pub use endpoint::{EndpointState, FailurePolicy};
 pub use pool::{Connect, Pool};
 pub use retry::{Idempotency, RetryBudget, never_sent};
+pub use timeouts::{MethodTimeouts, TimeoutSettingError, parse_duration};
 
 use std::future::Future;
 use std::pin::Pin;
@@ -43,9 +45,9 @@ pub struct ClientOptions {
     pub retry_percent: f32,
     /// … plus this many per second.
     pub retry_min_per_sec: u32,
-    /// Timeouts by method path (`/package.Service/Method`) for calls that
-    /// carry no deadline of their own.
-    pub method_timeouts: std::collections::HashMap<String, Duration>,
+    /// Timeouts by method (exact or prefix) for calls that carry no deadline
+    /// of their own; see [`MethodTimeouts::parse`] for the setting's form.
+    pub method_timeouts: MethodTimeouts,
     /// The timeout for other calls without a deadline; `None` for none.
     pub default_timeout: Option<Duration>,
 }
@@ -183,7 +185,6 @@ impl Inner {
             .options
             .method_timeouts
             .get(parts.uri.path())
-            .copied()
             .or(self.options.default_timeout)
             .map(|t| now + t);
         [crate::deadline::current_deadline(), own, configured]
