@@ -48,6 +48,7 @@ async fn mesh(
     addrs: &[SocketAddr],
     store: &CertStore,
     expected: weft_mesh::SpiffeId,
+    options: ClientOptions,
 ) -> MeshChannel {
     let list: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
     let discovery = Discovery::from_setting(&format!("static://bench={}", list.join(",")))
@@ -60,7 +61,7 @@ async fn mesh(
         store,
         expected,
         Arc::new(Idempotency::default()),
-        ClientOptions::default(),
+        options,
     )
     .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -129,8 +130,25 @@ async fn run() {
     for _ in 0..3 {
         addrs.push(start_server(&server_store).await);
     }
-    let three = mesh(&addrs, &client_store, expected.clone()).await;
-    let one = mesh(&addrs[..1], &client_store, expected.clone()).await;
+    let three = mesh(
+        &addrs,
+        &client_store,
+        expected.clone(),
+        ClientOptions::default(),
+    )
+    .await;
+    let one = mesh(
+        &addrs[..1],
+        &client_store,
+        expected.clone(),
+        ClientOptions::default(),
+    )
+    .await;
+    let no_retries = ClientOptions {
+        max_attempts: 1,
+        ..ClientOptions::default()
+    };
+    let one_streamed = mesh(&addrs[..1], &client_store, expected.clone(), no_retries).await;
     let plain = mtls_channel(addrs[0], client_config(&client_store, expected).unwrap()).unwrap();
 
     println!("| concurrency | client | calls/s | p50 µs | p99 µs | vs plain channel |");
@@ -138,10 +156,12 @@ async fn run() {
     for concurrency in [1, 16, 64] {
         let base = measure(HealthClient::new(plain.clone()), concurrency).await;
         let w1 = measure(HealthClient::new(one.clone()), concurrency).await;
+        let w1s = measure(HealthClient::new(one_streamed.clone()), concurrency).await;
         let w3 = measure(HealthClient::new(three.clone()), concurrency).await;
         for (label, r) in [
             ("plain Channel, 1 instance", base),
             ("Weft, 1 instance", w1),
+            ("Weft, 1 instance, retries off", w1s),
             ("Weft, 3 instances", w3),
         ] {
             println!(

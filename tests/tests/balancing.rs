@@ -226,8 +226,10 @@ failing! {
     get_reservation(pb::GetReservationRequest) -> pb::GetReservationResponse;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_retry_budget_stops_retries_when_every_instance_fails() {
+/// Three instances that answer every call with UNAVAILABLE while their
+/// health stays SERVING, registered in a fresh cluster's discovery; the
+/// counter counts the calls they received.
+async fn failing_cluster() -> (Cluster, Arc<AtomicU64>) {
     let cluster = Cluster::new().unwrap();
     let discovery = Discovery::from_setting(&cluster.setting()).await.unwrap();
     let received = Arc::new(AtomicU64::new(0));
@@ -250,6 +252,12 @@ async fn the_retry_budget_stops_retries_when_every_instance_fails() {
             .await
             .unwrap();
     }
+    (cluster, received)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retry_budget_stops_retries_when_every_instance_fails() {
+    let (cluster, received) = failing_cluster().await;
     // Ejection is off here, so only the budget can stop the retries.
     let mut options = ClientOptions::default();
     options.failure.consecutive_failures = u32::MAX;
@@ -439,4 +447,32 @@ async fn not_serving_takes_an_endpoint_out_within_a_round_trip() {
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
     wait_for_endpoints(&channel, 2).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_retries_off_each_call_is_one_attempt() {
+    let (cluster, received) = failing_cluster().await;
+    let mut options = ClientOptions {
+        max_attempts: 1,
+        ..ClientOptions::default()
+    };
+    // Ejection off, so every call finds an endpoint to fail on.
+    options.failure.consecutive_failures = u32::MAX;
+    let channel = cluster.channel(options).await.unwrap();
+    wait_for_endpoints(&channel, 3).await.unwrap();
+    let mut client = Client::new(channel);
+    for _ in 0..50 {
+        let err = client
+            .get_stock(pb::GetStockRequest {
+                skus: vec!["A".into()],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unavailable);
+    }
+    assert_eq!(
+        received.load(Ordering::Relaxed),
+        50,
+        "one attempt per call, the body streamed through"
+    );
 }

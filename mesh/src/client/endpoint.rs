@@ -226,3 +226,83 @@ fn decayed(ewma: f64, at: Instant, now: Instant) -> f64 {
 pub fn reconnect_backoff() -> Backoff {
     Backoff::new(Duration::from_secs(1), 1.6, Duration::from_secs(120), 0.2)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint(policy: FailurePolicy) -> EndpointState {
+        let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy();
+        let e = EndpointState::new(
+            "e".into(),
+            ([127, 0, 0, 1], 9).into(),
+            vec![channel],
+            policy,
+        );
+        e.set_serving(true);
+        e
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn consecutive_failures_eject_for_growing_times() {
+        let e = endpoint(FailurePolicy::default());
+        for _ in 0..6 {
+            e.call_failed();
+        }
+        assert!(e.available(), "six failures are not enough");
+        e.call_succeeded();
+        for _ in 0..6 {
+            e.call_failed();
+        }
+        assert!(e.available(), "a success resets the count");
+        e.call_failed();
+        assert!(!e.available(), "the seventh consecutive failure ejects");
+        tokio::time::advance(Duration::from_secs(31)).await;
+        assert!(e.available(), "back after 30 s");
+        for _ in 0..7 {
+            e.call_failed();
+        }
+        tokio::time::advance(Duration::from_secs(31)).await;
+        assert!(!e.available(), "the second ejection lasts 60 s");
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert!(e.available());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn peak_latency_counts_at_once_and_load_multiplies_it() {
+        let e = endpoint(FailurePolicy::default());
+        let idle = e.cost();
+        {
+            let call = e.start();
+            tokio::time::advance(Duration::from_millis(50)).await;
+            call.responded();
+        }
+        let slow = e.cost();
+        assert!(
+            slow > idle * 5.0,
+            "a 50 ms response raises the estimate at once"
+        );
+        let _busy = (e.start(), e.start());
+        assert!(e.cost() > slow * 2.5, "two calls in flight triple the cost");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reconnect_delays_grow_from_one_second() {
+        let e = endpoint(FailurePolicy::default());
+        let first = e.connection_failed();
+        assert!(
+            !e.available(),
+            "a failed connection leaves the pool at once"
+        );
+        let second = e.connection_failed();
+        assert!((0.8..=1.2).contains(&first.as_secs_f64()), "{first:?}");
+        assert!((1.28..=1.92).contains(&second.as_secs_f64()), "{second:?}");
+        e.set_serving(true);
+        assert!(e.available());
+        let again = e.connection_failed();
+        assert!(
+            again.as_secs_f64() <= 1.2,
+            "serving again resets the backoff: {again:?}"
+        );
+    }
+}

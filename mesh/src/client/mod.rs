@@ -223,11 +223,60 @@ impl Inner {
         }
     }
 
+    /// With retries off the body streams straight through: nothing is kept
+    /// for a replay.
+    async fn single_attempt(
+        &self,
+        parts: http::request::Parts,
+        body: tonic::body::Body,
+    ) -> Result<http::Response<tonic::body::Body>, BoxError> {
+        let unavailable = || -> BoxError {
+            Status::unavailable(format!("no available endpoint for {}", self.service)).into()
+        };
+        let endpoint = self
+            .pool
+            .pick_within(&[], self.options.pick_timeout)
+            .await
+            .ok_or_else(unavailable)?;
+        let mut channel = endpoint.channel().ok_or_else(unavailable)?;
+        let in_flight = endpoint.start();
+        let result = match channel.ready().await {
+            Ok(ready) => ready.call(http::Request::from_parts(parts, body)).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(response) => {
+                in_flight.responded();
+                if header_status(&response) == Some(tonic::Code::Unavailable) {
+                    endpoint.call_failed();
+                } else {
+                    endpoint.call_succeeded();
+                }
+                Ok(response)
+            }
+            Err(e) => {
+                drop(in_flight);
+                if never_sent(&e) {
+                    endpoint.connection_failed();
+                } else {
+                    endpoint.call_failed();
+                }
+                Err(Box::new(Status::unavailable(format!(
+                    "{} unavailable: {e}",
+                    self.service
+                ))))
+            }
+        }
+    }
+
     async fn attempts(
         &self,
         parts: http::request::Parts,
         body: tonic::body::Body,
     ) -> Result<http::Response<tonic::body::Body>, BoxError> {
+        if self.options.max_attempts <= 1 {
+            return self.single_attempt(parts, body).await;
+        }
         let safe_method = self.idempotency.is_safe(parts.uri.path());
         // Unary bodies are small: keep them so an attempt can be repeated.
         let body: Bytes = body.collect().await?.to_bytes();
