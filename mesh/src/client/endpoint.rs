@@ -118,7 +118,7 @@ impl EndpointState {
         let ewma = self
             .ewma
             .lock()
-            .map(|g| decayed(g.0, g.1, Instant::now()))
+            .map(|g| decayed(g.0, decay_weight(g.1, Instant::now())))
             .unwrap_or(0.0);
         ewma * (self.in_flight.load(Ordering::Relaxed) + 1) as f64
     }
@@ -139,9 +139,8 @@ impl EndpointState {
         if let Ok(mut g) = self.ewma.lock() {
             let now = Instant::now();
             let rtt = rtt.as_nanos() as f64;
-            let current = decayed(g.0, g.1, now);
-            let elapsed = now.saturating_duration_since(g.1).as_secs_f64();
-            let w = (-elapsed / DECAY.as_secs_f64()).exp();
+            let w = decay_weight(g.1, now);
+            let current = decayed(g.0, w);
             g.0 = if rtt > current {
                 rtt
             } else {
@@ -214,11 +213,16 @@ impl Drop for InFlight<'_> {
     }
 }
 
-fn decayed(ewma: f64, at: Instant, now: Instant) -> f64 {
-    // Without new observations the estimate drifts toward the default, so an
-    // endpoint that was slow once is tried again eventually.
+/// How much of an estimate made at `at` still counts at `now`.
+fn decay_weight(at: Instant, now: Instant) -> f64 {
     let elapsed = now.saturating_duration_since(at).as_secs_f64();
-    let w = (-elapsed / DECAY.as_secs_f64()).exp();
+    (-elapsed / DECAY.as_secs_f64()).exp()
+}
+
+/// The estimate after decay with weight `w`: without new observations it
+/// drifts toward the default, so an endpoint that was slow once is tried
+/// again eventually.
+fn decayed(ewma: f64, w: f64) -> f64 {
     ewma * w + DEFAULT_RTT.as_nanos() as f64 * (1.0 - w)
 }
 

@@ -223,25 +223,33 @@ impl Inner {
         }
     }
 
-    /// With retries off the body streams straight through: nothing is kept
-    /// for a replay.
-    async fn single_attempt(
+    fn no_endpoint(&self) -> BoxError {
+        Status::unavailable(format!("no available endpoint for {}", self.service)).into()
+    }
+
+    fn unavailable(&self, error: &BoxError) -> BoxError {
+        Box::new(Status::unavailable(format!(
+            "{} unavailable: {error}",
+            self.service
+        )))
+    }
+
+    /// Sends `request` to `endpoint` and records the outcome on it: latency
+    /// for the estimate, a failure (or a failed connection) for ejection.
+    async fn attempt(
         &self,
-        parts: http::request::Parts,
-        body: tonic::body::Body,
-    ) -> Result<http::Response<tonic::body::Body>, BoxError> {
-        let unavailable = || -> BoxError {
-            Status::unavailable(format!("no available endpoint for {}", self.service)).into()
-        };
-        let endpoint = self
-            .pool
-            .pick_within(&[], self.options.pick_timeout)
-            .await
-            .ok_or_else(unavailable)?;
-        let mut channel = endpoint.channel().ok_or_else(unavailable)?;
+        endpoint: &EndpointState,
+        request: http::Request<tonic::body::Body>,
+    ) -> Attempt {
         let in_flight = endpoint.start();
+        let Some(mut channel) = endpoint.channel() else {
+            return Attempt::Failed {
+                error: "endpoint has no connection".into(),
+                unsent: true,
+            };
+        };
         let result = match channel.ready().await {
-            Ok(ready) => ready.call(http::Request::from_parts(parts, body)).await,
+            Ok(ready) => ready.call(request).await,
             Err(e) => Err(e),
         };
         match result {
@@ -249,23 +257,46 @@ impl Inner {
                 in_flight.responded();
                 if header_status(&response) == Some(tonic::Code::Unavailable) {
                     endpoint.call_failed();
+                    Attempt::Unavailable(response)
                 } else {
                     endpoint.call_succeeded();
+                    Attempt::Answered(response)
                 }
-                Ok(response)
             }
-            Err(e) => {
+            Err(error) => {
                 drop(in_flight);
-                if never_sent(&e) {
+                let unsent = never_sent(&error);
+                if unsent {
                     endpoint.connection_failed();
                 } else {
                     endpoint.call_failed();
                 }
-                Err(Box::new(Status::unavailable(format!(
-                    "{} unavailable: {e}",
-                    self.service
-                ))))
+                Attempt::Failed {
+                    error: Box::new(error),
+                    unsent,
+                }
             }
+        }
+    }
+
+    /// With retries off the body streams straight through: nothing is kept
+    /// for a replay.
+    async fn single_attempt(
+        &self,
+        parts: http::request::Parts,
+        body: tonic::body::Body,
+    ) -> Result<http::Response<tonic::body::Body>, BoxError> {
+        let endpoint = self
+            .pool
+            .pick_within(&[], self.options.pick_timeout)
+            .await
+            .ok_or_else(|| self.no_endpoint())?;
+        match self
+            .attempt(&endpoint, http::Request::from_parts(parts, body))
+            .await
+        {
+            Attempt::Answered(response) | Attempt::Unavailable(response) => Ok(response),
+            Attempt::Failed { error, .. } => Err(self.unavailable(&error)),
         }
     }
 
@@ -285,62 +316,43 @@ impl Inner {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let Some(endpoint) = self
+            let endpoint = self
                 .pool
                 .pick_within(&tried, self.options.pick_timeout)
                 .await
-            else {
-                return Err(Status::unavailable(format!(
-                    "no available endpoint for {}",
-                    self.service
-                ))
-                .into());
-            };
+                .ok_or_else(|| self.no_endpoint())?;
             tried.push(endpoint.id.clone());
             let request = http::Request::from_parts(
                 parts.clone(),
                 tonic::body::Body::new(http_body_util::Full::new(body.clone())),
             );
-            let in_flight = endpoint.start();
-            let Some(mut channel) = endpoint.channel() else {
-                continue;
-            };
-            let result = match channel.ready().await {
-                Ok(ready) => ready.call(request).await,
-                Err(e) => Err(e),
-            };
             let can_retry = attempt < self.options.max_attempts;
-            match result {
-                Ok(response) => {
-                    in_flight.responded();
-                    if header_status(&response) == Some(tonic::Code::Unavailable) {
-                        endpoint.call_failed();
-                        if safe_method && can_retry && self.budget.withdraw() {
-                            continue;
-                        }
-                    } else {
-                        endpoint.call_succeeded();
+            match self.attempt(&endpoint, request).await {
+                Attempt::Answered(response) => return Ok(response),
+                Attempt::Unavailable(response) => {
+                    if safe_method && can_retry && self.budget.withdraw() {
+                        continue;
                     }
                     return Ok(response);
                 }
-                Err(e) => {
-                    drop(in_flight);
-                    let unsent = never_sent(&e);
-                    if unsent {
-                        endpoint.connection_failed();
-                    } else {
-                        endpoint.call_failed();
-                    }
+                Attempt::Failed { error, unsent } => {
                     if (unsent || safe_method) && can_retry && self.budget.withdraw() {
-                        tracing::debug!(service = %self.service, endpoint = %endpoint.id, error = %e, "retrying elsewhere");
+                        tracing::debug!(service = %self.service, endpoint = %endpoint.id, %error, "retrying elsewhere");
                         continue;
                     }
-                    return Err(Box::new(Status::unavailable(format!(
-                        "{} unavailable: {e}",
-                        self.service
-                    ))));
+                    return Err(self.unavailable(&error));
                 }
             }
         }
     }
+}
+
+/// What one attempt came to.
+enum Attempt {
+    /// A response other than UNAVAILABLE.
+    Answered(http::Response<tonic::body::Body>),
+    /// A trailers-only UNAVAILABLE.
+    Unavailable(http::Response<tonic::body::Body>),
+    /// No response: a transport error, and whether the request never left.
+    Failed { error: BoxError, unsent: bool },
 }
