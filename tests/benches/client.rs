@@ -12,15 +12,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tonic::client::GrpcService;
-use tonic::transport::Server;
+use tonic::service::Routes;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 use weft_discovery::{Discovery, Filter, Resolver};
-use weft_mesh::{
-    CertStore, ClientOptions, Idempotency, MeshChannel, client_config, mtls_channel, server_config,
-    tls_incoming,
-};
+use weft_mesh::{CertStore, ClientOptions, Idempotency, MeshChannel, client_config, mtls_channel};
 use weft_tests::pki::TestPki;
+use weft_tests::servers::serve_mtls;
 
 const CALLS: usize = 20_000;
 
@@ -30,18 +28,6 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(run());
-}
-
-async fn start_server(store: &CertStore) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (_reporter, health) = tonic_health::server::health_reporter();
-    tokio::spawn(
-        Server::builder()
-            .add_service(health)
-            .serve_with_incoming(tls_incoming(listener, server_config(store).unwrap())),
-    );
-    addr
 }
 
 async fn mesh(
@@ -128,7 +114,12 @@ async fn run() {
     let expected = server_store.current().id;
     let mut addrs = Vec::new();
     for _ in 0..3 {
-        addrs.push(start_server(&server_store).await);
+        let (_reporter, health) = tonic_health::server::health_reporter();
+        addrs.push(
+            serve_mtls(&server_store, Routes::new(health))
+                .await
+                .unwrap(),
+        );
     }
     let three = mesh(
         &addrs,

@@ -11,12 +11,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustls::pki_types::ServerName;
+use tonic::service::Routes;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Channel, Server};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
-use weft_mesh::{CertStore, client_config, mtls_channel, server_config, tls_incoming};
+use weft_mesh::{CertStore, client_config, mtls_channel};
 use weft_tests::pki::TestPki;
+use weft_tests::servers::serve_mtls;
 
 const HANDSHAKES: usize = 2000;
 const CALLS: usize = 20_000;
@@ -45,20 +47,14 @@ async fn run() {
     let client_tls = client_config(&client_store, server_store.current().id).unwrap();
 
     let (_reporter, health) = tonic_health::server::health_reporter();
-    let tls_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let tls_addr = tls_listener.local_addr().unwrap();
+    let tls_addr = serve_mtls(&server_store, Routes::new(health.clone()))
+        .await
+        .unwrap();
     let plain_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let plain_addr = plain_listener.local_addr().unwrap();
-    let tls_server = Server::builder()
-        .add_service(health.clone())
-        .serve_with_incoming(tls_incoming(
-            tls_listener,
-            server_config(&server_store).unwrap(),
-        ));
     let plain_server = Server::builder()
         .add_service(health)
         .serve_with_incoming(TcpIncoming::from(plain_listener).with_nodelay(Some(true)));
-    tokio::spawn(tls_server);
     tokio::spawn(plain_server);
 
     // Full handshakes versus bare TCP connects.

@@ -6,7 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
-use weft_discovery::{Discovery, Filter, Resolver};
+use weft_discovery::local::LocalRegistry;
+use weft_discovery::{Discovery, Filter, Registry, Resolver};
+
+/// How long a record lives without a heartbeat.
+const RECORD_TTL: Duration = Duration::from_secs(1);
 use weft_inventory::RegistrationConfig;
 use weft_mesh::{CertStore, ClientOptions, Idempotency, MeshChannel};
 
@@ -23,14 +27,19 @@ pub struct Cluster {
     pub instances: Vec<Option<Inventory>>,
     /// The drain protocol's timings for instances added from now on.
     pub drain: weft_mesh::DrainConfig,
+    /// Keeps the records of stand-in servers alive (heartbeats) for as long
+    /// as the cluster lives.
+    stand_ins: LocalRegistry,
 }
 
 impl Cluster {
     /// A cluster with no instance yet.
     pub fn new() -> Result<Self> {
+        let registry = tempfile::tempdir()?;
         Ok(Self {
             pki: Arc::new(TestPki::new()?),
-            registry: tempfile::tempdir()?,
+            stand_ins: LocalRegistry::new(registry.path(), RECORD_TTL),
+            registry,
             instances: Vec::new(),
             drain: weft_mesh::DrainConfig {
                 drain_period: Duration::from_millis(500),
@@ -43,8 +52,9 @@ impl Cluster {
     /// looked at every 100 ms.
     pub fn setting(&self) -> String {
         format!(
-            "local://{}?ttl_ms=1000&poll_ms=100",
-            self.registry.path().display()
+            "local://{}?ttl_ms={}&poll_ms=100",
+            self.registry.path().display(),
+            RECORD_TTL.as_millis()
         )
     }
 
@@ -98,6 +108,14 @@ impl Cluster {
             Arc::new(idempotency),
             options,
         )?)
+    }
+
+    /// Registers `addr` as inventory instance `id` in the cluster's
+    /// discovery (for stand-in servers the test runs itself).
+    pub async fn register(&self, id: &str, addr: SocketAddr) -> Result<()> {
+        let registration = weft_discovery::Registration::new("inventory", id, addr);
+        self.stand_ins.register(&registration).await?;
+        Ok(())
     }
 
     /// Stops instance `n` through the drain protocol and waits for it.

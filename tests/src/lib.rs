@@ -8,6 +8,7 @@ pub mod moto;
 pub mod pki;
 pub mod postgres;
 pub mod process;
+pub mod servers;
 pub mod tools;
 pub mod wait;
 

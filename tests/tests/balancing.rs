@@ -10,10 +10,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tonic::transport::Server;
+use tonic::service::Routes;
 use tonic::{Request, Response, Status};
-use weft_discovery::{Discovery, Registration, Registry};
-use weft_mesh::{CertStore, ClientOptions, MeshChannel, server_config, tls_incoming};
+use weft_mesh::{CertStore, ClientOptions, MeshChannel};
 use weft_proto::inventory::v1 as pb;
 use weft_proto::inventory::v1::inventory_service_server::{
     InventoryService, InventoryServiceServer,
@@ -21,6 +20,7 @@ use weft_proto::inventory::v1::inventory_service_server::{
 use weft_tests::TestDb;
 use weft_tests::cluster::Cluster;
 use weft_tests::load::{Client, finish, get_stock_load as load, seed, wait_for_endpoints};
+use weft_tests::servers::serve_mtls;
 
 fn calls_by_id(channel: &MeshChannel) -> HashMap<String, u64> {
     channel
@@ -231,26 +231,19 @@ failing! {
 /// counter counts the calls they received.
 async fn failing_cluster() -> (Cluster, Arc<AtomicU64>) {
     let cluster = Cluster::new().unwrap();
-    let discovery = Discovery::from_setting(&cluster.setting()).await.unwrap();
     let received = Arc::new(AtomicU64::new(0));
+    let store = CertStore::load(
+        cluster.pki().service("inventory", "inventory").unwrap(),
+        Duration::from_secs(60),
+    )
+    .unwrap();
     for n in 0..3 {
-        let store = CertStore::load(
-            cluster.pki().service("inventory", "inventory").unwrap(),
-            Duration::from_secs(60),
-        )
-        .unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        // Health stays SERVING: only the calls fail.
         let (_reporter, health) = tonic_health::server::health_reporter();
-        let server = Server::builder()
-            .add_service(health)
-            .add_service(InventoryServiceServer::new(Failing(received.clone())))
-            .serve_with_incoming(tls_incoming(listener, server_config(&store).unwrap()));
-        tokio::spawn(server);
-        discovery
-            .register(&Registration::new("inventory", format!("bad-{n}"), addr))
-            .await
-            .unwrap();
+        let routes =
+            Routes::new(health).add_service(InventoryServiceServer::new(Failing(received.clone())));
+        let addr = serve_mtls(&store, routes).await.unwrap();
+        cluster.register(&format!("bad-{n}"), addr).await.unwrap();
     }
     (cluster, received)
 }
@@ -383,7 +376,6 @@ async fn a_rolling_restart_with_drain_fails_no_call_even_unretried_ones() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn not_serving_takes_an_endpoint_out_within_a_round_trip() {
     let cluster = Cluster::new().unwrap();
-    let discovery = Discovery::from_setting(&cluster.setting()).await.unwrap();
     let store = CertStore::load(
         cluster.pki().service("inventory", "inventory").unwrap(),
         Duration::from_secs(60),
@@ -391,18 +383,9 @@ async fn not_serving_takes_an_endpoint_out_within_a_round_trip() {
     .unwrap();
     let mut reporters = Vec::new();
     for n in 0..2 {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let (reporter, health) = tonic_health::server::health_reporter();
-        tokio::spawn(
-            Server::builder()
-                .add_service(health)
-                .serve_with_incoming(tls_incoming(listener, server_config(&store).unwrap())),
-        );
-        discovery
-            .register(&Registration::new("inventory", format!("h-{n}"), addr))
-            .await
-            .unwrap();
+        let addr = serve_mtls(&store, Routes::new(health)).await.unwrap();
+        cluster.register(&format!("h-{n}"), addr).await.unwrap();
         reporters.push(reporter);
     }
     let channel = cluster.channel(ClientOptions::default()).await.unwrap();

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use tonic::transport::Server;
 use tonic::{Request, Response, Status};
-use weft_discovery::{Discovery, Registration, Registry};
 use weft_mesh::{
     CertStore, ClientOptions, DeadlineLayer, MeshChannel, SpiffeId, client_config, mtls_channel,
     server_config, tls_incoming,
@@ -162,11 +161,7 @@ async fn a_deadline_set_by_the_first_caller_is_enforced_two_hops_away() {
     )
     .unwrap();
     let slow_addr = serve(Slow(seen.clone()), &inventory_store).await;
-    let discovery = Discovery::from_setting(&cluster.setting()).await.unwrap();
-    discovery
-        .register(&Registration::new("inventory", "slow-1", slow_addr))
-        .await
-        .unwrap();
+    cluster.register("slow-1", slow_addr).await.unwrap();
 
     // Hop 1: the relay, calling inventory through the mesh client.
     let to_inventory = cluster.channel(ClientOptions::default()).await.unwrap();
@@ -246,11 +241,7 @@ async fn a_per_method_timeout_bounds_calls_without_a_deadline() {
     )
     .unwrap();
     let addr = serve(Slow(seen.clone()), &store).await;
-    let discovery = Discovery::from_setting(&cluster.setting()).await.unwrap();
-    discovery
-        .register(&Registration::new("inventory", "slow-1", addr))
-        .await
-        .unwrap();
+    cluster.register("slow-1", addr).await.unwrap();
 
     let options = ClientOptions {
         method_timeouts: weft_mesh::client::MethodTimeouts::parse(

@@ -1,0 +1,23 @@
+//! Plain tonic servers over Weft's mTLS for tests and benchmarks: stand-ins
+//! (health-only, failing, slow) whose behaviour the test controls.
+
+use std::net::SocketAddr;
+
+use anyhow::Result;
+use tonic::service::Routes;
+use tonic::transport::Server;
+use weft_mesh::{CertStore, server_config, tls_incoming};
+
+/// Serves `routes` over mTLS as `store`'s identity on 127.0.0.1, port 0, in a
+/// task of its own; returns the address.
+pub async fn serve_mtls(store: &CertStore, routes: Routes) -> Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let tls = server_config(store)?;
+    tokio::spawn(
+        Server::builder()
+            .add_routes(routes)
+            .serve_with_incoming(tls_incoming(listener, tls)),
+    );
+    Ok(addr)
+}
