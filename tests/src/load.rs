@@ -90,3 +90,51 @@ pub async fn wait_for_endpoints(channel: &MeshChannel, n: usize) -> Result<()> {
     }
     Ok(())
 }
+
+/// What a kill under load showed: the calls and failures of the load, and the
+/// victim's call counter when it was killed, 1 s later and 2.5 s later.
+#[derive(Debug, Clone, Copy)]
+pub struct KillReport {
+    /// Calls made by the workers.
+    pub calls: u64,
+    /// Calls that failed.
+    pub failures: u64,
+    /// The victim's calls when it was killed.
+    pub before_kill: u64,
+    /// The victim's calls 1 s after.
+    pub after_one_second: u64,
+    /// The victim's calls 2.5 s after.
+    pub later: u64,
+}
+
+/// Seeds product "A", runs 4 GetStock workers through `channel`, calls
+/// `kill` after 800 ms, and watches endpoint `victim`'s counter (kept even
+/// after the endpoint leaves the pool).
+pub async fn kill_under_load(
+    channel: &MeshChannel,
+    victim: &str,
+    kill: impl FnOnce(),
+) -> Result<KillReport> {
+    let mut client = Client::new(channel.clone());
+    seed(&mut client).await?;
+    let Some(victim) = channel.endpoints().iter().find(|e| e.id == victim).cloned() else {
+        bail!("no endpoint {victim}");
+    };
+    let running = Arc::new(AtomicBool::new(true));
+    let workers = get_stock_load(&client, 4, &running);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let before_kill = victim.calls.load(Ordering::Relaxed);
+    kill();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after_one_second = victim.calls.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let later = victim.calls.load(Ordering::Relaxed);
+    let (calls, failures) = finish(&running, workers).await?;
+    Ok(KillReport {
+        calls,
+        failures,
+        before_kill,
+        after_one_second,
+        later,
+    })
+}

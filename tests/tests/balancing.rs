@@ -19,7 +19,9 @@ use weft_proto::inventory::v1::inventory_service_server::{
 };
 use weft_tests::TestDb;
 use weft_tests::cluster::Cluster;
-use weft_tests::load::{Client, finish, get_stock_load as load, seed, wait_for_endpoints};
+use weft_tests::load::{
+    Client, KillReport, finish, get_stock_load as load, kill_under_load, seed, wait_for_endpoints,
+};
 use weft_tests::servers::serve_mtls;
 
 fn calls_by_id(channel: &MeshChannel) -> HashMap<String, u64> {
@@ -45,26 +47,15 @@ async fn killing_one_of_three_fails_no_idempotent_call() {
         .await
         .unwrap();
     wait_for_endpoints(&channel, 3).await.unwrap();
-    let mut client = Client::new(channel.clone());
-    seed(&mut client).await.unwrap();
-
-    let running = Arc::new(AtomicBool::new(true));
-    let workers = load(&client, 4, &running);
-    // Kept even after the endpoint leaves the pool, to read its counter.
-    let victim = channel
-        .endpoints()
-        .iter()
-        .find(|e| e.id == "inv-1")
-        .cloned()
+    let KillReport {
+        calls,
+        failures,
+        before_kill,
+        after_one_second,
+        later,
+    } = kill_under_load(&channel, "inv-1", || cluster.kill(1))
+        .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    let before_kill = victim.calls.load(Ordering::Relaxed);
-    cluster.kill(1);
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let after_one_second = victim.calls.load(Ordering::Relaxed);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let later = victim.calls.load(Ordering::Relaxed);
-    let (calls, failures) = finish(&running, workers).await.unwrap();
 
     assert_eq!(failures, 0, "{failures} of {calls} idempotent calls failed");
     assert!(calls > 100, "only {calls} calls");

@@ -6,14 +6,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use weft_mesh::ClientOptions;
 use weft_tests::TestDb;
 use weft_tests::cluster::Cluster;
-use weft_tests::load::{Client, finish, get_stock_load, seed, wait_for_endpoints};
+use weft_tests::load::{KillReport, kill_under_load, wait_for_endpoints};
 use weft_tests::process::{ServiceProcess, binary};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -43,25 +40,15 @@ async fn kill_minus_nine_of_one_of_three_processes_fails_no_idempotent_call() {
 
     let channel = cluster.channel(ClientOptions::default()).await.unwrap();
     wait_for_endpoints(&channel, 3).await.unwrap();
-    let mut client = Client::new(channel.clone());
-    seed(&mut client).await.unwrap();
-    let victim = channel
-        .endpoints()
-        .iter()
-        .find(|e| e.id == "proc-1")
-        .cloned()
+    let KillReport {
+        calls,
+        failures,
+        before_kill: before,
+        after_one_second,
+        later,
+    } = kill_under_load(&channel, "proc-1", || processes[1].kill())
+        .await
         .unwrap();
-
-    let running = Arc::new(AtomicBool::new(true));
-    let workers = get_stock_load(&client, 4, &running);
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    let before = victim.calls.load(Ordering::Relaxed);
-    processes[1].kill();
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let after_one_second = victim.calls.load(Ordering::Relaxed);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let later = victim.calls.load(Ordering::Relaxed);
-    let (calls, failures) = finish(&running, workers).await.unwrap();
 
     assert_eq!(failures, 0, "{failures} of {calls} idempotent calls failed");
     assert!(before > 0, "the victim served before it was killed");
