@@ -1,15 +1,15 @@
 //! The gRPC edge of inventory: validates each request, runs it against the
 //! store, and converts the outcome to the response or a status.
 
-use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 use weft_proto::inventory::v1 as pb;
 use weft_proto::inventory::v1::inventory_service_server::InventoryService;
 
 use crate::convert;
 use crate::domain::{NewProduct, Transition};
-use crate::store::{IdempotencyKey, Store};
+use crate::store::Store;
 use crate::validate;
+use weft_service::IdempotencyKey;
 
 /// Implements `weft.inventory.v1.InventoryService` over a [`Store`].
 #[derive(Debug, Clone)]
@@ -24,25 +24,14 @@ impl InventoryApi {
     }
 }
 
-/// The key and a digest of everything else in the request, so a replay with a
-/// different request is told apart from a true retry.
+/// The key and a digest of everything else in the request.
 fn keyed<M: prost::Message + Clone>(
     method: &str,
     request: &M,
     key: &str,
     clear_key: impl FnOnce(&mut M),
 ) -> Result<IdempotencyKey, Status> {
-    validate::idempotency_key(key)?;
-    let mut rest = request.clone();
-    clear_key(&mut rest);
-    let mut digest = Sha256::new();
-    digest.update(method.as_bytes());
-    digest.update([0]);
-    digest.update(rest.encode_to_vec());
-    Ok(IdempotencyKey {
-        key: key.to_owned(),
-        fingerprint: digest.finalize().to_vec(),
-    })
+    IdempotencyKey::of(method, request, key, clear_key)
 }
 
 #[tonic::async_trait]

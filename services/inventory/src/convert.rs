@@ -11,10 +11,7 @@ use crate::domain::{InventoryError, Money, Product, Reservation, ReservationStat
 
 /// Money to its message.
 pub fn money(m: &Money) -> money_pb::Money {
-    money_pb::Money {
-        amount_minor: m.amount_minor,
-        currency_code: m.currency_code.clone(),
-    }
+    m.to_pb()
 }
 
 /// A time to a Timestamp.

@@ -3,14 +3,8 @@
 
 use std::time::SystemTime;
 
-/// An amount in minor units of an ISO 4217 currency.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Money {
-    /// Amount in minor units.
-    pub amount_minor: i64,
-    /// ISO 4217 code.
-    pub currency_code: String,
-}
+use weft_service::DbError;
+pub use weft_service::Money;
 
 /// A product in the catalogue.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -217,4 +211,15 @@ pub enum InventoryError {
     /// Anything else; details are logged, never returned to callers.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl From<DbError> for InventoryError {
+    fn from(e: DbError) -> Self {
+        match e {
+            DbError::Unavailable(detail) => Self::Unavailable(detail),
+            DbError::Conflict(detail) => Self::Conflict(detail),
+            DbError::IdempotencyConflict => Self::IdempotencyConflict,
+            DbError::Internal(detail) => Self::Internal(detail),
+        }
+    }
 }

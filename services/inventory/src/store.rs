@@ -5,10 +5,9 @@
 
 use std::time::{Duration, SystemTime};
 
-use deadpool_postgres::{
-    GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Transaction,
-};
-use tokio_postgres::{NoTls, Row};
+use deadpool_postgres::{GenericClient, Transaction};
+use tokio_postgres::Row;
+use weft_service::{Db, DbError, IdempotencyKey};
 
 use crate::domain::{
     InventoryError, LineRequest, Money, NewProduct, Product, Reservation, ReservationStatus,
@@ -17,27 +16,13 @@ use crate::domain::{
 
 type Result<T> = std::result::Result<T, InventoryError>;
 
+/// Where inventory keeps its idempotency records.
+const IDEMPOTENCY_TABLE: &str = "inventory.idempotency_keys";
+
 /// Inventory's handle on its database.
-#[derive(Clone)]
-pub struct Store {
-    pool: Pool,
-}
-
-impl std::fmt::Debug for Store {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store")
-            .field("pool", &self.pool.status())
-            .finish()
-    }
-}
-
-/// An idempotency key and the fingerprint of the request that came with it.
 #[derive(Debug, Clone)]
-pub struct IdempotencyKey {
-    /// The caller's key.
-    pub key: String,
-    /// A digest of the request (method and fields other than the key).
-    pub fingerprint: Vec<u8>,
+pub struct Store {
+    db: Db,
 }
 
 impl Store {
@@ -47,90 +32,29 @@ impl Store {
         max_size: usize,
         wait_timeout: Duration,
     ) -> std::result::Result<Self, InventoryError> {
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(max_size)
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(wait_timeout))
-            .create_timeout(Some(wait_timeout))
-            .recycle_timeout(Some(wait_timeout))
-            .build()
-            .map_err(|e| InventoryError::Internal(format!("building the pool: {e}")))?;
-        Ok(Self { pool })
+        Ok(Self {
+            db: Db::new(config, max_size, wait_timeout)?,
+        })
+    }
+
+    /// The pool, for the readiness probe.
+    pub fn db(&self) -> &Db {
+        &self.db
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object> {
-        self.pool
-            .get()
-            .await
-            .map_err(|e| InventoryError::Unavailable(e.to_string()))
+        Ok(self.db.client().await?)
     }
 
-    /// Answers when the database does: the readiness probe behind health.
-    pub async fn ping(&self) -> Result<()> {
-        let client = self.client().await?;
-        client.simple_query("SELECT 1").await.map_err(db_error)?;
-        Ok(())
-    }
-
-    /// Runs `op` in a transaction guarded by `key`: the first call with a key
-    /// runs `op` and stores its response; later calls with the same key and
-    /// fingerprint get that response back without running `op`, and calls with
-    /// another fingerprint fail with [`InventoryError::IdempotencyConflict`].
-    /// A failed `op` stores nothing, so the key can be used again.
+    /// Runs `op` under `key` (see [`Db::idempotent`]).
     pub async fn idempotent<T, F>(&self, key: &IdempotencyKey, op: F) -> Result<T>
     where
         T: prost::Message + Default,
         F: AsyncFnOnce(&Tx<'_>) -> Result<T>,
     {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(db_error)?;
-        // The insert blocks on a concurrent holder of the same key until it
-        // commits or rolls back, so two racing calls cannot both run `op`.
-        let claimed = tx
-            .execute(
-                "INSERT INTO inventory.idempotency_keys (idempotency_key, fingerprint) \
-                 VALUES ($1, $2) ON CONFLICT (idempotency_key) DO NOTHING",
-                &[&key.key, &key.fingerprint],
-            )
+        self.db
+            .idempotent(IDEMPOTENCY_TABLE, key, async |tx| op(&Tx(tx)).await)
             .await
-            .map_err(db_error)?;
-        if claimed == 0 {
-            let row = tx
-                .query_one(
-                    "SELECT fingerprint, response FROM inventory.idempotency_keys \
-                     WHERE idempotency_key = $1",
-                    &[&key.key],
-                )
-                .await
-                .map_err(db_error)?;
-            let fingerprint: Vec<u8> = row.get(0);
-            if fingerprint != key.fingerprint {
-                return Err(InventoryError::IdempotencyConflict);
-            }
-            let response: Option<Vec<u8>> = row.get(1);
-            let response = response.ok_or_else(|| {
-                InventoryError::Internal("idempotency record without a response".into())
-            })?;
-            return T::decode(response.as_slice())
-                .map_err(|e| InventoryError::Internal(format!("stored response: {e}")));
-        }
-        let tx = Tx(tx);
-        let response = op(&tx).await?;
-        tx.0.execute(
-            "UPDATE inventory.idempotency_keys SET response = $2 WHERE idempotency_key = $1",
-            &[&key.key, &response.encode_to_vec()],
-        )
-        .await
-        .map_err(db_error)?;
-        tx.0.commit().await.map_err(db_error)?;
-        Ok(response)
     }
 
     /// Returns a product and its stock.
@@ -190,7 +114,7 @@ impl Store {
 }
 
 /// A transaction in which an idempotent mutation runs.
-pub struct Tx<'a>(Transaction<'a>);
+pub struct Tx<'a>(&'a Transaction<'a>);
 
 impl std::fmt::Debug for Tx<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -329,7 +253,7 @@ impl Tx<'_> {
             )
             .await?;
         }
-        load_reservation(&self.0, &reservation_id, false).await
+        load_reservation(self.0, &reservation_id, false).await
     }
 
     /// Explains why a line could not be reserved.
@@ -355,7 +279,7 @@ impl Tx<'_> {
     /// Moves a reservation from one state to the next. Asking for the state it
     /// is already in succeeds without change, so compensations can be repeated.
     pub async fn transition(&self, reservation_id: &str, t: Transition) -> Result<Reservation> {
-        let reservation = load_reservation(&self.0, reservation_id, true).await?;
+        let reservation = load_reservation(self.0, reservation_id, true).await?;
         if reservation.status == t.to() {
             return Ok(reservation);
         }
@@ -398,7 +322,7 @@ impl Tx<'_> {
             )
             .await
             .map_err(db_error)?;
-        load_reservation(&self.0, reservation_id, false).await
+        load_reservation(self.0, reservation_id, false).await
     }
 
     async fn movement(
@@ -496,24 +420,7 @@ fn not_found(kind: &'static str, id: &str) -> InventoryError {
     }
 }
 
-/// Sorts database errors into what a caller can act on: collisions worth a
-/// retry, an unreachable database, and everything else.
+/// Database errors as inventory's own.
 fn db_error(e: tokio_postgres::Error) -> InventoryError {
-    use tokio_postgres::error::SqlState;
-    match e.code() {
-        Some(code)
-            if *code == SqlState::T_R_SERIALIZATION_FAILURE
-                || *code == SqlState::T_R_DEADLOCK_DETECTED =>
-        {
-            InventoryError::Conflict(e.to_string())
-        }
-        Some(code)
-            if *code == SqlState::ADMIN_SHUTDOWN || *code == SqlState::CANNOT_CONNECT_NOW =>
-        {
-            InventoryError::Unavailable(e.to_string())
-        }
-        Some(_) => InventoryError::Internal(e.to_string()),
-        None if e.is_closed() => InventoryError::Unavailable(e.to_string()),
-        None => InventoryError::Internal(e.to_string()),
-    }
+    DbError::from(e).into()
 }

@@ -1,17 +1,15 @@
-//! Applies inventory's schema migrations at start-up, once per database even
+//! Applies a service's schema migrations at start-up, once per database even
 //! when several replicas start together.
 
 use std::time::Duration;
 
 use tokio_postgres::NoTls;
 
-mod embedded {
-    refinery::embed_migrations!("migrations");
-}
-
-/// An arbitrary but fixed advisory-lock key: replicas starting at once queue on
-/// it, so only one applies the migrations and the others find them done.
-const MIGRATION_LOCK: i64 = 0x5745_4654_494e_5601; // "WEFTINV\x01"
+/// An arbitrary but fixed advisory-lock key, the same for every service:
+/// replicas starting at once queue on it, so only one applies the migrations
+/// and the others find them done (services sharing a database also take
+/// turns, which costs nothing at start-up).
+const MIGRATION_LOCK: i64 = 0x5745_4654_4d49_4701; // "WEFTMIG\x01"
 
 /// Why migrating failed.
 #[derive(Debug, thiserror::Error)]
@@ -28,10 +26,13 @@ pub enum MigrateError {
 }
 
 /// Connects (retrying with backoff until `within` has passed, because the
-/// database may start after us) and applies every pending migration.
+/// database may start after us) and applies every pending migration of
+/// `runner` (from `refinery::embed_migrations!`, with the service's own
+/// migration table).
 pub async fn migrate(
     config: &tokio_postgres::Config,
     within: Duration,
+    runner: refinery::Runner,
 ) -> Result<(), MigrateError> {
     let deadline = tokio::time::Instant::now() + within;
     let mut delay = Duration::from_millis(100);
@@ -54,10 +55,7 @@ pub async fn migrate(
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
         .await?;
-    let report = embedded::migrations::runner()
-        .set_migration_table_name("weft_inventory_migrations")
-        .run_async(&mut client)
-        .await;
+    let report = runner.run_async(&mut client).await;
     // Unlock even when migrating failed; closing the connection would too.
     let unlock = client
         .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])

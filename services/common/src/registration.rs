@@ -8,13 +8,11 @@ use weft_discovery::{Discovery, DiscoveryError, Health, Registration, Registry};
 
 use crate::config::RegistrationConfig;
 
-/// The service name inventory registers under.
-pub const SERVICE: &str = "inventory";
-
 /// A registered instance.
 #[derive(Debug, Clone)]
 pub struct Registered {
     discovery: Discovery,
+    service: &'static str,
     id: String,
 }
 
@@ -22,6 +20,7 @@ impl Registered {
     /// Connects to discovery and registers (unhealthy until the database is
     /// known to answer), advertising `config.advertise` or `listening`.
     pub async fn register(
+        service: &'static str,
         config: &RegistrationConfig,
         listening: SocketAddr,
     ) -> Result<Self, DiscoveryError> {
@@ -32,13 +31,14 @@ impl Registered {
             )));
         }
         let discovery = Discovery::from_setting(&config.discovery).await?;
-        let mut registration = Registration::new(SERVICE, config.instance_id.clone(), addr);
+        let mut registration = Registration::new(service, config.instance_id.clone(), addr);
         registration.attributes = config.attributes.clone();
         registration.initially_healthy = false;
         discovery.register(&registration).await?;
         tracing::info!(id = %config.instance_id, %addr, "registered in discovery");
         Ok(Self {
             discovery,
+            service,
             id: config.instance_id.clone(),
         })
     }
@@ -46,7 +46,11 @@ impl Registered {
     /// Reports health; failures are logged (discovery being down must not
     /// take the service down).
     pub async fn set_health(&self, health: Health) {
-        if let Err(e) = self.discovery.set_health(SERVICE, &self.id, health).await {
+        if let Err(e) = self
+            .discovery
+            .set_health(self.service, &self.id, health)
+            .await
+        {
             tracing::warn!(error = %e, ?health, "reporting health to discovery failed");
         }
     }
@@ -55,7 +59,7 @@ impl Registered {
     pub async fn deregister(&self) {
         match tokio::time::timeout(
             Duration::from_secs(10),
-            self.discovery.deregister(SERVICE, &self.id),
+            self.discovery.deregister(self.service, &self.id),
         )
         .await
         {

@@ -1,4 +1,4 @@
-//! Inventory's configuration, read from the environment by the binary and
+//! A service's configuration, read from the environment by its binary and
 //! built directly by tests.
 
 use std::collections::BTreeMap;
@@ -97,9 +97,12 @@ impl Config {
     }
 
     /// Reads `DATABASE_URL` (required); the transport (see
-    /// [`transport_from_env`]); and the optional `WEFT_DB_POOL_SIZE`,
-    /// `WEFT_DB_TIMEOUT_MS` and `WEFT_HEALTH_INTERVAL_MS`.
-    pub fn from_env() -> Result<Self, ConfigError> {
+    /// [`transport_from_env`]); the optional `WEFT_DB_POOL_SIZE`,
+    /// `WEFT_DB_TIMEOUT_MS`, `WEFT_HEALTH_INTERVAL_MS`, `WEFT_DRAIN_MS` and
+    /// `WEFT_GRACE_MS`; and, with `WEFT_DISCOVERY`, the registration of
+    /// `service` (`WEFT_INSTANCE_ID`, `WEFT_ADVERTISE`, `WEFT_VERSION`,
+    /// `WEFT_ZONE`).
+    pub fn from_env(service: &str) -> Result<Self, ConfigError> {
         let transport = transport_from_env()?;
         let url =
             std::env::var("DATABASE_URL").map_err(|_| ConfigError::Missing("DATABASE_URL"))?;
@@ -146,7 +149,7 @@ impl Config {
             config.registration = Some(RegistrationConfig {
                 discovery,
                 instance_id: std::env::var("WEFT_INSTANCE_ID").unwrap_or_else(|_| {
-                    format!("inventory-{}-{:08x}", std::process::id(), nanos())
+                    format!("{service}-{}-{:08x}", std::process::id(), nanos())
                 }),
                 advertise,
                 attributes,
@@ -163,7 +166,8 @@ fn nanos() -> u32 {
         .unwrap_or(0)
 }
 
-fn env_number(name: &'static str) -> Result<Option<u64>, ConfigError> {
+/// Reads a whole number from the environment, if set.
+pub fn env_number(name: &'static str) -> Result<Option<u64>, ConfigError> {
     match std::env::var(name) {
         Err(_) => Ok(None),
         Ok(v) => v

@@ -1,0 +1,170 @@
+//! A service's handle on PostgreSQL: a connection pool, the sorting of
+//! database errors into what a caller can act on, and the idempotency
+//! protocol every keyed mutation runs under.
+
+use std::time::Duration;
+
+use deadpool_postgres::Transaction;
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+
+use crate::keyed::IdempotencyKey;
+
+/// What went wrong with the database, sorted by what the caller can do.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The database could not be reached in time; try again later.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// Two transactions collided; the call may be retried.
+    #[error("concurrent update: {0}")]
+    Conflict(String),
+    /// The idempotency key was used before with a different request.
+    #[error("idempotency_key was already used with a different request")]
+    IdempotencyConflict,
+    /// Anything else; details belong in logs, never in responses.
+    #[error("database error: {0}")]
+    Internal(String),
+}
+
+impl From<tokio_postgres::Error> for DbError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        use tokio_postgres::error::SqlState;
+        match e.code() {
+            Some(code)
+                if *code == SqlState::T_R_SERIALIZATION_FAILURE
+                    || *code == SqlState::T_R_DEADLOCK_DETECTED =>
+            {
+                Self::Conflict(e.to_string())
+            }
+            Some(code)
+                if *code == SqlState::ADMIN_SHUTDOWN || *code == SqlState::CANNOT_CONNECT_NOW =>
+            {
+                Self::Unavailable(e.to_string())
+            }
+            Some(_) => Self::Internal(e.to_string()),
+            None if e.is_closed() => Self::Unavailable(e.to_string()),
+            None => Self::Internal(e.to_string()),
+        }
+    }
+}
+
+/// A pool of connections to one database.
+#[derive(Clone)]
+pub struct Db {
+    pool: Pool,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db")
+            .field("pool", &self.pool.status())
+            .finish()
+    }
+}
+
+impl Db {
+    /// Builds a pool over `config`; connections open lazily. A call waits at
+    /// most `wait_timeout` for a connection.
+    pub fn new(
+        config: tokio_postgres::Config,
+        max_size: usize,
+        wait_timeout: Duration,
+    ) -> Result<Self, DbError> {
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(max_size)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(wait_timeout))
+            .create_timeout(Some(wait_timeout))
+            .recycle_timeout(Some(wait_timeout))
+            .build()
+            .map_err(|e| DbError::Internal(format!("building the pool: {e}")))?;
+        Ok(Self { pool })
+    }
+
+    /// A connection from the pool.
+    pub async fn client(&self) -> Result<Object, DbError> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| DbError::Unavailable(e.to_string()))
+    }
+
+    /// Answers when the database does: the readiness probe behind health.
+    pub async fn ping(&self) -> Result<(), DbError> {
+        let client = self.client().await?;
+        client.simple_query("SELECT 1").await?;
+        Ok(())
+    }
+
+    /// Runs `op` in a transaction guarded by `key`, whose record lives in
+    /// `table` (`schema.idempotency_keys`, with columns `idempotency_key`,
+    /// `fingerprint` and `response`): the first call with a key runs `op` and
+    /// stores its response in the same transaction as its effect; later
+    /// calls with the same key and fingerprint get that response back
+    /// without running `op`; calls with another fingerprint fail with
+    /// [`DbError::IdempotencyConflict`]. A failed `op` stores nothing, so the
+    /// key can be used again.
+    pub async fn idempotent<T, E, F>(
+        &self,
+        table: &'static str,
+        key: &IdempotencyKey,
+        op: F,
+    ) -> Result<T, E>
+    where
+        T: prost::Message + Default,
+        E: From<DbError>,
+        F: AsyncFnOnce(&Transaction<'_>) -> Result<T, E>,
+    {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(DbError::from)?;
+        // The insert blocks on a concurrent holder of the same key until it
+        // commits or rolls back, so two racing calls cannot both run `op`.
+        let claimed = tx
+            .execute(
+                &format!(
+                    "INSERT INTO {table} (idempotency_key, fingerprint) \
+                     VALUES ($1, $2) ON CONFLICT (idempotency_key) DO NOTHING"
+                ),
+                &[&key.key, &key.fingerprint],
+            )
+            .await
+            .map_err(DbError::from)?;
+        if claimed == 0 {
+            let row = tx
+                .query_one(
+                    &format!(
+                        "SELECT fingerprint, response FROM {table} WHERE idempotency_key = $1"
+                    ),
+                    &[&key.key],
+                )
+                .await
+                .map_err(DbError::from)?;
+            let fingerprint: Vec<u8> = row.get(0);
+            if fingerprint != key.fingerprint {
+                return Err(DbError::IdempotencyConflict.into());
+            }
+            let response: Option<Vec<u8>> = row.get(1);
+            let response = response
+                .ok_or_else(|| DbError::Internal("idempotency record without a response".into()))?;
+            return T::decode(response.as_slice())
+                .map_err(|e| DbError::Internal(format!("stored response: {e}")).into());
+        }
+        let response = op(&tx).await?;
+        tx.execute(
+            &format!("UPDATE {table} SET response = $2 WHERE idempotency_key = $1"),
+            &[&key.key, &response.encode_to_vec()],
+        )
+        .await
+        .map_err(DbError::from)?;
+        tx.commit().await.map_err(DbError::from)?;
+        Ok(response)
+    }
+}

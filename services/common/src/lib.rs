@@ -1,0 +1,21 @@
+//! What every Weft service shares: configuration from the environment,
+//! migrations at start-up, a database pool with the idempotency protocol,
+//! input checks common to all contracts, and serving with mTLS, health tied
+//! to the database, discovery registration and the drain.
+
+pub mod binary;
+pub mod config;
+pub mod db;
+pub mod keyed;
+pub mod migrate;
+pub mod money;
+pub mod registration;
+pub mod serve;
+pub mod validate;
+
+pub use config::{Config, ConfigError, RegistrationConfig, Transport};
+pub use db::{Db, DbError};
+pub use keyed::IdempotencyKey;
+pub use migrate::{MigrateError, migrate};
+pub use money::Money;
+pub use serve::{ServeError, Served, serve};

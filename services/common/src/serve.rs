@@ -1,0 +1,243 @@
+//! Serving a Weft service: mTLS (or development plaintext), authorization
+//! and deadlines, grpc.health.v1 tied to the database, reflection of what is
+//! served, registration in discovery, and the drain, until shutdown.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tonic::service::Routes;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+use weft_discovery::Health;
+use weft_mesh::{
+    AuthorizeLayer, CertStore, DeadlineLayer, serve_with_drain, server_config, tls_incoming,
+};
+
+use crate::config::{Config, Transport};
+use crate::migrate::MigrateError;
+use crate::registration::Registered;
+
+/// Why the server stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The schema could not be brought up to date.
+    #[error(transparent)]
+    Migrate(#[from] MigrateError),
+    /// The pool could not be built.
+    #[error("database pool: {0}")]
+    Pool(String),
+    /// The service could not be set up.
+    #[error("{0}")]
+    Setup(String),
+    /// The certificates could not be loaded.
+    #[error("certificates: {0}")]
+    Certificates(#[from] weft_mesh::LoadError),
+    /// TLS refused the configuration.
+    #[error("TLS: {0}")]
+    Tls(#[from] rustls::Error),
+    /// Reflection could not load the descriptor set.
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// Registering in discovery failed.
+    #[error("discovery: {0}")]
+    Discovery(#[from] weft_discovery::DiscoveryError),
+    /// The listener's address could not be read.
+    #[error("listener: {0}")]
+    Listener(#[from] std::io::Error),
+    /// The transport failed.
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Answers whether the service's dependencies answer: the readiness probe
+/// behind health and discovery.
+pub type Ping =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+
+/// What a service hands to [`serve`].
+pub struct Served {
+    /// The name it registers under and its certificates name (`inventory`).
+    pub name: &'static str,
+    /// Its gRPC service (`weft.inventory.v1.InventoryService`).
+    pub grpc_service: &'static str,
+    /// The API's routes.
+    pub routes: Routes,
+    /// The readiness probe.
+    pub ping: Ping,
+}
+
+impl std::fmt::Debug for Served {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Served")
+            .field("name", &self.name)
+            .field("grpc_service", &self.grpc_service)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Serves `served` on `listener` until `shutdown` resolves, then drains:
+/// stops accepting, lets in-flight calls finish, and returns.
+pub async fn serve(
+    listener: TcpListener,
+    config: &Config,
+    served: Served,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let Served {
+        name,
+        grpc_service,
+        routes,
+        ping,
+    } = served;
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let registered = match &config.registration {
+        Some(r) => Some(Registered::register(name, r, listener.local_addr()?).await?),
+        None => None,
+    };
+    // Aborted with the server, however it ends (a dropped server must not
+    // keep reporting itself healthy).
+    let health_task = AbortOnDrop(tokio::spawn(watch_readiness(
+        ping,
+        reporter.clone(),
+        grpc_service,
+        config.health_interval,
+        registered.clone(),
+    )));
+
+    // Advertise only what this server serves: the shared descriptor set also
+    // describes the other services.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(weft_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name(grpc_service)
+            .with_service_name("grpc.health.v1.Health")
+            .with_service_name("grpc.reflection.v1.ServerReflection")
+            .with_service_name("grpc.reflection.v1alpha.ServerReflection")
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+
+    let addr = listener.local_addr().ok();
+    let (policy, tls) = match &config.transport {
+        Transport::Mtls {
+            identity,
+            policy,
+            reload_every,
+        } => {
+            let store = CertStore::load(identity.clone(), *reload_every)?;
+            let id = store.current().id;
+            if id.name() != name {
+                tracing::warn!(%id, "serving {name} with a certificate for another identity");
+            }
+            tracing::info!(?addr, %id, policy = policy.is_some(), "{name} serving mTLS");
+            (policy.clone(), Some(server_config(&store)?))
+        }
+        Transport::Plaintext => {
+            tracing::warn!(
+                ?addr,
+                "{name} serving PLAINTEXT: no caller is authenticated; for development only"
+            );
+            (None, None)
+        }
+    };
+    let router = Server::builder()
+        .concurrency_limit_per_connection(config.concurrency_per_connection)
+        .layer(AuthorizeLayer::new(policy))
+        .layer(DeadlineLayer)
+        .add_routes(routes)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
+    // The drain: stop the health watcher (it would report SERVING again),
+    // say NOT_SERVING so health watchers move away, and leave discovery so
+    // pollers do; the listener stays open for the drain period.
+    let health_abort = health_task.0.abort_handle();
+    let on_drain = async move {
+        health_abort.abort();
+        set_health(&reporter, grpc_service, ServingStatus::NotServing).await;
+        if let Some(r) = &registered {
+            r.set_health(Health::Unhealthy).await;
+            r.deregister().await;
+        }
+    };
+    let served = serve_with_drain(
+        config.drain,
+        shutdown,
+        on_drain,
+        move |stop_accepting| async move {
+            match tls {
+                Some(tls) => {
+                    router
+                        .serve_with_incoming_shutdown(tls_incoming(listener, tls), stop_accepting)
+                        .await
+                }
+                None => {
+                    // Nagle off, as on the mTLS path: small gRPC frames go out at once.
+                    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+                    router
+                        .serve_with_incoming_shutdown(incoming, stop_accepting)
+                        .await
+                }
+            }
+        },
+    )
+    .await;
+    drop(health_task);
+    served?;
+    Ok(())
+}
+
+/// Keeps grpc.health.v1 in step with readiness: SERVING only while the
+/// probe answers, for the whole server ("") and for the gRPC service.
+async fn watch_readiness(
+    ping: Ping,
+    reporter: HealthReporter,
+    grpc_service: &'static str,
+    every: std::time::Duration,
+    registered: Option<Registered>,
+) {
+    let mut last = None;
+    loop {
+        let status = match ping().await {
+            Ok(()) => ServingStatus::Serving,
+            Err(e) => {
+                tracing::warn!(error = %e, "readiness check failed");
+                ServingStatus::NotServing
+            }
+        };
+        if last != Some(status) {
+            tracing::info!(?status, "health changed");
+            set_health(&reporter, grpc_service, status).await;
+            if let Some(r) = &registered {
+                r.set_health(if status == ServingStatus::Serving {
+                    Health::Healthy
+                } else {
+                    Health::Unhealthy
+                })
+                .await;
+            }
+            last = Some(status);
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+async fn set_health(reporter: &HealthReporter, grpc_service: &str, status: ServingStatus) {
+    reporter.set_service_status("", status).await;
+    reporter.set_service_status(grpc_service, status).await;
+}
+
+/// Aborts a task when dropped.
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
