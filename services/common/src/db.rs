@@ -7,6 +7,7 @@ use std::time::Duration;
 use deadpool_postgres::Transaction;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
+use tonic::Status;
 
 use crate::keyed::IdempotencyKey;
 
@@ -25,6 +26,28 @@ pub enum DbError {
     /// Anything else; details belong in logs, never in responses.
     #[error("database error: {0}")]
     Internal(String),
+}
+
+impl DbError {
+    /// The status a caller of `service` sees: the detail is logged here and
+    /// never returned.
+    pub fn to_status(&self, service: &str) -> Status {
+        match self {
+            Self::IdempotencyConflict => Status::failed_precondition(self.to_string()),
+            Self::Conflict(detail) => {
+                tracing::info!(%detail, "transaction collided");
+                Status::aborted("concurrent update; retry the call")
+            }
+            Self::Unavailable(detail) => {
+                tracing::warn!(%detail, "database unavailable");
+                Status::unavailable(format!("{service} is temporarily unavailable"))
+            }
+            Self::Internal(detail) => {
+                tracing::error!(%detail, "internal error");
+                Status::internal("internal error")
+            }
+        }
+    }
 }
 
 impl From<tokio_postgres::Error> for DbError {

@@ -1,0 +1,48 @@
+//! Payments' entry point for binaries and tests: `run(listener, config,
+//! shutdown)` migrates the database, then serves the API until `shutdown`
+//! resolves (see `weft_service::serve` for everything around it).
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tonic::service::Routes;
+use weft_proto::payments::v1::payments_service_server::{PaymentsServiceServer, SERVICE_NAME};
+use weft_service::{Config, ServeError, Served};
+
+use crate::api::PaymentsApi;
+use crate::store::Store;
+
+mod embedded {
+    refinery::embed_migrations!("migrations");
+}
+
+/// The name payments registers under and its certificates carry.
+pub const NAME: &str = "payments";
+
+/// Serves payments on `listener` until `shutdown` resolves, then stops
+/// accepting, lets in-flight calls finish, and returns.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let mut runner = embedded::migrations::runner();
+    runner.set_migration_table_name("weft_payments_migrations");
+    weft_service::migrate(&config.database, config.startup_timeout, runner).await?;
+    let store = Store::new(config.database.clone(), config.pool_size, config.db_timeout)
+        .map_err(|e| ServeError::Pool(e.to_string()))?;
+    let db = store.db().clone();
+    let api = PaymentsServiceServer::new(PaymentsApi::new(store))
+        .max_decoding_message_size(config.max_message_bytes);
+    let served = Served {
+        name: NAME,
+        grpc_service: SERVICE_NAME,
+        routes: Routes::new(api),
+        ping: Arc::new(move || {
+            let db = db.clone();
+            Box::pin(async move { db.ping().await.map_err(|e| e.to_string()) })
+        }),
+    };
+    weft_service::serve(listener, &config, served, shutdown).await
+}
