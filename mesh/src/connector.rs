@@ -65,11 +65,20 @@ pub fn mtls_channel(
     addr: SocketAddr,
     config: Arc<ClientConfig>,
 ) -> Result<Channel, tonic::transport::Error> {
+    Ok(endpoint(addr)?.connect_with_connector_lazy(MtlsConnector::new(config)))
+}
+
+/// A lazily connecting plaintext channel to `addr`, with the same timeouts
+/// and keepalives: for development meshes run with `WEFT_DEV_PLAINTEXT`.
+pub fn plaintext_channel(addr: SocketAddr) -> Result<Channel, tonic::transport::Error> {
+    Ok(endpoint(addr)?.tcp_nodelay(true).connect_lazy())
+}
+
+fn endpoint(addr: SocketAddr) -> Result<Endpoint, tonic::transport::Error> {
     Ok(Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(Duration::from_secs(5))
         // A peer that died silently (no FIN, no RST) is noticed in ~15 s.
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(5))
-        .keep_alive_while_idle(true)
-        .connect_with_connector_lazy(MtlsConnector::new(config)))
+        .keep_alive_while_idle(true))
 }

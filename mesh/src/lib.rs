@@ -19,7 +19,7 @@ pub use authorize::{AuthorizeLayer, CallerIdentity};
 pub use certs::{CertStore, IdentityPaths, LoadError};
 pub use client::{ClientOptions, Idempotency, MeshChannel};
 pub use client_tls::client_config;
-pub use connector::{MtlsConnector, mtls_channel};
+pub use connector::{MtlsConnector, mtls_channel, plaintext_channel};
 pub use deadline::{DeadlineLayer, current_deadline};
 pub use drain::{DrainConfig, serve_with_drain};
 pub use identity::{IdentityError, Kind, SpiffeId};

@@ -137,6 +137,23 @@ impl MeshChannel {
         Ok(Self::new(service, endpoints, connect, idempotency, options))
     }
 
+    /// A channel to `service` without TLS, for development meshes.
+    pub fn plaintext(
+        service: impl Into<String>,
+        endpoints: watch::Receiver<Snapshot>,
+        idempotency: Arc<Idempotency>,
+        options: ClientOptions,
+    ) -> Self {
+        let connect: Connect = Arc::new(|addr| match crate::plaintext_channel(addr) {
+            Ok(channel) => Some(channel),
+            Err(e) => {
+                tracing::warn!(%addr, error = %e, "cannot make a channel");
+                None
+            }
+        });
+        Self::new(service, endpoints, connect, idempotency, options)
+    }
+
     /// The endpoints, for operators and tests.
     pub fn endpoints(&self) -> Arc<[Arc<EndpointState>]> {
         self.inner.pool.snapshot()

@@ -6,6 +6,8 @@ use weft_proto::money::v1 as money_pb;
 
 use crate::money::Money;
 
+/// The most units one line or adjustment may move.
+pub const MAX_QUANTITY: i64 = 1_000_000;
 /// The largest page.
 pub const MAX_PAGE_SIZE: i32 = 500;
 /// The page size when the caller leaves it at zero.
@@ -28,6 +30,37 @@ pub fn idempotency_key(value: &str) -> Result<(), Status> {
         return Err(invalid(
             "idempotency_key",
             "must be printable ASCII without spaces",
+        ));
+    }
+    Ok(())
+}
+
+/// A SKU: 1 to 64 letters, digits, '.', '_' or '-'.
+pub fn sku(field: &str, value: &str) -> Result<(), Status> {
+    if value.is_empty() {
+        return Err(invalid(field, "is required"));
+    }
+    if value.len() > 64 {
+        return Err(invalid(field, "must be at most 64 characters"));
+    }
+    if !value
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return Err(invalid(
+            field,
+            "may hold only letters, digits, '.', '_' and '-'",
+        ));
+    }
+    Ok(())
+}
+
+/// A positive quantity up to [`MAX_QUANTITY`].
+pub fn quantity(field: &str, value: i64) -> Result<(), Status> {
+    if !(1..=MAX_QUANTITY).contains(&value) {
+        return Err(invalid(
+            field,
+            format_args!("must be between 1 and {MAX_QUANTITY}"),
         ));
     }
     Ok(())

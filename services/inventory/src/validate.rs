@@ -7,49 +7,17 @@ use std::collections::HashSet;
 use tonic::Status;
 use weft_proto::inventory::v1 as pb;
 pub use weft_service::validate::{
-    DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, currency_code, decode_page_token, encode_page_token, id,
-    idempotency_key, invalid, optional_text, page_size, price, text,
+    DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, MAX_QUANTITY, currency_code, decode_page_token,
+    encode_page_token, id, idempotency_key, invalid, optional_text, page_size, price, quantity,
+    sku, text,
 };
 
 use crate::domain::LineRequest;
 
-/// The most units one line or adjustment may move.
-pub const MAX_QUANTITY: i64 = 1_000_000;
 /// The most lines one reservation may hold.
 pub const MAX_LINES: usize = 100;
 /// The most SKUs one GetStock may ask for.
 pub const MAX_SKUS: usize = 500;
-
-/// A SKU: 1 to 64 letters, digits, '.', '_' or '-'.
-pub fn sku(field: &str, value: &str) -> Result<(), Status> {
-    if value.is_empty() {
-        return Err(invalid(field, "is required"));
-    }
-    if value.len() > 64 {
-        return Err(invalid(field, "must be at most 64 characters"));
-    }
-    if !value
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-    {
-        return Err(invalid(
-            field,
-            "may hold only letters, digits, '.', '_' and '-'",
-        ));
-    }
-    Ok(())
-}
-
-/// A positive quantity up to [`MAX_QUANTITY`].
-pub fn quantity(field: &str, value: i64) -> Result<(), Status> {
-    if !(1..=MAX_QUANTITY).contains(&value) {
-        return Err(invalid(
-            field,
-            format_args!("must be between 1 and {MAX_QUANTITY}"),
-        ));
-    }
-    Ok(())
-}
 
 /// Reservation lines: 1 to [`MAX_LINES`], each SKU once.
 pub fn lines(value: &[pb::ReservationLineRequest]) -> Result<Vec<LineRequest>, Status> {

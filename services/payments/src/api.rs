@@ -234,9 +234,9 @@ impl PaymentsService for PaymentsApi {
         let limit = validate::page_size(req.page_size)?;
         let after = match validate::decode_page_token(&req.page_token)?.as_str() {
             "" => 0,
-            last => last.parse::<i64>().map_err(|_| {
-                invalid("page_token", "is not a token this service issued")
-            })?,
+            last => last
+                .parse::<i64>()
+                .map_err(|_| invalid("page_token", "is not a token this service issued"))?,
         };
         // One extra row tells whether another page follows.
         let mut entries = self

@@ -3,8 +3,8 @@
 
 use std::time::SystemTime;
 
-pub use weft_service::Money;
 use weft_service::DbError;
+pub use weft_service::Money;
 
 /// An account and its figures, all in the account's currency.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -66,7 +66,9 @@ impl Store {
     /// One authorization.
     pub async fn authorization(&self, authorization_id: &str) -> Result<Authorization> {
         let client = self.db.client().await?;
-        Ok(load_authorization(&client, authorization_id, false).await?.0)
+        Ok(load_authorization(&client, authorization_id, false)
+            .await?
+            .0)
     }
 
     /// Ledger entries after `after`, in ledger order; of one account, or of
@@ -244,7 +246,9 @@ impl Tx<'_> {
             )
             .await?;
         }
-        Ok(load_authorization(self.0, &authorization_id, false).await?.0)
+        Ok(load_authorization(self.0, &authorization_id, false)
+            .await?
+            .0)
     }
 
     /// Pays the held money to `payee`. Capturing a captured authorization to
@@ -261,13 +265,15 @@ impl Tx<'_> {
             AuthorizationStatus::Authorized => {}
             other => return Err(invalid_state(authorization_id, other, "capture")),
         }
-        let payee_account = load_account(self.0, payee, false).await.map_err(|e| match e {
-            PaymentsError::NotFound { id, .. } => PaymentsError::NotFound {
-                kind: "payee account",
-                id,
-            },
-            e => e,
-        })?;
+        let payee_account = load_account(self.0, payee, false)
+            .await
+            .map_err(|e| match e {
+                PaymentsError::NotFound { id, .. } => PaymentsError::NotFound {
+                    kind: "payee account",
+                    id,
+                },
+                e => e,
+            })?;
         same_currency(
             "payee account",
             &payee_account.currency_code,
@@ -413,9 +419,13 @@ impl Tx<'_> {
         let mut deltas: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
         for p in postings {
             let d = deltas.entry(p.account_id).or_default();
-            d.0 = d.0.checked_add(p.amount_minor).ok_or(PaymentsError::Overflow)?;
+            d.0 =
+                d.0.checked_add(p.amount_minor)
+                    .ok_or(PaymentsError::Overflow)?;
             if p.hold_book {
-                d.1 = d.1.checked_add(p.amount_minor).ok_or(PaymentsError::Overflow)?;
+                d.1 =
+                    d.1.checked_add(p.amount_minor)
+                        .ok_or(PaymentsError::Overflow)?;
             }
         }
         for (account_id, (balance, held)) in &deltas {
@@ -504,9 +514,7 @@ async fn load_account<C: GenericClient>(
     let lock = if for_update { " FOR UPDATE" } else { "" };
     let row = client
         .query_opt(
-            &format!(
-                "SELECT {ACCOUNT_COLUMNS} FROM payments.accounts WHERE account_id = $1{lock}"
-            ),
+            &format!("SELECT {ACCOUNT_COLUMNS} FROM payments.accounts WHERE account_id = $1{lock}"),
             &[&account_id],
         )
         .await?
@@ -537,9 +545,9 @@ async fn load_authorization<C: GenericClient>(
         .ok_or_else(|| internal(format!("unknown authorization status {status}")))?;
     let decline_reason = match row.get::<_, Option<&str>>(8) {
         None => None,
-        Some(r) => Some(
-            DeclineReason::parse(r).ok_or_else(|| internal(format!("unknown reason {r}")))?,
-        ),
+        Some(r) => {
+            Some(DeclineReason::parse(r).ok_or_else(|| internal(format!("unknown reason {r}")))?)
+        }
     };
     Ok((
         Authorization {

@@ -1,0 +1,205 @@
+//! The gRPC edge of orders: validates each request, records it, drives the
+//! saga (in a task of its own, so a caller that goes away does not stop it
+//! half-way) for at most the call's deadline, and answers with the order as
+//! it then stands.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::{Request, Response, Status};
+use weft_proto::orders::v1 as pb;
+use weft_proto::orders::v1::orders_service_server::OrdersService;
+use weft_service::IdempotencyKey;
+use weft_service::validate::{self, invalid};
+
+use crate::convert::{self, status};
+use crate::domain::{NewOrder, Order, OrderLine};
+use crate::fault::crash_after;
+use crate::saga::Saga;
+
+/// The most lines one order may hold.
+pub const MAX_LINES: usize = 100;
+
+/// Implements `weft.orders.v1.OrdersService`.
+#[derive(Debug, Clone)]
+pub struct OrdersApi {
+    saga: Arc<Saga>,
+    wait: Duration,
+}
+
+impl OrdersApi {
+    /// Serves calls by driving `saga`, waiting at most `wait` for it.
+    pub fn new(saga: Arc<Saga>, wait: Duration) -> Self {
+        Self { saga, wait }
+    }
+
+    /// Drives the order's saga in its own task and waits for it until the
+    /// call's deadline (a little before, to answer in time) or `wait`.
+    async fn settle(&self, order: Order) -> Result<Order, Status> {
+        let saga = self.saga.clone();
+        let order_id = order.order_id.clone();
+        let driving = tokio::spawn(async move { saga.drive(&order_id).await });
+        let mut wait = self.wait;
+        if let Some(deadline) = weft_mesh::current_deadline() {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            wait = wait.min(left.saturating_sub(left / 10));
+        }
+        match tokio::time::timeout(wait, driving).await {
+            Ok(Ok(Ok(order))) => Ok(order),
+            Ok(Ok(Err(e))) => Err(status(e)),
+            Ok(Err(join)) => {
+                tracing::error!(error = %join, "saga task failed");
+                Err(Status::internal("internal error"))
+            }
+            // Still going: answer with the order as it stands (PENDING);
+            // the saga goes on and GetOrder shows how it ends.
+            Err(_) => self
+                .saga
+                .store()
+                .order(&order.order_id)
+                .await
+                .map_err(status),
+        }
+    }
+}
+
+fn lines(value: &[pb::OrderLineRequest]) -> Result<Vec<OrderLine>, Status> {
+    if value.is_empty() {
+        return Err(invalid("lines", "must hold at least one line"));
+    }
+    if value.len() > MAX_LINES {
+        return Err(invalid(
+            "lines",
+            format_args!("must hold at most {MAX_LINES} lines"),
+        ));
+    }
+    let mut seen = HashSet::new();
+    value
+        .iter()
+        .enumerate()
+        .map(|(i, line)| {
+            validate::sku(&format!("lines[{i}].sku"), &line.sku)?;
+            validate::quantity(&format!("lines[{i}].quantity"), line.quantity)?;
+            if !seen.insert(line.sku.as_str()) {
+                return Err(invalid(
+                    &format!("lines[{i}].sku"),
+                    "appears in more than one line",
+                ));
+            }
+            Ok(OrderLine {
+                sku: line.sku.clone(),
+                quantity: line.quantity,
+                unit_price: None,
+            })
+        })
+        .collect()
+}
+
+#[tonic::async_trait]
+impl OrdersService for OrdersApi {
+    async fn place_order(
+        &self,
+        request: Request<pb::PlaceOrderRequest>,
+    ) -> Result<Response<pb::PlaceOrderResponse>, Status> {
+        let req = request.into_inner();
+        let key = IdempotencyKey::of("PlaceOrder", &req, &req.idempotency_key, |r| {
+            r.idempotency_key.clear()
+        })?;
+        validate::text("customer_id", &req.customer_id, 128)?;
+        validate::id("payment_account_id", &req.payment_account_id)?;
+        let new = NewOrder {
+            customer_id: req.customer_id,
+            payment_account_id: req.payment_account_id,
+            lines: lines(&req.lines)?,
+        };
+        let (order, created) = self
+            .saga
+            .store()
+            .place(&key, &new, self.saga.owner(), self.saga.config().lease)
+            .await
+            .map_err(status)?;
+        if created {
+            crash_after("record");
+        }
+        let order = self.settle(order).await?;
+        Ok(Response::new(pb::PlaceOrderResponse {
+            order: Some(convert::order(&order)),
+        }))
+    }
+
+    async fn get_order(
+        &self,
+        request: Request<pb::GetOrderRequest>,
+    ) -> Result<Response<pb::GetOrderResponse>, Status> {
+        let req = request.into_inner();
+        validate::id("order_id", &req.order_id)?;
+        let order = self
+            .saga
+            .store()
+            .order(&req.order_id)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::GetOrderResponse {
+            order: Some(convert::order(&order)),
+        }))
+    }
+
+    async fn list_orders(
+        &self,
+        request: Request<pb::ListOrdersRequest>,
+    ) -> Result<Response<pb::ListOrdersResponse>, Status> {
+        let req = request.into_inner();
+        if !req.customer_id.is_empty() {
+            validate::text("customer_id", &req.customer_id, 128)?;
+        }
+        let limit = validate::page_size(req.page_size)?;
+        let before = match validate::decode_page_token(&req.page_token)?.as_str() {
+            "" => 0,
+            seq => seq
+                .parse::<i64>()
+                .ok()
+                .filter(|s| *s > 0)
+                .ok_or_else(|| invalid("page_token", "is not a token this service issued"))?,
+        };
+        // One extra row tells whether another page follows.
+        let mut orders = self
+            .saga
+            .store()
+            .list(&req.customer_id, before, limit + 1)
+            .await
+            .map_err(status)?;
+        let more = orders.len() as i64 > limit;
+        orders.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        let next_page_token = match (more, orders.last()) {
+            (true, Some((seq, _))) => validate::encode_page_token(&seq.to_string()),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListOrdersResponse {
+            orders: orders.iter().map(|(_, o)| convert::order(o)).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn cancel_order(
+        &self,
+        request: Request<pb::CancelOrderRequest>,
+    ) -> Result<Response<pb::CancelOrderResponse>, Status> {
+        let req = request.into_inner();
+        // Cancelling is idempotent by state: a repeat finds the order
+        // cancelled (or being cancelled) and changes nothing.
+        validate::idempotency_key(&req.idempotency_key)?;
+        validate::id("order_id", &req.order_id)?;
+        validate::optional_text("reason", &req.reason, 500)?;
+        let order = self
+            .saga
+            .store()
+            .begin_cancel(&req.order_id, &req.reason)
+            .await
+            .map_err(status)?;
+        let order = self.settle(order).await?;
+        Ok(Response::new(pb::CancelOrderResponse {
+            order: Some(convert::order(&order)),
+        }))
+    }
+}

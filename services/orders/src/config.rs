@@ -1,0 +1,81 @@
+//! Orders' configuration: what every service reads, plus how to reach
+//! inventory and payments, whom captures pay, and how sagas are driven.
+
+use std::time::Duration;
+
+use weft_mesh::ClientOptions;
+use weft_service::config::env_number;
+use weft_service::{Config, ConfigError};
+
+use crate::saga::SagaConfig;
+use crate::upstream::UpstreamConfig;
+
+/// Everything orders' `run` needs besides the listener.
+#[derive(Debug, Clone)]
+pub struct OrdersConfig {
+    /// Transport, database, registration, drain.
+    pub service: Config,
+    /// How to reach inventory and payments.
+    pub upstream: UpstreamConfig,
+    /// The payments account captures pay into.
+    pub merchant_account_id: String,
+    /// This instance's name in saga leases (stable across restarts where
+    /// the platform allows, so a restarted instance resumes its own sagas
+    /// at once).
+    pub instance_id: String,
+    /// How sagas are driven.
+    pub saga: SagaConfig,
+    /// The longest PlaceOrder and CancelOrder wait for the saga before
+    /// answering with the order as it stands.
+    pub wait: Duration,
+}
+
+impl OrdersConfig {
+    /// Defaults for everything but these.
+    pub fn new(service: Config, discovery: String, merchant_account_id: String) -> Self {
+        let instance_id = service
+            .registration
+            .as_ref()
+            .map(|r| r.instance_id.clone())
+            .unwrap_or_else(|| format!("orders-{}", std::process::id()));
+        Self {
+            service,
+            upstream: UpstreamConfig {
+                discovery,
+                client: ClientOptions::default(),
+                call_timeout: Duration::from_secs(5),
+            },
+            merchant_account_id,
+            instance_id,
+            saga: SagaConfig::default(),
+            wait: Duration::from_secs(10),
+        }
+    }
+
+    /// Reads what [`Config::from_env`] reads, and `WEFT_MERCHANT_ACCOUNT`
+    /// (required), `WEFT_UPSTREAM_DISCOVERY` (else `WEFT_DISCOVERY`; one is
+    /// required), `WEFT_CALL_TIMEOUT_MS`, `WEFT_SAGA_LEASE_MS`,
+    /// `WEFT_RECOVERY_MS` and `WEFT_ORDER_WAIT_MS`.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let service = Config::from_env(crate::NAME)?;
+        let merchant = std::env::var("WEFT_MERCHANT_ACCOUNT")
+            .map_err(|_| ConfigError::Missing("WEFT_MERCHANT_ACCOUNT"))?;
+        let discovery = std::env::var("WEFT_UPSTREAM_DISCOVERY")
+            .or_else(|_| std::env::var("WEFT_DISCOVERY"))
+            .map_err(|_| ConfigError::Missing("WEFT_UPSTREAM_DISCOVERY or WEFT_DISCOVERY"))?;
+        let mut config = Self::new(service, discovery, merchant);
+        if let Some(ms) = env_number("WEFT_CALL_TIMEOUT_MS")? {
+            config.upstream.call_timeout = Duration::from_millis(ms.max(1));
+        }
+        if let Some(ms) = env_number("WEFT_SAGA_LEASE_MS")? {
+            config.saga.lease = Duration::from_millis(ms.max(100));
+        }
+        if let Some(ms) = env_number("WEFT_RECOVERY_MS")? {
+            config.saga.recovery_every = Duration::from_millis(ms.max(10));
+        }
+        if let Some(ms) = env_number("WEFT_ORDER_WAIT_MS")? {
+            config.wait = Duration::from_millis(ms);
+        }
+        Ok(config)
+    }
+}

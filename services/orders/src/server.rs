@@ -1,0 +1,92 @@
+//! Orders' entry point for binaries and tests: `run(listener, config,
+//! shutdown)` migrates the database, connects to inventory and payments,
+//! resumes unsettled sagas, and serves the API until `shutdown` resolves.
+
+use std::collections::hash_map::RandomState;
+use std::future::Future;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tonic::service::Routes;
+use weft_proto::orders::v1::orders_service_server::{OrdersServiceServer, SERVICE_NAME};
+use weft_service::{ServeError, Served};
+
+use crate::api::OrdersApi;
+use crate::config::OrdersConfig;
+use crate::saga::Saga;
+use crate::store::Store;
+use crate::upstream::Upstreams;
+
+mod embedded {
+    refinery::embed_migrations!("migrations");
+}
+
+/// The name orders registers under and its certificates carry.
+pub const NAME: &str = "orders";
+
+/// Serves orders on `listener` until `shutdown` resolves, then stops
+/// accepting, lets in-flight calls finish, and returns.
+pub async fn run(
+    listener: TcpListener,
+    config: OrdersConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let service = &config.service;
+    let mut runner = embedded::migrations::runner();
+    runner.set_migration_table_name("weft_orders_migrations");
+    weft_service::migrate(&service.database, service.startup_timeout, runner).await?;
+    let store = Store::new(
+        service.database.clone(),
+        service.pool_size,
+        service.db_timeout,
+    )
+    .map_err(|e| ServeError::Pool(e.to_string()))?;
+    let upstream = Upstreams::connect(&config.upstream, &service.transport)
+        .await
+        .map_err(|e| ServeError::Setup(e.to_string()))?;
+
+    // Leases name the instance and this run of it: a restarted instance
+    // lets go of its earlier run's leases and resumes those sagas at once.
+    let run = RandomState::new().build_hasher().finish();
+    let owner = format!("{}:{run:016x}", config.instance_id);
+    match store.release_leases_of(&config.instance_id).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(sagas = n, "resuming sagas of an earlier run"),
+        Err(e) => tracing::warn!(error = %e, "could not release an earlier run's leases"),
+    }
+    let db = store.db().clone();
+    let saga = Saga::new(
+        store,
+        upstream,
+        owner,
+        config.merchant_account_id.clone(),
+        config.saga.clone(),
+    );
+    let recovery = AbortOnDrop(tokio::spawn(crate::recovery::run(saga.clone())));
+
+    let api = OrdersServiceServer::new(OrdersApi::new(saga, config.wait))
+        .max_decoding_message_size(service.max_message_bytes);
+    let served = Served {
+        name: NAME,
+        grpc_service: SERVICE_NAME,
+        routes: Routes::new(api),
+        ping: Arc::new(move || {
+            let db = db.clone();
+            Box::pin(async move { db.ping().await.map_err(|e| e.to_string()) })
+        }),
+    };
+    let result = weft_service::serve(listener, service, served, shutdown).await;
+    drop(recovery);
+    result
+}
+
+/// Aborts a task when dropped.
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
