@@ -4,6 +4,7 @@
 pub mod cluster;
 pub mod inventory;
 pub mod load;
+pub mod mesh;
 pub mod moto;
 pub mod pki;
 pub mod postgres;

@@ -309,7 +309,7 @@ impl Store {
             .query(
                 &format!(
                     "SELECT {ORDER_COLUMNS} FROM orders.orders \
-                     WHERE ($1 = '' OR customer_id = $1) AND ($2 = 0 OR seq < $2) \
+                     WHERE ($1 = '' OR customer_id = $1) AND ($2::bigint = 0 OR seq < $2) \
                      ORDER BY seq DESC LIMIT $3"
                 ),
                 &[&customer_id, &before, &limit],
