@@ -429,11 +429,16 @@ impl Mesh {
     /// Waits until no order is PENDING (every saga settled), within `within`.
     pub async fn wait_settled(&self, within: Duration) -> Result<()> {
         let client = self.db.connect().await?;
+        if !has_orders(&client).await? {
+            return Ok(());
+        }
         let deadline = tokio::time::Instant::now() + within;
         loop {
             let row = client
                 .query_one(
-                    "SELECT count(*) FILTER (WHERE status = 'PENDING' OR step <> 'DONE'),                      string_agg(order_id || ' ' || status || ' ' || step, ', ')                      FILTER (WHERE step <> 'DONE') FROM orders.orders",
+                    "SELECT count(*) FILTER (WHERE status = 'PENDING' OR step <> 'DONE'), \
+                     string_agg(order_id || ' ' || status || ' ' || step, ', ') \
+                     FILTER (WHERE step <> 'DONE') FROM orders.orders",
                     &[],
                 )
                 .await?;
@@ -468,35 +473,53 @@ impl Mesh {
         };
         let rows = db
             .query(
-                "SELECT p.sku || ': ' || p.available || '+' || p.reserved || '+' || p.sold                  || ' <> ' || coalesce(m.received, 0)                  FROM inventory.products p LEFT JOIN (SELECT sku, sum(delta) AS received                  FROM inventory.stock_movements WHERE kind IN ('create', 'adjust') GROUP BY sku) m                  ON m.sku = p.sku                  WHERE p.available + p.reserved + p.sold <> coalesce(m.received, 0)                  OR p.reserved <> 0",
+                "SELECT p.sku || ': ' || p.available || '+' || p.reserved || '+' || p.sold \
+                 || ' <> ' || coalesce(m.received, 0) \
+                 FROM inventory.products p LEFT JOIN (SELECT sku, sum(delta) AS received \
+                 FROM inventory.stock_movements WHERE kind IN ('create', 'adjust') GROUP BY sku) m \
+                 ON m.sku = p.sku \
+                 WHERE p.available + p.reserved + p.sold <> coalesce(m.received, 0) \
+                 OR p.reserved <> 0",
                 &[],
             )
             .await?;
         broken("stock not conserved or still reserved", &rows)?;
         let rows = db
             .query(
-                "SELECT p.sku || ': sold ' || p.sold || ' <> committed ' || coalesce(c.q, 0)                  FROM inventory.products p LEFT JOIN (SELECT l.sku, sum(l.quantity) AS q                  FROM inventory.reservation_lines l JOIN inventory.reservations r                  USING (reservation_id) WHERE r.status = 'COMMITTED' GROUP BY l.sku) c                  ON c.sku = p.sku WHERE p.sold <> coalesce(c.q, 0)",
+                "SELECT p.sku || ': sold ' || p.sold || ' <> committed ' || coalesce(c.q, 0) \
+                 FROM inventory.products p LEFT JOIN (SELECT l.sku, sum(l.quantity) AS q \
+                 FROM inventory.reservation_lines l JOIN inventory.reservations r \
+                 USING (reservation_id) WHERE r.status = 'COMMITTED' GROUP BY l.sku) c \
+                 ON c.sku = p.sku WHERE p.sold <> coalesce(c.q, 0)",
                 &[],
             )
             .await?;
         broken("sold stock does not match committed reservations", &rows)?;
         let rows = db
             .query(
-                "SELECT reservation_id || ' of order ' || order_id FROM inventory.reservations                  WHERE status = 'HELD'",
+                "SELECT reservation_id || ' of order ' || order_id FROM inventory.reservations \
+                 WHERE status = 'HELD'",
                 &[],
             )
             .await?;
         broken("reservations still held", &rows)?;
         let rows = db
             .query(
-                "SELECT currency_code || ' sums to ' || sum(amount_minor)                  FROM payments.ledger_entries GROUP BY currency_code HAVING sum(amount_minor) <> 0",
+                "SELECT currency_code || ' sums to ' || sum(amount_minor) \
+                 FROM payments.ledger_entries GROUP BY currency_code HAVING sum(amount_minor) <> 0",
                 &[],
             )
             .await?;
         broken("ledger does not sum to zero", &rows)?;
         let rows = db
             .query(
-                "SELECT a.account_id || ': balance ' || a.balance_minor || ' held ' || a.held_minor                  FROM payments.accounts a LEFT JOIN (SELECT account_id, sum(amount_minor) AS b,                  coalesce(sum(amount_minor) FILTER (WHERE book = 'hold'), 0) AS h                  FROM payments.ledger_entries GROUP BY account_id) e USING (account_id)                  WHERE a.balance_minor <> coalesce(e.b, 0) OR a.held_minor <> coalesce(e.h, 0)                  OR a.held_minor <> 0                  OR (a.kind = 'customer' AND a.balance_minor + a.credit_limit_minor < 0)",
+                 "SELECT a.account_id || ': balance ' || a.balance_minor || ' held ' || a.held_minor \
+                 FROM payments.accounts a LEFT JOIN (SELECT account_id, sum(amount_minor) AS b, \
+                 coalesce(sum(amount_minor) FILTER (WHERE book = 'hold'), 0) AS h \
+                 FROM payments.ledger_entries GROUP BY account_id) e USING (account_id) \
+                 WHERE a.balance_minor <> coalesce(e.b, 0) OR a.held_minor <> coalesce(e.h, 0) \
+                 OR a.held_minor <> 0 \
+                 OR (a.kind = 'customer' AND a.balance_minor + a.credit_limit_minor < 0)",
                 &[],
             )
             .await?;
@@ -506,21 +529,34 @@ impl Mesh {
         )?;
         let rows = db
             .query(
-                "SELECT authorization_id || ' for ' || reference FROM payments.authorizations                  WHERE status = 'AUTHORIZED'",
+                "SELECT authorization_id || ' for ' || reference FROM payments.authorizations \
+                 WHERE status = 'AUTHORIZED'",
                 &[],
             )
             .await?;
         broken("authorizations still open", &rows)?;
         let rows = db
             .query(
-                "SELECT reference || ' has ' || count(*) || ' authorizations'                  FROM payments.authorizations GROUP BY reference HAVING count(*) > 1                  UNION ALL SELECT order_id || ' has ' || count(*) || ' reservations'                  FROM inventory.reservations GROUP BY order_id HAVING count(*) > 1",
+                "SELECT reference || ' has ' || count(*) || ' authorizations' \
+                 FROM payments.authorizations GROUP BY reference HAVING count(*) > 1 \
+                 UNION ALL SELECT order_id || ' has ' || count(*) || ' reservations' \
+                 FROM inventory.reservations GROUP BY order_id HAVING count(*) > 1",
                 &[],
             )
             .await?;
         broken("an order charged or reserved more than once", &rows)?;
+        // The rest relates orders to their effects; without orders, payments
+        // were moved by the test itself.
+        if !has_orders(&db).await? {
+            return Ok(());
+        }
         let row = db
             .query_one(
-                "SELECT (SELECT coalesce(sum(captured_minor - refunded_minor), 0)::bigint                  FROM payments.authorizations WHERE payee_account_id = $1),                  (SELECT coalesce(sum(total_minor), 0)::bigint FROM orders.orders                  WHERE status = 'CONFIRMED'),                  (SELECT balance_minor FROM payments.accounts WHERE account_id = $1)",
+                "SELECT (SELECT coalesce(sum(captured_minor - refunded_minor), 0)::bigint \
+                 FROM payments.authorizations WHERE payee_account_id = $1), \
+                 (SELECT coalesce(sum(total_minor), 0)::bigint FROM orders.orders \
+                 WHERE status = 'CONFIRMED'), \
+                 (SELECT balance_minor FROM payments.accounts WHERE account_id = $1)",
                 &[&self.merchant_account_id],
             )
             .await?;
@@ -531,7 +567,17 @@ impl Mesh {
         );
         let rows = db
             .query(
-                "SELECT o.order_id || ' ' || o.status || ' but reservation '                  || coalesce(r.status, 'none') || ', authorization ' || coalesce(a.status, 'none')                  FROM orders.orders o                  LEFT JOIN inventory.reservations r ON r.order_id = o.order_id                  LEFT JOIN payments.authorizations a ON a.reference = o.order_id                  WHERE (o.status = 'CONFIRMED' AND (r.status IS DISTINCT FROM 'COMMITTED'                         OR (o.total_minor > 0 AND a.status IS DISTINCT FROM 'CAPTURED')))                     OR (o.status = 'CANCELLED' AND (r.status IS DISTINCT FROM 'RETURNED'                         OR (a.status IS NOT NULL AND a.captured_minor <> a.refunded_minor)))                     OR (o.status = 'REJECTED' AND (r.status IN ('HELD', 'COMMITTED')                         OR a.status IN ('AUTHORIZED', 'CAPTURED')))",
+                "SELECT o.order_id || ' ' || o.status || ' but reservation ' \
+                 || coalesce(r.status, 'none') || ', authorization ' || coalesce(a.status, 'none') \
+                 FROM orders.orders o \
+                 LEFT JOIN inventory.reservations r ON r.order_id = o.order_id \
+                 LEFT JOIN payments.authorizations a ON a.reference = o.order_id \
+                 WHERE (o.status = 'CONFIRMED' AND (r.status IS DISTINCT FROM 'COMMITTED' \
+                 OR (o.total_minor > 0 AND a.status IS DISTINCT FROM 'CAPTURED'))) \
+                 OR (o.status = 'CANCELLED' AND (r.status IS DISTINCT FROM 'RETURNED' \
+                 OR (a.status IS NOT NULL AND a.captured_minor <> a.refunded_minor))) \
+                 OR (o.status = 'REJECTED' AND (r.status IN ('HELD', 'COMMITTED') \
+                 OR a.status IN ('AUTHORIZED', 'CAPTURED')))",
                 &[],
             )
             .await?;
@@ -549,6 +595,14 @@ impl Mesh {
         }
         Ok(())
     }
+}
+
+/// Whether orders ever ran on this database.
+async fn has_orders(db: &tokio_postgres::Client) -> Result<bool> {
+    Ok(db
+        .query_one("SELECT to_regclass('orders.orders') IS NOT NULL", &[])
+        .await?
+        .get(0))
 }
 
 /// `minor` euro cents.
