@@ -36,10 +36,16 @@ impl OrdersApi {
 
     /// Drives the order's saga in its own task and waits for it until the
     /// call's deadline (a little before, to answer in time) or `wait`.
-    async fn settle(&self, order: Order) -> Result<Order, Status> {
+    async fn settle(&self, order: Order, leased: bool) -> Result<Order, Status> {
         let saga = self.saga.clone();
         let order_id = order.order_id.clone();
-        let driving = tokio::spawn(async move { saga.drive(&order_id).await });
+        let driving = tokio::spawn(async move {
+            if leased {
+                saga.drive_leased(order).await
+            } else {
+                saga.drive(&order.order_id).await
+            }
+        });
         let mut wait = self.wait;
         if let Some(deadline) = weft_mesh::current_deadline() {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -54,12 +60,7 @@ impl OrdersApi {
             }
             // Still going: answer with the order as it stands (PENDING);
             // the saga goes on and GetOrder shows how it ends.
-            Err(_) => self
-                .saga
-                .store()
-                .order(&order.order_id)
-                .await
-                .map_err(status),
+            Err(_) => self.saga.store().order(&order_id).await.map_err(status),
         }
     }
 }
@@ -122,7 +123,8 @@ impl OrdersService for OrdersApi {
         if created {
             crash_after("record");
         }
-        let order = self.settle(order).await?;
+        // A new order is leased to this instance already.
+        let order = self.settle(order, created).await?;
         Ok(Response::new(pb::PlaceOrderResponse {
             order: Some(convert::order(&order)),
         }))
@@ -197,7 +199,7 @@ impl OrdersService for OrdersApi {
             .begin_cancel(&req.order_id, &req.reason)
             .await
             .map_err(status)?;
-        let order = self.settle(order).await?;
+        let order = self.settle(order, false).await?;
         Ok(Response::new(pb::CancelOrderResponse {
             order: Some(convert::order(&order)),
         }))

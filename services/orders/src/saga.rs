@@ -99,13 +99,21 @@ impl Saga {
     /// that must wait, or until another driver holds it. Returns the order
     /// as it then stands.
     pub async fn drive(&self, order_id: &str) -> Result<Order, OrdersError> {
-        let Some(mut order) = self
+        match self
             .store
             .claim(order_id, &self.owner, self.config.lease)
             .await?
-        else {
-            return self.store.order(order_id).await;
-        };
+        {
+            Some(order) => self.drive_leased(order).await,
+            None => self.store.order(order_id).await,
+        }
+    }
+
+    /// Drives an order whose lease this driver holds already (one it has
+    /// just placed).
+    pub async fn drive_leased(&self, mut order: Order) -> Result<Order, OrdersError> {
+        let order_id = order.order_id.clone();
+        let order_id = order_id.as_str();
         loop {
             if order.step == Step::Done {
                 return Ok(order);

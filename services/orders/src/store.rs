@@ -103,7 +103,26 @@ impl Store {
         )
         .await?;
         tx.commit().await?;
-        Ok((load_order(&client, &order_id).await?, true))
+        let now = std::time::SystemTime::now();
+        let order = Order {
+            order_id,
+            customer_id: new.customer_id.clone(),
+            payment_account_id: new.payment_account_id.clone(),
+            lines: new.lines.clone(),
+            total: None,
+            status: OrderStatus::Pending,
+            step: Step::Reserve,
+            rejection: None,
+            reservation_id: None,
+            authorization_id: None,
+            authorized: false,
+            committed: false,
+            cancel_reason: None,
+            attempts: 0,
+            create_time: now,
+            update_time: now,
+        };
+        Ok((order, true))
     }
 
     /// One order.
@@ -159,7 +178,7 @@ impl Store {
             None => (None, None),
         };
         let updated = tx
-            .execute(
+            .query_opt(
                 "UPDATE orders.orders SET status = $4, step = $5, rejection_code = $6, \
                  rejection_message = $7, reservation_id = $8, authorization_id = $9, \
                  authorized = $10, committed = $11, total_minor = $12, currency_code = $13, \
@@ -168,7 +187,7 @@ impl Store {
                  lease_until = CASE WHEN $15 THEN NULL \
                      ELSE now() + $16::float8 * interval '1 millisecond' END, \
                  update_time = now() \
-                 WHERE order_id = $1 AND step = $2 AND lease_owner = $3",
+                 WHERE order_id = $1 AND step = $2 AND lease_owner = $3 RETURNING update_time",
                 &[
                     &prev.order_id,
                     &prev.step.as_str(),
@@ -189,9 +208,9 @@ impl Store {
                 ],
             )
             .await?;
-        if updated == 0 {
+        let Some(updated) = updated else {
             return Ok(None);
-        }
+        };
         if next.lines != prev.lines {
             for (no, line) in next.lines.iter().enumerate() {
                 let no = i32::try_from(no).map_err(|e| DbError::Internal(e.to_string()))?;
@@ -217,7 +236,11 @@ impl Store {
         )
         .await?;
         tx.commit().await?;
-        Ok(Some(load_order(&client, &prev.order_id).await?))
+        // What was written is `next` itself: no need to read it back.
+        let mut saved = next.clone();
+        saved.attempts = 0;
+        saved.update_time = updated.get(0);
+        Ok(Some(saved))
     }
 
     /// Puts the current step off for `delay` and lets the lease go, so the

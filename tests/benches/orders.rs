@@ -1,0 +1,245 @@
+//! Orders end to end, printed: orders placed per second and p50/p99
+//! latency of PlaceOrder through the whole mesh (two instances each of
+//! orders, inventory and payments over mTLS, one PostgreSQL), the database
+//! time and transactions per order, against a baseline in the same run: the
+//! four calls the saga makes (reserve, authorize, commit, capture) made
+//! directly by the bench through the same mesh, one after another.
+//! Run: `cargo bench -p weft-tests --bench orders`.
+
+// Bench code: a panic is a failed run with its location.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use weft_mesh::{ClientOptions, MeshChannel};
+use weft_proto::inventory::v1 as inventory_pb;
+use weft_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
+use weft_proto::orders::v1 as orders_pb;
+use weft_proto::payments::v1 as payments_pb;
+use weft_proto::payments::v1::payments_service_client::PaymentsServiceClient;
+use weft_tests::mesh::{Mesh, eur, order_request};
+
+const ORDERS: usize = 2_000;
+const ACCOUNTS: usize = 64;
+const SKUS: usize = 16;
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(run());
+}
+
+/// What one phase measured.
+struct Phase {
+    per_second: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    db_ms_per_order: f64,
+    xacts_per_order: f64,
+}
+
+/// The database's counters: (active milliseconds, committed transactions).
+async fn db_counters(mesh: &Mesh) -> (f64, i64) {
+    let db = mesh.db.connect().await.unwrap();
+    // Statistics reach the view at most once a second per session.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    db.execute("SELECT pg_stat_clear_snapshot()", &[])
+        .await
+        .unwrap();
+    let row = db
+        .query_one(
+            "SELECT active_time, xact_commit FROM pg_stat_database WHERE datname = $1",
+            &[&mesh.db.name()],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+async fn phase<F, Fut>(mesh: &Mesh, concurrency: usize, call: F) -> Phase
+where
+    F: Fn(usize) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let (active_before, xacts_before) = db_counters(mesh).await;
+    let started = Instant::now();
+    let per_task = ORDERS / concurrency;
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|t| {
+            let call = call.clone();
+            tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(per_task);
+                for i in 0..per_task {
+                    let began = Instant::now();
+                    call(t * per_task + i).await;
+                    latencies.push(began.elapsed());
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await.unwrap());
+    }
+    let elapsed = started.elapsed();
+    let (active_after, xacts_after) = db_counters(mesh).await;
+    latencies.sort();
+    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    let n = latencies.len() as f64;
+    Phase {
+        per_second: n / elapsed.as_secs_f64(),
+        p50_ms: at(0.50).as_secs_f64() * 1e3,
+        p99_ms: at(0.99).as_secs_f64() * 1e3,
+        db_ms_per_order: (active_after - active_before) / n,
+        xacts_per_order: (xacts_after - xacts_before) as f64 / n,
+    }
+}
+
+async fn run() {
+    let mut mesh = Mesh::without_orders().await.unwrap();
+    mesh.pool_size = 16;
+    mesh.add_orders(2).await.unwrap();
+    // Sixteen products: one would make its row the bottleneck.
+    for n in 0..SKUS {
+        mesh.product(&format!("BENCH-{n}"), 1000, 10_000_000)
+            .await
+            .unwrap();
+    }
+    let mut accounts = Vec::new();
+    for n in 0..ACCOUNTS {
+        accounts.push(
+            mesh.open_account(&format!("bench-{n}"), 1_000_000_000)
+                .await
+                .unwrap(),
+        );
+    }
+    let m = &mesh;
+    let as_orders = async |service| {
+        m.channel_as(service, m.orders_identity(), ClientOptions::default())
+            .await
+            .unwrap()
+    };
+    let inventory: InventoryServiceClient<MeshChannel> =
+        InventoryServiceClient::new(as_orders("inventory").await);
+    let payments: PaymentsServiceClient<MeshChannel> =
+        PaymentsServiceClient::new(as_orders("payments").await);
+    let orders = mesh.orders().await.unwrap();
+    // The baseline pays its own payee, so the merchant's account keeps
+    // matching the confirmed orders (an invariant checked at the end).
+    let merchant = mesh.open_account("direct-payee", 0).await.unwrap();
+
+    println!(
+        "orders bench: {ORDERS} orders per row, 1 line each over {SKUS} products, \
+         {ACCOUNTS} paying accounts, one merchant, 2 instances of each service, mTLS"
+    );
+    println!(
+        "{:<34} {:>5} {:>10} {:>9} {:>9} {:>11} {:>9}",
+        "", "conc", "orders/s", "p50 ms", "p99 ms", "db ms/order", "xacts"
+    );
+    for concurrency in [1, 16, 64] {
+        let round = concurrency;
+        let direct = {
+            let (inventory, payments, merchant, accounts) = (
+                inventory.clone(),
+                payments.clone(),
+                merchant.clone(),
+                accounts.clone(),
+            );
+            move |i: usize| {
+                let (mut inventory, mut payments) = (inventory.clone(), payments.clone());
+                let merchant = merchant.clone();
+                let account = accounts[i % ACCOUNTS].clone();
+                async move {
+                    let id = format!("direct-{round}-{i}");
+                    let reservation = inventory
+                        .reserve_stock(inventory_pb::ReserveStockRequest {
+                            idempotency_key: format!("{id}/reserve"),
+                            order_id: id.clone(),
+                            lines: vec![inventory_pb::ReservationLineRequest {
+                                sku: format!("BENCH-{}", i % SKUS),
+                                quantity: 1,
+                            }],
+                        })
+                        .await
+                        .unwrap()
+                        .into_inner()
+                        .reservation
+                        .unwrap();
+                    let auth = payments
+                        .authorize(payments_pb::AuthorizeRequest {
+                            idempotency_key: format!("{id}/authorize"),
+                            account_id: account,
+                            amount: Some(eur(1000)),
+                            reference: id.clone(),
+                        })
+                        .await
+                        .unwrap()
+                        .into_inner()
+                        .authorization
+                        .unwrap();
+                    inventory
+                        .commit_reservation(inventory_pb::CommitReservationRequest {
+                            idempotency_key: format!("{id}/commit"),
+                            reservation_id: reservation.reservation_id,
+                        })
+                        .await
+                        .unwrap();
+                    payments
+                        .capture(payments_pb::CaptureRequest {
+                            idempotency_key: format!("{id}/capture"),
+                            authorization_id: auth.authorization_id,
+                            payee_account_id: merchant,
+                        })
+                        .await
+                        .unwrap();
+                }
+            }
+        };
+        let baseline = phase(&mesh, concurrency, direct).await;
+        let place = {
+            let (orders, accounts) = (orders.clone(), accounts.clone());
+            move |i: usize| {
+                let mut orders = orders.clone();
+                let account = accounts[i % ACCOUNTS].clone();
+                async move {
+                    let order = orders
+                        .place_order(order_request(
+                            &format!("bench-{round}-{i}"),
+                            &format!("customer-{}", i % ACCOUNTS),
+                            &account,
+                            &[(format!("BENCH-{}", i % SKUS).as_str(), 1)],
+                        ))
+                        .await
+                        .unwrap()
+                        .into_inner()
+                        .order
+                        .unwrap();
+                    assert_eq!(order.status(), orders_pb::OrderStatus::Confirmed);
+                }
+            }
+        };
+        let saga = phase(&mesh, concurrency, place).await;
+        for (name, p) in [
+            ("baseline: the 4 calls, direct", &baseline),
+            ("PlaceOrder (saga through orders)", &saga),
+        ] {
+            println!(
+                "{name:<34} {concurrency:>5} {:>10.0} {:>9.2} {:>9.2} {:>11.2} {:>9.1}",
+                p.per_second, p.p50_ms, p.p99_ms, p.db_ms_per_order, p.xacts_per_order
+            );
+        }
+        println!(
+            "{:<34} {concurrency:>5} {:>10.2} {:>9.2} {:>9.2} {:>11.2}",
+            "ratio saga / baseline",
+            saga.per_second / baseline.per_second,
+            saga.p50_ms / baseline.p50_ms,
+            saga.p99_ms / baseline.p99_ms,
+            saga.db_ms_per_order / baseline.db_ms_per_order,
+        );
+    }
+    mesh.check_invariants().await.unwrap();
+    mesh.stop().await.unwrap();
+}
