@@ -57,7 +57,7 @@ impl Store {
                  payment_account_id, status, step, lease_owner, lease_until) \
                  VALUES ($1, $2, $3, $4, 'PENDING', 'RESERVE', $5, \
                  now() + $6::float8 * interval '1 millisecond') \
-                 ON CONFLICT (idempotency_key) DO NOTHING RETURNING order_id",
+                 ON CONFLICT (idempotency_key) DO NOTHING RETURNING order_id, create_time",
                 &[
                     &key.key,
                     &key.fingerprint,
@@ -103,7 +103,7 @@ impl Store {
         )
         .await?;
         tx.commit().await?;
-        let now = std::time::SystemTime::now();
+        let now: std::time::SystemTime = row.get(1);
         let order = Order {
             order_id,
             customer_id: new.customer_id.clone(),
