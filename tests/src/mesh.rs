@@ -605,6 +605,17 @@ async fn has_orders(db: &tokio_postgres::Client) -> Result<bool> {
         .get(0))
 }
 
+/// Places an order and returns it as answered.
+pub async fn placed(
+    orders: &mut OrdersServiceClient<MeshChannel>,
+    request: impl tonic::IntoRequest<orders_pb::PlaceOrderRequest>,
+) -> orders_pb::Order {
+    match orders.place_order(request).await {
+        Ok(response) => response.into_inner().order.unwrap_or_default(),
+        Err(status) => panic!("PlaceOrder failed: {status:?}"),
+    }
+}
+
 /// `minor` euro cents.
 pub fn eur(minor: i64) -> Money {
     Money {

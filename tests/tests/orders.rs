@@ -13,7 +13,7 @@ use weft_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
 use weft_proto::orders::v1 as pb;
 use weft_proto::payments::v1 as payments_pb;
 use weft_proto::payments::v1::payments_service_client::PaymentsServiceClient;
-use weft_tests::mesh::{Mesh, eur, order_request};
+use weft_tests::mesh::{Mesh, eur, order_request, placed};
 
 fn status(order: &pb::Order) -> pb::OrderStatus {
     order.status()
@@ -36,13 +36,7 @@ async fn an_order_is_placed_end_to_end_and_read_back() {
     let mut orders = mesh.orders().await.unwrap();
 
     let request = order_request("o-1", "alice", &account, &[("BOOK-1", 2), ("PEN-1", 3)]);
-    let order = orders
-        .place_order(request.clone())
-        .await
-        .unwrap()
-        .into_inner()
-        .order
-        .unwrap();
+    let order = placed(&mut orders, request.clone()).await;
     assert_eq!(status(&order), pb::OrderStatus::Confirmed, "{order:?}");
     assert_eq!(order.total, Some(eur(2 * 1250 + 3 * 199)));
     assert_eq!(order.lines[0].unit_price, Some(eur(1250)));
@@ -70,13 +64,7 @@ async fn an_order_is_placed_end_to_end_and_read_back() {
 
     // A replay answers with the same order and changes nothing; the key
     // with another request is refused.
-    let replay = orders
-        .place_order(request.clone())
-        .await
-        .unwrap()
-        .into_inner()
-        .order
-        .unwrap();
+    let replay = placed(&mut orders, request.clone()).await;
     assert_eq!(replay.order_id, order.order_id);
     assert_eq!(mesh.balance(&account).await.unwrap(), (10_000 - 3097, 0));
     let mut other = request.clone();
@@ -143,13 +131,7 @@ async fn failures_reject_with_a_reason_and_leave_nothing_held() {
     let rich = mesh.open_account("rich", 1_000_000).await.unwrap();
     let mut orders = mesh.orders().await.unwrap();
     let mut place = async |key: &str, account: &str, lines: &[(&str, i64)]| {
-        orders
-            .place_order(order_request(key, "carol", account, lines))
-            .await
-            .unwrap()
-            .into_inner()
-            .order
-            .unwrap()
+        placed(&mut orders, order_request(key, "carol", account, lines)).await
     };
 
     // More than is in stock: nothing was reserved, nothing to compensate.
@@ -248,13 +230,11 @@ async fn cancelling_a_confirmed_order_refunds_and_restocks() {
     let account = mesh.open_account("dave", 10_000).await.unwrap();
     let poor = mesh.open_account("erin", 10).await.unwrap();
     let mut orders = mesh.orders().await.unwrap();
-    let order = orders
-        .place_order(order_request("c-1", "dave", &account, &[("CHAIR-1", 2)]))
-        .await
-        .unwrap()
-        .into_inner()
-        .order
-        .unwrap();
+    let order = placed(
+        &mut orders,
+        order_request("c-1", "dave", &account, &[("CHAIR-1", 2)]),
+    )
+    .await;
     assert_eq!(status(&order), pb::OrderStatus::Confirmed);
     let cancel = pb::CancelOrderRequest {
         idempotency_key: "cancel-1".into(),
@@ -291,13 +271,11 @@ async fn cancelling_a_confirmed_order_refunds_and_restocks() {
     assert_eq!(mesh.balance(&account).await.unwrap(), (10_000, 0));
 
     // A rejected order cannot be cancelled: it holds nothing.
-    let rejected = orders
-        .place_order(order_request("c-2", "erin", &poor, &[("CHAIR-1", 1)]))
-        .await
-        .unwrap()
-        .into_inner()
-        .order
-        .unwrap();
+    let rejected = placed(
+        &mut orders,
+        order_request("c-2", "erin", &poor, &[("CHAIR-1", 1)]),
+    )
+    .await;
     assert_eq!(status(&rejected), pb::OrderStatus::Rejected);
     let err = orders
         .cancel_order(pb::CancelOrderRequest {
@@ -412,13 +390,7 @@ async fn an_order_waits_out_an_outage_of_payments_and_then_completes() {
     let mut orders = mesh.orders().await.unwrap();
     let mut request = tonic::Request::new(order_request("w-1", "gina", &account, &[("DESK-1", 1)]));
     request.set_timeout(Duration::from_secs(2));
-    let order = orders
-        .place_order(request)
-        .await
-        .unwrap()
-        .into_inner()
-        .order
-        .unwrap();
+    let order = placed(&mut orders, request).await;
     assert_eq!(status(&order), pb::OrderStatus::Pending, "{order:?}");
     assert_eq!(mesh.stock("DESK-1").await.unwrap(), (1, 1, 0));
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use weft_mesh::ClientOptions;
 use weft_proto::orders::v1 as pb;
-use weft_tests::mesh::{Mesh, order_request};
+use weft_tests::mesh::{Mesh, order_request, placed};
 
 /// Places an order on an orders process that crashes after `point`,
 /// restarts it without the crash point, and returns the settled order.
@@ -42,13 +42,7 @@ async fn crash_and_resume(
     mesh.wait_settled(Duration::from_secs(30)).await.unwrap();
     // The client's retry of the same call gets the same, settled order.
     let mut orders = mesh.orders().await.unwrap();
-    let order = orders
-        .place_order(request.clone())
-        .await
-        .unwrap()
-        .into_inner()
-        .order
-        .unwrap();
+    let order = placed(&mut orders, request.clone()).await;
     let listed = orders
         .list_orders(pb::ListOrdersRequest {
             customer_id: request.customer_id.clone(),

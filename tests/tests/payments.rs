@@ -28,6 +28,15 @@ fn authorize(key: &str, account: &str, amount: i64) -> pb::AuthorizeRequest {
     }
 }
 
+/// Authorizes and returns the authorization as answered.
+async fn authorized(
+    payments: &mut PaymentsServiceClient<MeshChannel>,
+    request: pb::AuthorizeRequest,
+) -> pb::Authorization {
+    let response = payments.authorize(request).await.unwrap();
+    response.into_inner().authorization.unwrap()
+}
+
 fn minor(m: &Option<Money>) -> i64 {
     m.as_ref().map(|m| m.amount_minor).unwrap_or(i64::MIN)
 }
@@ -40,13 +49,7 @@ async fn holds_captures_voids_and_refunds_keep_the_ledger_balanced() {
     let mut payments = as_orders(&mesh).await;
 
     // A hold moves money to the payer's hold book: balance unchanged.
-    let auth = payments
-        .authorize(authorize("a-1", &payer, 4000))
-        .await
-        .unwrap()
-        .into_inner()
-        .authorization
-        .unwrap();
+    let auth = authorized(&mut payments, authorize("a-1", &payer, 4000)).await;
     assert_eq!(auth.status(), pb::AuthorizationStatus::Authorized);
     let account = mesh
         .payments()
@@ -126,13 +129,7 @@ async fn holds_captures_voids_and_refunds_keep_the_ledger_balanced() {
     assert_eq!(mesh.balance(&payee).await.unwrap(), (0, 0));
 
     // A void lifts a hold; a repeat changes nothing.
-    let held = payments
-        .authorize(authorize("a-2", &payer, 9000))
-        .await
-        .unwrap()
-        .into_inner()
-        .authorization
-        .unwrap();
+    let held = authorized(&mut payments, authorize("a-2", &payer, 9000)).await;
     for key in ["v-1", "v-2"] {
         let voided = payments
             .void(pb::VoidRequest {
@@ -228,13 +225,7 @@ async fn limits_declines_replays_and_bad_input() {
         .unwrap();
 
     let declined = |a: &pb::Authorization| (a.status(), a.decline_reason());
-    let a = payments
-        .authorize(authorize("d-1", &account, 1001))
-        .await
-        .unwrap()
-        .into_inner()
-        .authorization
-        .unwrap();
+    let a = authorized(&mut payments, authorize("d-1", &account, 1001)).await;
     assert_eq!(
         declined(&a),
         (
@@ -242,13 +233,7 @@ async fn limits_declines_replays_and_bad_input() {
             pb::DeclineReason::InsufficientFunds
         )
     );
-    let a = payments
-        .authorize(authorize("d-2", &usd.account_id, 1))
-        .await
-        .unwrap()
-        .into_inner()
-        .authorization
-        .unwrap();
+    let a = authorized(&mut payments, authorize("d-2", &usd.account_id, 1)).await;
     assert_eq!(
         declined(&a),
         (
@@ -256,21 +241,9 @@ async fn limits_declines_replays_and_bad_input() {
             pb::DeclineReason::CurrencyMismatch
         )
     );
-    let a = payments
-        .authorize(authorize("d-3", &credit.account_id, 500))
-        .await
-        .unwrap()
-        .into_inner()
-        .authorization
-        .unwrap();
+    let a = authorized(&mut payments, authorize("d-3", &credit.account_id, 500)).await;
     assert_eq!(a.status(), pb::AuthorizationStatus::Authorized);
-    let a2 = payments
-        .authorize(authorize("d-4", &credit.account_id, 1))
-        .await
-        .unwrap()
-        .into_inner()
-        .authorization
-        .unwrap();
+    let a2 = authorized(&mut payments, authorize("d-4", &credit.account_id, 1)).await;
     assert_eq!(a2.status(), pb::AuthorizationStatus::Declined);
     payments
         .capture(pb::CaptureRequest {

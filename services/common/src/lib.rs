@@ -18,4 +18,4 @@ pub use db::{Db, DbError};
 pub use keyed::IdempotencyKey;
 pub use migrate::{MigrateError, migrate};
 pub use money::Money;
-pub use serve::{ServeError, Served, serve};
+pub use serve::{AbortOnDrop, ServeError, Served, serve};

@@ -70,6 +70,26 @@ pub struct Served {
     pub ping: Ping,
 }
 
+impl Served {
+    /// A service whose readiness is its database's.
+    pub fn new(
+        name: &'static str,
+        grpc_service: &'static str,
+        routes: Routes,
+        db: crate::Db,
+    ) -> Self {
+        Self {
+            name,
+            grpc_service,
+            routes,
+            ping: Arc::new(move || {
+                let db = db.clone();
+                Box::pin(async move { db.ping().await.map_err(|e| e.to_string()) })
+            }),
+        }
+    }
+}
+
 impl std::fmt::Debug for Served {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Served")
@@ -232,9 +252,10 @@ async fn set_health(reporter: &HealthReporter, grpc_service: &str, status: Servi
     reporter.set_service_status(grpc_service, status).await;
 }
 
-/// Aborts a task when dropped.
+/// Aborts a task when dropped: background work that must end with the
+/// server, however the server ends.
 #[derive(Debug)]
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {

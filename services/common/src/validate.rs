@@ -66,6 +66,38 @@ pub fn quantity(field: &str, value: i64) -> Result<(), Status> {
     Ok(())
 }
 
+/// Lines of SKUs and quantities: 1 to `max`, each SKU valid and named once,
+/// each quantity valid; returned in order.
+pub fn lines<'a>(
+    value: impl ExactSizeIterator<Item = (&'a str, i64)>,
+    max: usize,
+) -> Result<Vec<(String, i64)>, Status> {
+    if value.len() == 0 {
+        return Err(invalid("lines", "must hold at least one line"));
+    }
+    if value.len() > max {
+        return Err(invalid(
+            "lines",
+            format_args!("must hold at most {max} lines"),
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    value
+        .enumerate()
+        .map(|(i, (line_sku, line_quantity))| {
+            sku(&format!("lines[{i}].sku"), line_sku)?;
+            quantity(&format!("lines[{i}].quantity"), line_quantity)?;
+            if !seen.insert(line_sku) {
+                return Err(invalid(
+                    &format!("lines[{i}].sku"),
+                    "appears in more than one line",
+                ));
+            }
+            Ok((line_sku.to_owned(), line_quantity))
+        })
+        .collect()
+}
+
 /// Free text that is required and bounded.
 pub fn text(field: &str, value: &str, max_chars: usize) -> Result<(), Status> {
     if value.trim().is_empty() {

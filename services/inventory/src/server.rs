@@ -3,7 +3,6 @@
 //! resolves (see `weft_service::serve` for everything around it).
 
 use std::future::Future;
-use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tonic::service::Routes;
@@ -35,14 +34,6 @@ pub async fn run(
     let db = store.db().clone();
     let api = InventoryServiceServer::new(InventoryApi::new(store))
         .max_decoding_message_size(config.max_message_bytes);
-    let served = Served {
-        name: NAME,
-        grpc_service: SERVICE_NAME,
-        routes: Routes::new(api),
-        ping: Arc::new(move || {
-            let db = db.clone();
-            Box::pin(async move { db.ping().await.map_err(|e| e.to_string()) })
-        }),
-    };
+    let served = Served::new(NAME, SERVICE_NAME, Routes::new(api), db);
     weft_service::serve(listener, &config, served, shutdown).await
 }

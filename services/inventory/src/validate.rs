@@ -2,8 +2,6 @@
 //! `weft_service::validate`): each failure is `INVALID_ARGUMENT` with a
 //! message that names the offending field.
 
-use std::collections::HashSet;
-
 use tonic::Status;
 use weft_proto::inventory::v1 as pb;
 pub use weft_service::validate::{
@@ -21,34 +19,14 @@ pub const MAX_SKUS: usize = 500;
 
 /// Reservation lines: 1 to [`MAX_LINES`], each SKU once.
 pub fn lines(value: &[pb::ReservationLineRequest]) -> Result<Vec<LineRequest>, Status> {
-    if value.is_empty() {
-        return Err(invalid("lines", "must hold at least one line"));
-    }
-    if value.len() > MAX_LINES {
-        return Err(invalid(
-            "lines",
-            format_args!("must hold at most {MAX_LINES} lines"),
-        ));
-    }
-    let mut seen = HashSet::new();
-    value
-        .iter()
-        .enumerate()
-        .map(|(i, line)| {
-            sku(&format!("lines[{i}].sku"), &line.sku)?;
-            quantity(&format!("lines[{i}].quantity"), line.quantity)?;
-            if !seen.insert(line.sku.as_str()) {
-                return Err(invalid(
-                    &format!("lines[{i}].sku"),
-                    "appears in more than one line",
-                ));
-            }
-            Ok(LineRequest {
-                sku: line.sku.clone(),
-                quantity: line.quantity,
-            })
-        })
-        .collect()
+    let lines = weft_service::validate::lines(
+        value.iter().map(|l| (l.sku.as_str(), l.quantity)),
+        MAX_LINES,
+    )?;
+    Ok(lines
+        .into_iter()
+        .map(|(sku, quantity)| LineRequest { sku, quantity })
+        .collect())
 }
 
 #[cfg(test)]

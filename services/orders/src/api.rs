@@ -3,7 +3,6 @@
 //! half-way) for at most the call's deadline, and answers with the order as
 //! it then stands.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -66,35 +65,18 @@ impl OrdersApi {
 }
 
 fn lines(value: &[pb::OrderLineRequest]) -> Result<Vec<OrderLine>, Status> {
-    if value.is_empty() {
-        return Err(invalid("lines", "must hold at least one line"));
-    }
-    if value.len() > MAX_LINES {
-        return Err(invalid(
-            "lines",
-            format_args!("must hold at most {MAX_LINES} lines"),
-        ));
-    }
-    let mut seen = HashSet::new();
-    value
-        .iter()
-        .enumerate()
-        .map(|(i, line)| {
-            validate::sku(&format!("lines[{i}].sku"), &line.sku)?;
-            validate::quantity(&format!("lines[{i}].quantity"), line.quantity)?;
-            if !seen.insert(line.sku.as_str()) {
-                return Err(invalid(
-                    &format!("lines[{i}].sku"),
-                    "appears in more than one line",
-                ));
-            }
-            Ok(OrderLine {
-                sku: line.sku.clone(),
-                quantity: line.quantity,
-                unit_price: None,
-            })
+    let lines = validate::lines(
+        value.iter().map(|l| (l.sku.as_str(), l.quantity)),
+        MAX_LINES,
+    )?;
+    Ok(lines
+        .into_iter()
+        .map(|(sku, quantity)| OrderLine {
+            sku,
+            quantity,
+            unit_price: None,
         })
-        .collect()
+        .collect())
 }
 
 #[tonic::async_trait]

@@ -5,12 +5,11 @@
 use std::collections::hash_map::RandomState;
 use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
-use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tonic::service::Routes;
 use weft_proto::orders::v1::orders_service_server::{OrdersServiceServer, SERVICE_NAME};
-use weft_service::{ServeError, Served};
+use weft_service::{AbortOnDrop, ServeError, Served};
 
 use crate::api::OrdersApi;
 use crate::config::OrdersConfig;
@@ -67,26 +66,8 @@ pub async fn run(
 
     let api = OrdersServiceServer::new(OrdersApi::new(saga, config.wait))
         .max_decoding_message_size(service.max_message_bytes);
-    let served = Served {
-        name: NAME,
-        grpc_service: SERVICE_NAME,
-        routes: Routes::new(api),
-        ping: Arc::new(move || {
-            let db = db.clone();
-            Box::pin(async move { db.ping().await.map_err(|e| e.to_string()) })
-        }),
-    };
+    let served = Served::new(NAME, SERVICE_NAME, Routes::new(api), db);
     let result = weft_service::serve(listener, service, served, shutdown).await;
     drop(recovery);
     result
-}
-
-/// Aborts a task when dropped.
-#[derive(Debug)]
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
