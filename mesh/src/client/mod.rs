@@ -230,13 +230,21 @@ impl Inner {
         {
             parts.headers.insert("grpc-timeout", value);
         }
+        let expired = || {
+            Status::deadline_exceeded(format!("deadline exceeded calling {}", self.service)).into()
+        };
         match tokio::time::timeout_at(deadline, self.attempts(parts, body)).await {
+            // The server's timer can beat ours by a hair; tonic's server then
+            // answers CANCELLED ("Timeout expired"). The deadline is what
+            // ended the call, so say so, as gRPC clients do.
+            Ok(Ok(response))
+                if header_status(&response) == Some(tonic::Code::Cancelled)
+                    && tokio::time::Instant::now() + Duration::from_millis(20) >= deadline =>
+            {
+                Err(expired())
+            }
             Ok(result) => result,
-            Err(_) => Err(Status::deadline_exceeded(format!(
-                "deadline exceeded calling {}",
-                self.service
-            ))
-            .into()),
+            Err(_) => Err(expired()),
         }
     }
 
