@@ -2,6 +2,7 @@
 //! Weft services, external tools) on 127.0.0.1 and cleans up after them.
 
 pub mod cluster;
+pub mod http;
 pub mod inventory;
 pub mod load;
 pub mod mesh;

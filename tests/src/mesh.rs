@@ -41,6 +41,8 @@ struct Running {
     service: &'static str,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), ServeError>>,
+    /// Where its metrics endpoint listens, once bound.
+    metrics_bound: Arc<std::sync::OnceLock<std::net::SocketAddr>>,
 }
 
 impl Drop for Running {
@@ -141,6 +143,10 @@ impl Mesh {
         });
         cfg.pool_size = self.pool_size;
         cfg.db_timeout = Duration::from_secs(10);
+        // Each instance reports into its own registry, as a process would,
+        // on an endpoint of its own.
+        cfg.metrics = Arc::new(weft_mesh::Metrics::new());
+        cfg.metrics_addr = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
         Ok(cfg)
     }
 
@@ -148,6 +154,7 @@ impl Mesh {
     pub async fn add(&mut self, service: &'static str) -> Result<()> {
         let n = self.running.len();
         let cfg = self.service_config(service, n)?;
+        let metrics_bound = cfg.metrics_bound.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let (stop, stopped) = oneshot::channel::<()>();
         let shutdown = async {
@@ -162,6 +169,7 @@ impl Mesh {
             service,
             stop: Some(stop),
             task,
+            metrics_bound,
         });
         Ok(())
     }
@@ -175,6 +183,7 @@ impl Mesh {
         );
         cfg.saga = self.saga.clone();
         cfg.upstream.call_timeout = Duration::from_secs(5);
+        cfg.upstream.client.metrics = cfg.service.metrics.clone();
         Ok(cfg)
     }
 
@@ -184,6 +193,7 @@ impl Mesh {
         for _ in 0..count {
             let n = self.running.len();
             let cfg = self.orders_config(n)?;
+            let metrics_bound = cfg.service.metrics_bound.clone();
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
             let (stop, stopped) = oneshot::channel::<()>();
             let task = tokio::spawn(weft_orders::run(listener, cfg, async {
@@ -193,6 +203,7 @@ impl Mesh {
                 service: "orders",
                 stop: Some(stop),
                 task,
+                metrics_bound,
             });
         }
         let total = self
@@ -232,6 +243,7 @@ impl Mesh {
             ("WEFT_RECOVERY_MS", "100".into()),
             ("WEFT_DB_POOL_SIZE", self.pool_size.to_string()),
             ("WEFT_DRAIN_MS", "0".into()),
+            ("WEFT_METRICS_ADDR", "127.0.0.1:0".into()),
             ("RUST_LOG", "info".into()),
         ]
         .into_iter()
@@ -268,6 +280,21 @@ impl Mesh {
                 .context("an instance did not stop within 30 s")???;
         }
         Ok(())
+    }
+
+    /// Scrapes the metrics endpoint of every running instance of `service`
+    /// over HTTP, as Prometheus would; returns each body.
+    pub async fn scrape(&self, service: &str) -> Result<Vec<String>> {
+        let mut bodies = Vec::new();
+        for r in self.running.iter().filter(|r| r.service == service) {
+            let addr = r
+                .metrics_bound
+                .get()
+                .copied()
+                .context("the metrics endpoint is not bound")?;
+            bodies.push(crate::http::get(addr, "/metrics").await?);
+        }
+        Ok(bodies)
     }
 
     /// Waits until discovery shows `count` healthy instances of `service`.

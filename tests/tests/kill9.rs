@@ -31,6 +31,7 @@ async fn kill_minus_nine_of_one_of_three_processes_fails_no_idempotent_call() {
             ("WEFT_INSTANCE_ID", format!("proc-{n}")),
             ("WEFT_HEALTH_INTERVAL_MS", "100".into()),
             ("WEFT_DRAIN_MS", "0".into()),
+            ("WEFT_METRICS_ADDR", "127.0.0.1:0".into()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))

@@ -37,6 +37,15 @@ impl Default for FailurePolicy {
 }
 
 /// The client's view of one endpoint.
+/// Counters an endpoint bumps for the metrics of its upstream.
+#[derive(Debug, Clone, Default)]
+pub struct EndpointEvents {
+    /// Ejections after consecutive failures.
+    pub ejections: prometheus_client::metrics::counter::Counter,
+    /// Connection failures that scheduled a reconnect.
+    pub reconnects: prometheus_client::metrics::counter::Counter,
+}
+
 #[derive(Debug)]
 pub struct EndpointState {
     /// The discovery id.
@@ -59,6 +68,7 @@ pub struct EndpointState {
     pub calls: AtomicU64,
     policy: FailurePolicy,
     reconnect: Mutex<Backoff>,
+    events: EndpointEvents,
 }
 
 impl EndpointState {
@@ -83,7 +93,14 @@ impl EndpointState {
             calls: AtomicU64::new(0),
             policy,
             reconnect: Mutex::new(reconnect_backoff()),
+            events: EndpointEvents::default(),
         }
+    }
+
+    /// This endpoint, counting its ejections and reconnects in `events`.
+    pub fn counting(mut self, events: EndpointEvents) -> Self {
+        self.events = events;
+        self
     }
 
     /// The connection for the next call (round robin over the endpoint's
@@ -166,6 +183,7 @@ impl EndpointState {
     /// The connection failed: out of the pool at once; the delay before the
     /// next connection attempt grows (1 s ×1.6, jitter 0.2, at most 120 s).
     pub fn connection_failed(&self) -> Duration {
+        self.events.reconnects.inc();
         self.set_serving(false);
         self.reconnect
             .lock()
@@ -183,6 +201,7 @@ impl EndpointState {
             if let Ok(mut until) = self.ejected_until.lock() {
                 *until = Some(Instant::now() + length);
             }
+            self.events.ejections.inc();
             tracing::warn!(id = %self.id, addr = %self.addr, ?length, "endpoint ejected after {n} consecutive failures");
         }
     }

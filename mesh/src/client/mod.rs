@@ -5,12 +5,13 @@
 //! service, so generated tonic clients take it like a `Channel`.
 
 mod endpoint;
+mod observe;
 mod pool;
 mod retry;
 mod timeouts;
 
-pub use endpoint::{EndpointState, FailurePolicy};
-pub use pool::{Connect, Pool};
+pub use endpoint::{EndpointEvents, EndpointState, FailurePolicy};
+pub use pool::{Connect, Pool, PoolEvents};
 pub use retry::{Idempotency, RetryBudget, never_sent};
 pub use timeouts::{MethodTimeouts, TimeoutSettingError, parse_duration};
 
@@ -27,7 +28,11 @@ use tokio::task::JoinHandle;
 use tonic::Status;
 use tonic::codegen::http;
 use tower::{Service, ServiceExt};
+use tracing::Instrument;
 use weft_discovery::Snapshot;
+
+use crate::metrics::{Metrics, Upstream, UpstreamMethod};
+use observe::{AttemptRecord, call_span, finish_span, report_pool};
 
 /// How a [`MeshChannel`] behaves.
 #[derive(Debug, Clone)]
@@ -50,6 +55,8 @@ pub struct ClientOptions {
     pub method_timeouts: MethodTimeouts,
     /// The timeout for other calls without a deadline; `None` for none.
     pub default_timeout: Option<Duration>,
+    /// Where the channel's metrics go.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Default for ClientOptions {
@@ -63,6 +70,7 @@ impl Default for ClientOptions {
             retry_min_per_sec: 10,
             method_timeouts: Default::default(),
             default_timeout: None,
+            metrics: Metrics::global(),
         }
     }
 }
@@ -99,15 +107,30 @@ impl MeshChannel {
         idempotency: Arc<Idempotency>,
         options: ClientOptions,
     ) -> Self {
+        let service = service.into();
+        let upstream = Upstream {
+            upstream: service.clone(),
+        };
+        let metrics = &options.metrics;
+        let events = PoolEvents {
+            endpoint: EndpointEvents {
+                ejections: metrics.client_ejections.get_or_create(&upstream).clone(),
+                reconnects: metrics.client_reconnects.get_or_create(&upstream).clone(),
+            },
+            discovery_errors: metrics.discovery_errors.get_or_create(&upstream).clone(),
+        };
+        let snapshots = endpoints.clone();
         let (pool, follower) = pool::follow(
             endpoints,
             connect,
             options.failure,
             options.connections_per_endpoint,
+            events,
         );
+        report_pool(metrics, &service, &pool, snapshots);
         Self {
             inner: Arc::new(Inner {
-                service: service.into(),
+                service,
                 budget: RetryBudget::new(options.retry_percent, options.retry_min_per_sec),
                 pool,
                 idempotency,
@@ -174,9 +197,18 @@ impl Service<http::Request<tonic::body::Body>> for MeshChannel {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<tonic::body::Body>) -> Self::Future {
         let inner = self.inner.clone();
-        Box::pin(async move { inner.send(request).await })
+        let span = call_span(&inner.service, request.uri().path());
+        crate::trace_context::send_trace(&span, request.headers_mut());
+        let sending = span.clone();
+        Box::pin(
+            async move {
+                let response = inner.send(request).await?;
+                Ok(finish_span(span, response))
+            }
+            .instrument(sending),
+        )
     }
 }
 
@@ -248,6 +280,29 @@ impl Inner {
         }
     }
 
+    /// Whether the budget allows one more attempt, counted either way.
+    fn may_retry(&self, path: &str) -> bool {
+        let metrics = &self.options.metrics;
+        if self.budget.withdraw() {
+            metrics
+                .client_retries
+                .get_or_create(&UpstreamMethod {
+                    upstream: self.service.clone(),
+                    grpc_method: path.trim_start_matches('/').to_owned(),
+                })
+                .inc();
+            true
+        } else {
+            metrics
+                .client_budget_refusals
+                .get_or_create(&Upstream {
+                    upstream: self.service.clone(),
+                })
+                .inc();
+            false
+        }
+    }
+
     fn no_endpoint(&self) -> BoxError {
         Status::unavailable(format!("no available endpoint for {}", self.service)).into()
     }
@@ -267,7 +322,14 @@ impl Inner {
         request: http::Request<tonic::body::Body>,
     ) -> Attempt {
         let in_flight = endpoint.start();
+        let record = AttemptRecord::start(
+            &self.options.metrics,
+            &self.service,
+            request.uri().path(),
+            endpoint.addr.to_string(),
+        );
         let Some(mut channel) = endpoint.channel() else {
+            record.failed();
             return Attempt::Failed {
                 error: "endpoint has no connection".into(),
                 unsent: true,
@@ -280,6 +342,7 @@ impl Inner {
         match result {
             Ok(response) => {
                 in_flight.responded();
+                let response = record.answered(response);
                 if header_status(&response) == Some(tonic::Code::Unavailable) {
                     endpoint.call_failed();
                     Attempt::Unavailable(response)
@@ -290,6 +353,7 @@ impl Inner {
             }
             Err(error) => {
                 drop(in_flight);
+                record.failed();
                 let unsent = never_sent(&error);
                 if unsent {
                     endpoint.connection_failed();
@@ -355,13 +419,13 @@ impl Inner {
             match self.attempt(&endpoint, request).await {
                 Attempt::Answered(response) => return Ok(response),
                 Attempt::Unavailable(response) => {
-                    if safe_method && can_retry && self.budget.withdraw() {
+                    if safe_method && can_retry && self.may_retry(parts.uri.path()) {
                         continue;
                     }
                     return Ok(response);
                 }
                 Attempt::Failed { error, unsent } => {
-                    if (unsent || safe_method) && can_retry && self.budget.withdraw() {
+                    if (unsent || safe_method) && can_retry && self.may_retry(parts.uri.path()) {
                         tracing::debug!(service = %self.service, endpoint = %endpoint.id, %error, "retrying elsewhere");
                         continue;
                     }

@@ -14,7 +14,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use weft_discovery::Snapshot;
 
-use super::endpoint::{EndpointState, FailurePolicy};
+use super::endpoint::{EndpointEvents, EndpointState, FailurePolicy};
 
 /// Makes the connection to an address.
 pub type Connect = Arc<dyn Fn(SocketAddr) -> Option<Channel> + Send + Sync>;
@@ -27,6 +27,16 @@ pub struct Pool {
     endpoints: RwLock<Arc<[Arc<EndpointState>]>>,
     tasks: Mutex<Watched>,
     changed: Notify,
+    events: PoolEvents,
+}
+
+/// Counters a pool bumps for the metrics of its upstream.
+#[derive(Debug, Clone, Default)]
+pub struct PoolEvents {
+    /// Given to each endpoint.
+    pub endpoint: EndpointEvents,
+    /// Discovery errors seen in the snapshots followed.
+    pub discovery_errors: prometheus_client::metrics::counter::Counter,
 }
 
 impl std::fmt::Debug for Pool {
@@ -48,11 +58,12 @@ impl Drop for Pool {
 }
 
 impl Pool {
-    fn new() -> Arc<Self> {
+    fn new(events: PoolEvents) -> Arc<Self> {
         Arc::new(Self {
             endpoints: RwLock::new(Arc::from(Vec::new())),
             tasks: Mutex::new(HashMap::new()),
             changed: Notify::new(),
+            events,
         })
     }
 
@@ -147,7 +158,10 @@ impl Pool {
             if channels.is_empty() {
                 continue;
             }
-            let state = Arc::new(EndpointState::new(id.to_owned(), addr, channels, policy));
+            let state = Arc::new(
+                EndpointState::new(id.to_owned(), addr, channels, policy)
+                    .counting(self.events.endpoint.clone()),
+            );
             let task = tokio::spawn(watch_health(state.clone(), Arc::downgrade(self)));
             tasks.insert(id.to_owned(), (state, task));
         }
@@ -166,13 +180,25 @@ pub fn follow(
     connect: Connect,
     policy: FailurePolicy,
     connections: usize,
+    events: PoolEvents,
 ) -> (Arc<Pool>, JoinHandle<()>) {
-    let pool = Pool::new();
+    let pool = Pool::new(events);
     let weak = Arc::downgrade(&pool);
     let task = tokio::spawn(async move {
+        let mut last_error: Option<Arc<str>> = None;
         loop {
             let snapshot = rx.borrow_and_update().clone();
             let Some(pool) = weak.upgrade() else { return };
+            // Each failed attempt leaves a new error behind.
+            let new_error = match (&snapshot.last_error, &last_error) {
+                (Some(now), Some(before)) => !Arc::ptr_eq(now, before),
+                (Some(_), None) => true,
+                (None, _) => false,
+            };
+            if new_error {
+                pool.events.discovery_errors.inc();
+            }
+            last_error = snapshot.last_error.clone();
             pool.apply(&snapshot, &connect, policy, connections);
             drop(pool);
             if rx.changed().await.is_err() {

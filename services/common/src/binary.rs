@@ -1,17 +1,7 @@
-//! What each service's binary does around `run`: logging set up from
-//! `RUST_LOG`, the listener from `WEFT_LISTEN`, and the shutdown signal.
+//! What each service's binary does around `run`: the listener from
+//! `WEFT_LISTEN` and the shutdown signal (logging: see `telemetry`).
 
 use tokio::net::TcpListener;
-use tracing_subscriber::EnvFilter;
-
-/// Logs to standard error at `RUST_LOG` (default `info`).
-pub fn init_tracing() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
-}
 
 /// Binds `WEFT_LISTEN`, else `default`.
 pub async fn listen(default: &str) -> std::io::Result<TcpListener> {

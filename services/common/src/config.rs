@@ -4,9 +4,10 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use weft_mesh::{DrainConfig, IdentityPaths, Policy};
+use weft_mesh::{DrainConfig, IdentityPaths, Metrics, Policy};
 
 /// How this instance makes itself known to clients.
 #[derive(Debug, Clone)]
@@ -61,6 +62,12 @@ pub struct Config {
     pub registration: Option<RegistrationConfig>,
     /// The shutdown protocol's timings.
     pub drain: DrainConfig,
+    /// Where the Prometheus endpoint listens; `None` for no endpoint.
+    pub metrics_addr: Option<SocketAddr>,
+    /// The registry the server reports into (the process's by default).
+    pub metrics: Arc<Metrics>,
+    /// Where the metrics endpoint ended up listening (with port 0, say).
+    pub metrics_bound: Arc<OnceLock<SocketAddr>>,
 }
 
 /// Why the configuration could not be read.
@@ -93,6 +100,9 @@ impl Config {
             max_message_bytes: 4 * 1024 * 1024,
             registration: None,
             drain: DrainConfig::default(),
+            metrics_addr: None,
+            metrics: Metrics::global(),
+            metrics_bound: Arc::new(OnceLock::new()),
         }
     }
 
@@ -128,6 +138,17 @@ impl Config {
         if let Some(ms) = env_number("WEFT_GRACE_MS")? {
             config.drain.grace_period = Duration::from_millis(ms);
         }
+        config.metrics_addr =
+            match std::env::var("WEFT_METRICS_ADDR").as_deref() {
+                Ok("off") => None,
+                Ok(addr) => Some(addr.parse().map_err(|e: std::net::AddrParseError| {
+                    ConfigError::Invalid {
+                        name: "WEFT_METRICS_ADDR",
+                        reason: e.to_string(),
+                    }
+                })?),
+                Err(_) => Some(default_metrics_addr(service)),
+            };
         if let Ok(discovery) = std::env::var("WEFT_DISCOVERY") {
             let advertise =
                 match std::env::var("WEFT_ADVERTISE") {
@@ -157,6 +178,17 @@ impl Config {
         }
         Ok(config)
     }
+}
+
+/// Each service's own metrics port on one machine, next to its gRPC port.
+fn default_metrics_addr(service: &str) -> SocketAddr {
+    let port = match service {
+        "inventory" => 9101,
+        "payments" => 9102,
+        "orders" => 9103,
+        _ => 9100,
+    };
+    SocketAddr::from(([127, 0, 0, 1], port))
 }
 
 fn nanos() -> u32 {

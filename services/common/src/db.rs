@@ -120,6 +120,11 @@ impl Db {
             .map_err(|e| DbError::Unavailable(e.to_string()))
     }
 
+    /// The pool's state: size, idle connections, waiting calls.
+    pub fn status(&self) -> deadpool_postgres::Status {
+        self.pool.status()
+    }
+
     /// Answers when the database does: the readiness probe behind health.
     pub async fn ping(&self) -> Result<(), DbError> {
         let client = self.client().await?;

@@ -7,10 +7,12 @@ pub mod binary;
 pub mod config;
 pub mod db;
 pub mod keyed;
+pub mod metrics_endpoint;
 pub mod migrate;
 pub mod money;
 pub mod registration;
 pub mod serve;
+pub mod telemetry;
 pub mod validate;
 
 pub use config::{Config, ConfigError, RegistrationConfig, Transport};

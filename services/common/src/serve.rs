@@ -13,8 +13,10 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use weft_discovery::Health;
+use weft_mesh::metrics::DbPoolState;
 use weft_mesh::{
-    AuthorizeLayer, CertStore, DeadlineLayer, serve_with_drain, server_config, tls_incoming,
+    AuthorizeLayer, CertStore, DeadlineLayer, Metrics, ObserveLayer, serve_with_drain,
+    server_config, tls_incoming,
 };
 
 use crate::config::{Config, Transport};
@@ -68,6 +70,8 @@ pub struct Served {
     pub routes: Routes,
     /// The readiness probe.
     pub ping: Ping,
+    /// The database pool, reported in the metrics.
+    pub db: Option<crate::Db>,
 }
 
 impl Served {
@@ -82,6 +86,7 @@ impl Served {
             name,
             grpc_service,
             routes,
+            db: Some(db.clone()),
             ping: Arc::new(move || {
                 let db = db.clone();
                 Box::pin(async move { db.ping().await.map_err(|e| e.to_string()) })
@@ -112,7 +117,25 @@ pub async fn serve(
         grpc_service,
         routes,
         ping,
+        db,
     } = served;
+    // The pool is reported while the server runs.
+    let serving = Arc::new(());
+    if let Some(db) = db {
+        report_pool(&config.metrics, db, Arc::downgrade(&serving));
+    }
+    let _metrics_endpoint = match config.metrics_addr {
+        None => None,
+        Some(addr) => {
+            let listener = TcpListener::bind(addr).await?;
+            let bound = listener.local_addr()?;
+            let _ = config.metrics_bound.set(bound);
+            tracing::info!(%bound, "metrics on http://{bound}/metrics");
+            Some(AbortOnDrop(tokio::spawn(
+                crate::metrics_endpoint::serve_metrics(listener, config.metrics.clone()),
+            )))
+        }
+    };
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let registered = match &config.registration {
         Some(r) => Some(Registered::register(name, r, listener.local_addr()?).await?),
@@ -167,6 +190,7 @@ pub async fn serve(
     };
     let router = Server::builder()
         .concurrency_limit_per_connection(config.concurrency_per_connection)
+        .layer(ObserveLayer::new(config.metrics.clone()))
         .layer(AuthorizeLayer::new(policy))
         .layer(DeadlineLayer)
         .add_routes(routes)
@@ -208,8 +232,39 @@ pub async fn serve(
     )
     .await;
     drop(health_task);
+    drop(serving);
     served?;
     Ok(())
+}
+
+/// Reports the database pool at each scrape, while the pool lives.
+fn report_pool(metrics: &Metrics, db: crate::Db, serving: std::sync::Weak<()>) {
+    let gauge = |state: &str| {
+        metrics
+            .db_pool
+            .get_or_create(&DbPoolState {
+                state: state.to_owned(),
+            })
+            .clone()
+    };
+    let (idle, in_use, waiting, max) = (
+        gauge("idle"),
+        gauge("in_use"),
+        gauge("waiting"),
+        gauge("max"),
+    );
+    metrics.on_scrape(move || {
+        if serving.strong_count() == 0 {
+            return false;
+        }
+        let status = db.status();
+        let n = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
+        idle.set(n(status.available));
+        in_use.set(n(status.size.saturating_sub(status.available)));
+        waiting.set(n(status.waiting));
+        max.set(n(status.max_size));
+        true
+    });
 }
 
 /// Keeps grpc.health.v1 in step with readiness: SERVING only while the

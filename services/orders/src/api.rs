@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 use weft_proto::orders::v1 as pb;
 use weft_proto::orders::v1::orders_service_server::OrdersService;
 use weft_service::IdempotencyKey;
@@ -38,13 +39,17 @@ impl OrdersApi {
     async fn settle(&self, order: Order, leased: bool) -> Result<Order, Status> {
         let saga = self.saga.clone();
         let order_id = order.order_id.clone();
-        let driving = tokio::spawn(async move {
-            if leased {
-                saga.drive_leased(order).await
-            } else {
-                saga.drive(&order.order_id).await
+        // In the call's span: the saga's calls belong to the caller's trace.
+        let driving = tokio::spawn(
+            async move {
+                if leased {
+                    saga.drive_leased(order).await
+                } else {
+                    saga.drive(&order.order_id).await
+                }
             }
-        });
+            .in_current_span(),
+        );
         let mut wait = self.wait;
         if let Some(deadline) = weft_mesh::current_deadline() {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());

@@ -6,7 +6,7 @@ use weft_service::binary;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    binary::init_tracing();
+    let _telemetry = weft_service::telemetry::init(weft_orders::NAME)?;
     let config = weft_orders::OrdersConfig::from_env()?;
     let listener = binary::listen("127.0.0.1:7003").await?;
     weft_orders::run(listener, config, binary::shutdown_signal()).await?;

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 
 use crate::saga::Saga;
 
@@ -22,6 +23,7 @@ pub async fn run(saga: Arc<Saga>) {
                             break;
                         };
                         let saga = saga.clone();
+                        let span = tracing::info_span!("saga.resume", %order_id);
                         tokio::spawn(async move {
                             match saga.drive(&order_id).await {
                                 Ok(order) => tracing::debug!(
@@ -34,7 +36,7 @@ pub async fn run(saga: Arc<Saga>) {
                                 }
                             }
                             drop(permit);
-                        });
+                        }.instrument(span));
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "recovery could not look for due sagas"),
