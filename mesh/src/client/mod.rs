@@ -32,7 +32,7 @@ use tracing::Instrument;
 use weft_discovery::Snapshot;
 
 use crate::metrics::{Metrics, Upstream, UpstreamMethod};
-use observe::{AttemptRecord, call_span, finish_span, report_pool};
+use observe::{AttemptRecord, CallCache, call_span, finish_span, report_pool};
 
 /// How a [`MeshChannel`] behaves.
 #[derive(Debug, Clone)]
@@ -89,6 +89,7 @@ struct Inner {
     budget: RetryBudget,
     options: ClientOptions,
     follower: JoinHandle<()>,
+    calls: CallCache,
 }
 
 impl Drop for Inner {
@@ -136,6 +137,7 @@ impl MeshChannel {
                 idempotency,
                 options,
                 follower,
+                calls: CallCache::default(),
             }),
         }
     }
@@ -324,9 +326,10 @@ impl Inner {
         let in_flight = endpoint.start();
         let record = AttemptRecord::start(
             &self.options.metrics,
+            &self.calls,
             &self.service,
             request.uri().path(),
-            endpoint.addr.to_string(),
+            endpoint.addr,
         );
         let Some(mut channel) = endpoint.channel() else {
             record.failed();

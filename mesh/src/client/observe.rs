@@ -2,8 +2,13 @@
 //! in `traceparent`), per-attempt metrics by endpoint, and, at each scrape,
 //! the pool's endpoints by state and how stale discovery is.
 
-use std::sync::{Arc, Weak};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock, Weak};
 use std::time::Instant;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
 
 use tokio::sync::watch;
 use tonic::Code;
@@ -88,25 +93,87 @@ pub(super) fn finish_span(
     http::Response::from_parts(parts, body)
 }
 
+/// The metric handles of one method at one endpoint, looked up once: the
+/// hot path then only bumps atomics instead of building label sets.
+struct CallMetrics {
+    call: ClientCall,
+    requests: Counter,
+    latency: Histogram,
+    ok: Counter,
+}
+
+/// Handles by endpoint and method, per channel.
+#[derive(Default)]
+pub(super) struct CallCache(RwLock<HashMap<SocketAddr, HashMap<String, Arc<CallMetrics>>>>);
+
+impl std::fmt::Debug for CallCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CallCache")
+    }
+}
+
+impl CallCache {
+    fn get(
+        &self,
+        metrics: &Metrics,
+        upstream: &str,
+        path: &str,
+        peer: SocketAddr,
+    ) -> Arc<CallMetrics> {
+        let method = path.trim_start_matches('/');
+        if let Ok(cache) = self.0.read()
+            && let Some(found) = cache.get(&peer).and_then(|m| m.get(method))
+        {
+            return found.clone();
+        }
+        let call = ClientCall {
+            upstream: upstream.to_owned(),
+            grpc_method: method.to_owned(),
+            peer: peer.to_string(),
+        };
+        let ok = ClientResult {
+            upstream: call.upstream.clone(),
+            grpc_method: call.grpc_method.clone(),
+            peer: call.peer.clone(),
+            grpc_code: code_name(Code::Ok).to_owned(),
+        };
+        let entry = Arc::new(CallMetrics {
+            requests: metrics.client_requests.get_or_create(&call).clone(),
+            latency: metrics.client_latency.get_or_create(&call).clone(),
+            ok: metrics.client_responses.get_or_create(&ok).clone(),
+            call,
+        });
+        if let Ok(mut cache) = self.0.write() {
+            cache
+                .entry(peer)
+                .or_default()
+                .insert(method.to_owned(), entry.clone());
+        }
+        entry
+    }
+}
+
 /// One attempt at an endpoint, counted when it starts and when it ends.
 pub(super) struct AttemptRecord {
     metrics: Arc<Metrics>,
-    call: ClientCall,
+    handles: Arc<CallMetrics>,
     started: Instant,
 }
 
 impl AttemptRecord {
     /// Counts an attempt of `path` to `peer` of `upstream`.
-    pub(super) fn start(metrics: &Arc<Metrics>, upstream: &str, path: &str, peer: String) -> Self {
-        let call = ClientCall {
-            upstream: upstream.to_owned(),
-            grpc_method: path.trim_start_matches('/').to_owned(),
-            peer,
-        };
-        metrics.client_requests.get_or_create(&call).inc();
+    pub(super) fn start(
+        metrics: &Arc<Metrics>,
+        cache: &CallCache,
+        upstream: &str,
+        path: &str,
+        peer: SocketAddr,
+    ) -> Self {
+        let handles = cache.get(metrics, upstream, path, peer);
+        handles.requests.inc();
         Self {
             metrics: metrics.clone(),
-            call,
+            handles,
             started: Instant::now(),
         }
     }
@@ -129,21 +196,18 @@ impl AttemptRecord {
     }
 
     fn end(self, code: Code) {
-        self.metrics
-            .client_latency
-            .get_or_create(&self.call)
-            .observe(self.started.elapsed().as_secs_f64());
-        let ClientCall {
-            upstream,
-            grpc_method,
-            peer,
-        } = self.call;
+        let h = &self.handles;
+        h.latency.observe(self.started.elapsed().as_secs_f64());
+        if code == Code::Ok {
+            h.ok.inc();
+            return;
+        }
         self.metrics
             .client_responses
             .get_or_create(&ClientResult {
-                upstream,
-                grpc_method,
-                peer,
+                upstream: h.call.upstream.clone(),
+                grpc_method: h.call.grpc_method.clone(),
+                peer: h.call.peer.clone(),
                 grpc_code: code_name(code).to_owned(),
             })
             .inc();
