@@ -2,3 +2,4 @@
 //! commands do.
 
 pub mod certs;
+pub mod postgres;

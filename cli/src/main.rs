@@ -1,5 +1,14 @@
-//! `weft`, the operator CLI. Today: `weft certs` makes a development CA and
-//! issues service and operator certificates.
+//! `weft`, the operator CLI: `weft up` runs the whole mesh on this machine;
+//! `weft ls`, `weft health`, `weft call` and `weft load` work on any mesh
+//! through its discovery backend; `weft certs` makes development
+//! certificates.
+
+mod call;
+mod load;
+mod ls;
+mod status;
+mod target;
+mod up;
 
 use std::path::PathBuf;
 
@@ -17,6 +26,41 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the whole mesh here: a database, certificates, two instances of
+    /// each service, demo data, and a live status table until Ctrl-C.
+    Up(up::UpArgs),
+    /// List the instances of each service, with health and attributes.
+    Ls {
+        #[command(flatten)]
+        mesh: target::MeshArgs,
+        /// Services to list (default: inventory, payments, orders).
+        services: Vec<String>,
+    },
+    /// Ask every instance's grpc.health.v1 whether it is serving.
+    Health {
+        #[command(flatten)]
+        mesh: target::MeshArgs,
+        /// Services to check (default: inventory, payments, orders).
+        services: Vec<String>,
+    },
+    /// Call a method by service name, JSON in and out, e.g.
+    /// `weft call orders/GetOrder -d '{"order_id":"…"}'`.
+    Call {
+        #[command(flatten)]
+        mesh: target::MeshArgs,
+        /// SERVICE/METHOD: `orders/PlaceOrder` or `weft.orders.v1.OrdersService/PlaceOrder`.
+        target: String,
+        /// The request as JSON (proto3 JSON mapping).
+        #[arg(short = 'd', long = "data", default_value = "{}")]
+        data: String,
+    },
+    /// Place a steady stream of demo orders, with a progress line.
+    Load {
+        #[command(flatten)]
+        mesh: target::MeshArgs,
+        #[command(flatten)]
+        load: load::LoadArgs,
+    },
     /// Development certificates: a CA, and certificates for services and operators.
     #[command(subcommand)]
     Certs(CertsCommand),
@@ -69,8 +113,28 @@ struct Common {
 }
 
 fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
-        Command::Certs(CertsCommand::Init { common, days }) => {
+    let command = Cli::parse().command;
+    if let Command::Certs(certs) = command {
+        return run_certs(certs);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        match command {
+            Command::Up(args) => up::run(args).await,
+            Command::Ls { mesh, services } => ls::ls(&mesh, &services).await,
+            Command::Health { mesh, services } => ls::health(&mesh, &services).await,
+            Command::Call { mesh, target, data } => call::run(&mesh, &target, &data).await,
+            Command::Load { mesh, load } => load::run(&mesh, load).await,
+            Command::Certs(_) => Ok(()),
+        }
+    })
+}
+
+fn run_certs(command: CertsCommand) -> anyhow::Result<()> {
+    match command {
+        CertsCommand::Init { common, days } => {
             let ca = DevCa::create(&common.trust_domain, Validity::days(days))?;
             ca.write(&common.dir, common.force)?;
             println!(
@@ -79,13 +143,13 @@ fn main() -> anyhow::Result<()> {
                 common.dir.display()
             );
         }
-        Command::Certs(CertsCommand::Issue {
+        CertsCommand::Issue {
             common,
             service,
             operator,
             days,
             sans,
-        }) => {
+        } => {
             let (id, stem) = match (service, operator) {
                 (Some(name), _) => (SpiffeId::service(&common.trust_domain, &name)?, name),
                 (None, Some(name)) => (

@@ -4,13 +4,11 @@
 //! `postgres` user when running as root) and removed when the test process ends.
 
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use tokio_postgres::NoTls;
 
 /// Where test databases are created: connection settings for the admin
@@ -179,130 +177,11 @@ fn config_url(config: &tokio_postgres::Config) -> String {
     }
 }
 
-/// Finds a PostgreSQL server program: on PATH, else in Debian's versioned
-/// directories (the newest version wins).
-pub fn pg_binary(name: &str) -> Result<PathBuf> {
-    if let Some(path) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&path) {
-            let candidate = dir.join(name);
-            if candidate.is_file() {
-                return Ok(candidate);
-            }
-        }
-    }
-    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let version = e.file_name().to_str()?.parse().ok()?;
-            let bin = e.path().join("bin").join(name);
-            bin.is_file().then_some((version, bin))
-        })
-        .collect();
-    versions.sort();
-    versions.pop().map(|(_, path)| path).with_context(|| {
-        format!("{name} not found: install the PostgreSQL server (scripts/setup does)")
-    })
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
-}
-
-/// Runs a server program, as `postgres` when we are root (PostgreSQL refuses
-/// to run as root).
-fn pg_command(program: &Path, root: bool) -> Command {
-    if root {
-        let mut cmd = Command::new("runuser");
-        cmd.args(["-u", "postgres", "--"]).arg(program);
-        cmd
-    } else {
-        Command::new(program)
-    }
-}
-
 fn start_throwaway_cluster() -> Result<tokio_postgres::Config> {
-    let initdb = pg_binary("initdb")?;
-    let pg_ctl = pg_binary("pg_ctl")?;
-    let root = is_root();
-    let dir = tempfile::Builder::new()
-        .prefix("weft-pg-")
-        .tempdir()
-        .context("creating the cluster directory")?
-        .keep();
-    if root {
-        let status = Command::new("chown")
-            .arg("postgres:postgres")
-            .arg(&dir)
-            .status()?;
-        if !status.success() {
-            bail!("chown of {} to postgres failed", dir.display());
-        }
-    }
-    let data = dir.join("data");
-    let out = pg_command(&initdb, root)
-        .arg("-D")
-        .arg(&data)
-        .args(["-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8"])
-        .stdout(Stdio::null())
-        .output()
-        .context("running initdb")?;
-    if !out.status.success() {
-        bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let options = format!(
-        "-c listen_addresses=127.0.0.1 -p {port} -k {} -c fsync=off -c max_connections=300",
-        dir.display()
-    );
-    let out = pg_command(&pg_ctl, root)
-        .arg("-D")
-        .arg(&data)
-        .args(["-o", &options, "-l"])
-        .arg(dir.join("log"))
-        .args(["-w", "-t", "60", "start"])
-        .stdout(Stdio::null())
-        .output()
-        .context("running pg_ctl start")?;
-    if !out.status.success() {
-        bail!(
-            "pg_ctl start failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    // Statics are never dropped, so a watcher outlives this process and stops
-    // the cluster and removes its files once the process has exited.
-    let stop = if root {
-        format!("runuser -u postgres -- '{}'", pg_ctl.display())
-    } else {
-        format!("'{}'", pg_ctl.display())
-    };
-    let script = format!(
-        "while kill -0 {pid} 2>/dev/null; do sleep 1; done; \
-         {stop} -D '{data}' -m immediate stop >/dev/null 2>&1; rm -rf '{dir}'",
-        pid = std::process::id(),
-        data = data.display(),
-        dir = dir.display(),
-    );
-    Command::new("sh")
-        .args(["-c", &script])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting the cluster watcher")?;
-    let mut config = tokio_postgres::Config::new();
-    config
-        .host("127.0.0.1")
-        .port(port)
-        .user("postgres")
-        .dbname("postgres");
+    let cluster = weft::postgres::Cluster::start()?;
+    cluster.watch_until_exit()?;
+    let config = cluster.config("postgres");
+    // Kept for the life of the process; the watcher removes it afterwards.
+    std::mem::forget(cluster);
     Ok(config)
 }

@@ -1,0 +1,120 @@
+//! How the operator commands reach a mesh: the discovery backend, the
+//! operator's certificate, and mTLS channels that expect each service's
+//! own identity.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use weft_discovery::{Discovery, Filter, Resolver, Snapshot};
+use weft_mesh::{CertStore, ClientOptions, Idempotency, IdentityPaths, MeshChannel, SpiffeId};
+
+/// Where the mesh is and who is asking.
+#[derive(Debug, Clone, Args)]
+pub struct MeshArgs {
+    /// The discovery setting (cloudmap://NAMESPACE, local:///DIR, static://…);
+    /// the default is the directory `weft up` uses.
+    #[arg(long, env = "WEFT_DISCOVERY")]
+    pub discovery: Option<String>,
+    /// The directory with ca.pem and the operator's certificate.
+    #[arg(long, env = "WEFT_CERTS_DIR", default_value = ".weft/certs")]
+    pub certs: PathBuf,
+    /// The operator: its certificate is operator-NAME.pem / .key.
+    #[arg(long, env = "WEFT_OPERATOR", default_value = "dev")]
+    pub operator: String,
+}
+
+impl MeshArgs {
+    /// The discovery setting, `weft up`'s directory when none is given.
+    pub fn setting(&self) -> Result<String> {
+        match &self.discovery {
+            Some(s) => Ok(s.clone()),
+            None => Ok(format!(
+                "local://{}",
+                std::env::current_dir()?.join(".weft/discovery").display()
+            )),
+        }
+    }
+
+    /// The operator's certificate, key and trust bundle.
+    pub fn identity(&self) -> IdentityPaths {
+        IdentityPaths {
+            cert: self.certs.join(format!("operator-{}.pem", self.operator)),
+            key: self.certs.join(format!("operator-{}.key", self.operator)),
+            trust_bundle: self.certs.join("ca.pem"),
+        }
+    }
+}
+
+/// A connection to a mesh as an operator.
+#[derive(Debug)]
+pub struct Mesh {
+    discovery: Discovery,
+    store: CertStore,
+    trust_domain: String,
+}
+
+impl Mesh {
+    /// Opens discovery and loads the operator's certificate.
+    pub async fn connect(args: &MeshArgs) -> Result<Self> {
+        let identity = args.identity();
+        let store = CertStore::load(identity.clone(), Duration::from_secs(60)).with_context(|| {
+            format!(
+                "loading the operator certificate {} (make one with `weft certs issue --dir {} --operator {}`, or run `weft up`, which does)",
+                identity.cert.display(),
+                args.certs.display(),
+                args.operator
+            )
+        })?;
+        let trust_domain = store.current().id.trust_domain().to_owned();
+        let setting = args.setting()?;
+        let discovery = Discovery::from_setting(&setting)
+            .await
+            .with_context(|| format!("discovery {setting}"))?;
+        Ok(Self {
+            discovery,
+            store,
+            trust_domain,
+        })
+    }
+
+    /// The endpoints of `service` once discovery has answered (within 5 s).
+    pub async fn instances(&self, service: &str) -> Result<Snapshot> {
+        let mut rx = self.discovery.watch(service, &Filter::any())?;
+        let answered = tokio::time::timeout(
+            Duration::from_secs(5),
+            rx.wait_for(|s| s.fetched_at.is_some() || s.last_error.is_some()),
+        )
+        .await;
+        match answered {
+            Ok(Ok(snapshot)) => Ok(snapshot.clone()),
+            _ => bail!("discovery did not answer for {service} within 5 s"),
+        }
+    }
+
+    /// The identity `service` must present.
+    pub fn expected(&self, service: &str) -> Result<SpiffeId> {
+        Ok(SpiffeId::service(&self.trust_domain, service)?)
+    }
+
+    /// The operator's certificates.
+    pub fn store(&self) -> &CertStore {
+        &self.store
+    }
+
+    /// A balanced mTLS channel to `service`, retrying what is safe.
+    pub fn channel(&self, service: &str, options: ClientOptions) -> Result<MeshChannel> {
+        let endpoints = self.discovery.watch(service, &Filter::any())?;
+        let idempotency = Idempotency::from_descriptor_sets(&[weft_proto::FILE_DESCRIPTOR_SET])?;
+        Ok(MeshChannel::mtls(
+            service.to_owned(),
+            endpoints,
+            &self.store,
+            self.expected(service)?,
+            Arc::new(idempotency),
+            options,
+        )?)
+    }
+}

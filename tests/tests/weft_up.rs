@@ -1,0 +1,218 @@
+//! `weft up` driven as a user would: start it with nothing but the
+//! PostgreSQL server programs (no database given: it makes a throwaway
+//! cluster), wait until it says it is ready, run the grpcurl command it
+//! printed and a `weft call`, `weft ls` and `weft health`, press Ctrl-C, and
+//! check that nothing is left running or registered.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use weft_tests::process::binary;
+use weft_tests::tools::tool;
+
+fn weft(home: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(binary("weft").unwrap())
+        .args(args)
+        .arg("--certs")
+        .arg(home.join("certs"))
+        .arg("--discovery")
+        .arg(format!("local://{}", home.join("discovery").display()))
+        .output()
+        .unwrap()
+}
+
+fn instance_records(home: &Path) -> usize {
+    let Ok(services) = std::fs::read_dir(home.join("discovery")) else {
+        return 0;
+    };
+    services
+        .flatten()
+        .flat_map(|s| std::fs::read_dir(s.path()).into_iter().flatten().flatten())
+        .filter(|f| f.path().extension().is_some_and(|e| e == "instance"))
+        .count()
+}
+
+#[test]
+fn weft_up_runs_the_mesh_until_ctrl_c_and_leaves_nothing_behind() {
+    let home = tempfile::tempdir().unwrap();
+    let mut up = Command::new(binary("weft").unwrap())
+        .args(["up", "--every", "1", "--home"])
+        .arg(home.path())
+        .env_remove("DATABASE_URL")
+        .env_remove("WEFT_DISCOVERY")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = up.id();
+    let (tx, lines) = mpsc::channel::<String>();
+    for stream in [
+        Box::new(up.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+        Box::new(up.stderr.take().unwrap()),
+    ] {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+    }
+    let mut seen = Vec::new();
+    let mut next = |until: Instant| -> Option<String> {
+        let line = lines
+            .recv_timeout(until.saturating_duration_since(Instant::now()))
+            .ok()?;
+        seen.push(line.clone());
+        Some(line)
+    };
+
+    // Ready within two minutes, with a PlaceOrder command to paste.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut place = None;
+    loop {
+        let Some(line) = next(deadline) else {
+            let _ = up.kill();
+            panic!("weft up never became ready");
+        };
+        if line.contains("OrdersService/PlaceOrder") && line.trim_start().starts_with("grpcurl") {
+            place = Some(line.trim().to_owned());
+        }
+        if line.contains("Ctrl-C drains") {
+            break;
+        }
+    }
+    let place = place.expect("a grpcurl PlaceOrder command was printed");
+
+    // The printed command works as printed (grpcurl from the tools).
+    let grpcurl = tool("grpcurl").unwrap();
+    let command = place.replacen("grpcurl", &format!("'{}'", grpcurl.display()), 1);
+    let out = Command::new("sh").args(["-c", &command]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{command}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("ORDER_STATUS_CONFIRMED"), "{stdout}");
+
+    // weft call, by service name through discovery.
+    let out = weft(
+        home.path(),
+        &[
+            "call",
+            "orders/ListOrders",
+            "-d",
+            r#"{"customer_id":"alice"}"#,
+        ],
+    );
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        listed.contains("ORDER_STATUS_CONFIRMED") && listed.contains("WIDGET-1"),
+        "{listed}"
+    );
+    // A bad request is refused with the field named.
+    let out = weft(
+        home.path(),
+        &["call", "orders/GetOrder", "-d", r#"{"order_id":"nope"}"#],
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("order_id"),
+        "{:?}",
+        out
+    );
+
+    // ls and health see six healthy, serving instances.
+    let out = weft(home.path(), &["ls"]);
+    let ls = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{ls}");
+    assert_eq!(ls.matches(" healthy ").count(), 6, "{ls}");
+    let out = weft(home.path(), &["health"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .matches("Serving")
+            .count(),
+        6
+    );
+    assert_eq!(instance_records(home.path()), 6);
+
+    // The status table shows the calls.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Some(line) = next(deadline) {
+        if line.starts_with("orders ") && !line.contains(" 0.0 ") {
+            break;
+        }
+    }
+
+    // Ctrl-C: everything drains and stops, deregistered, cluster removed.
+    let cluster_dirs = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(std::env::temp_dir())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&format!("weft-pg-{pid}-")))
+            })
+            .collect()
+    };
+    assert_eq!(cluster_dirs().len(), 1, "a throwaway cluster while running");
+    assert!(
+        Command::new("kill")
+            .args(["-INT", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = up.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "weft up did not stop: {seen:#?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    while next(Instant::now() + Duration::from_millis(200)).is_some() {}
+    assert!(status.success(), "weft up exited with {status}: {seen:#?}");
+    assert!(seen.iter().any(|l| l.contains("[up] stopped")), "{seen:#?}");
+    assert_eq!(
+        instance_records(home.path()),
+        0,
+        "instances left registered"
+    );
+    assert!(cluster_dirs().is_empty(), "the cluster was not removed");
+    // Nothing of the cluster runs any more (its watcher, which would have
+    // cleaned up after a crash, notices the exit within a second or two).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = Command::new("pgrep")
+            .args(["-af", &format!("weft-pg-{pid}-")])
+            .output()
+            .unwrap();
+        if left.stdout.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running: {}",
+            String::from_utf8_lossy(&left.stdout)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
