@@ -41,7 +41,10 @@ pub async fn run(mesh: &MeshArgs, args: LoadArgs) -> Result<()> {
     let mut sent = 0u64;
     let (mut ok, mut failed, mut rejected) = (0u64, 0u64, 0u64);
     let mut latencies: Vec<Duration> = Vec::new();
-    let mut report = tokio::time::interval(Duration::from_secs(1));
+    let mut report = tokio::time::interval_at(
+        tokio::time::Instant::now() + Duration::from_secs(1),
+        Duration::from_secs(1),
+    );
     let signal = tokio::signal::ctrl_c();
     tokio::pin!(signal);
     let started = Instant::now();

@@ -112,7 +112,19 @@ struct Common {
     force: bool,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // What went wrong and its causes, without a backtrace: the
+            // messages say what to do next.
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let command = Cli::parse().command;
     if let Command::Certs(certs) = command {
         return run_certs(certs);
