@@ -52,6 +52,7 @@ pub async fn run(mesh: &MeshArgs, target: &str, data: &str) -> Result<()> {
         .with_context(|| format!("-d is not a valid {} in JSON", method.input().full_name()))?;
     deserializer.end()?;
     let mesh = Mesh::connect(mesh).await?;
+    mesh.require(&service).await?;
     let channel = mesh.channel(&service, ClientOptions::default())?;
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready()

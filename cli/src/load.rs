@@ -18,19 +18,25 @@ pub struct LoadArgs {
     #[arg(long, env = "WEFT_LOAD_ACCOUNT")]
     pub account: String,
     /// Orders per second.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, env = "WEFT_LOAD_RATE", default_value_t = 10.0)]
     pub rate: f64,
     /// Stop after this many orders (0: until Ctrl-C).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, env = "WEFT_LOAD_COUNT", default_value_t = 0)]
     pub count: u64,
     /// The products to order, one per order in turn.
-    #[arg(long = "sku", default_values_t = ["GIZMO-1".to_owned(), "WIDGET-1".to_owned()])]
+    #[arg(
+        long = "sku",
+        env = "WEFT_LOAD_SKUS",
+        value_delimiter = ',',
+        default_values_t = ["GIZMO-1".to_owned(), "WIDGET-1".to_owned()]
+    )]
     pub skus: Vec<String>,
 }
 
 /// Places orders at the rate asked until Ctrl-C or the count.
 pub async fn run(mesh: &MeshArgs, args: LoadArgs) -> Result<()> {
     let mesh = Mesh::connect(mesh).await?;
+    mesh.require("orders").await?;
     let orders = OrdersServiceClient::new(mesh.channel("orders", ClientOptions::default())?);
     let run_id = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?

@@ -104,6 +104,20 @@ impl Mesh {
         &self.store
     }
 
+    /// Fails with advice when discovery lists no instance of `service`.
+    pub async fn require(&self, service: &str) -> Result<()> {
+        let snapshot = self.instances(service).await?;
+        if let Some(e) = &snapshot.last_error {
+            bail!("discovery failed for {service}: {e}");
+        }
+        if snapshot.endpoints.is_empty() {
+            bail!(
+                "no instance of {service} is registered: is the mesh running (`weft up`), and is --discovery (WEFT_DISCOVERY) the one it uses?"
+            );
+        }
+        Ok(())
+    }
+
     /// A balanced mTLS channel to `service`, retrying what is safe.
     pub fn channel(&self, service: &str, options: ClientOptions) -> Result<MeshChannel> {
         let endpoints = self.discovery.watch(service, &Filter::any())?;

@@ -50,13 +50,13 @@ pub struct UpArgs {
     #[arg(long, env = "WEFT_TRUST_DOMAIN", default_value = "weft.local")]
     pub trust_domain: String,
     /// Instances of each service.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, env = "WEFT_REPLICAS", default_value_t = 2)]
     pub replicas: usize,
     /// A database to use instead of a throwaway cluster.
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: Option<String>,
     /// Seconds between refreshes of the status table.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, env = "WEFT_STATUS_EVERY", default_value_t = 2)]
     pub every: u64,
 }
 

@@ -71,7 +71,7 @@ impl Cluster {
         cfg.registration = Some(RegistrationConfig {
             discovery: self.setting(),
             instance_id: format!("inv-{n}"),
-            advertise,
+            advertise: advertise.map(weft_service::config::Advertise::Addr),
             attributes: Default::default(),
         });
         cfg.drain = self.drain;

@@ -17,9 +17,19 @@ pub struct RegistrationConfig {
     /// This instance's id, unique within the service.
     pub instance_id: String,
     /// The address clients should dial; the listener's when unset.
-    pub advertise: Option<SocketAddr>,
+    pub advertise: Option<Advertise>,
     /// Attributes such as `version` and `zone`.
     pub attributes: BTreeMap<String, String>,
+}
+
+/// The address an instance registers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Advertise {
+    /// This address.
+    Addr(SocketAddr),
+    /// This host's address on the interface that routes to the network
+    /// (the task's address on ECS), with the listener's port.
+    Auto,
 }
 
 /// How the server talks to its callers.
@@ -116,12 +126,17 @@ impl Config {
         let transport = transport_from_env()?;
         let url =
             std::env::var("DATABASE_URL").map_err(|_| ConfigError::Missing("DATABASE_URL"))?;
-        let database = url
-            .parse()
-            .map_err(|e: tokio_postgres::Error| ConfigError::Invalid {
-                name: "DATABASE_URL",
-                reason: e.to_string(),
-            })?;
+        let mut database: tokio_postgres::Config =
+            url.parse()
+                .map_err(|e: tokio_postgres::Error| ConfigError::Invalid {
+                    name: "DATABASE_URL",
+                    reason: e.to_string(),
+                })?;
+        // The password apart from the URL, as secret stores hand it over
+        // (ECS injects it from Secrets Manager, never in plain settings).
+        if let Ok(password) = std::env::var("DATABASE_PASSWORD") {
+            database.password(password);
+        }
         let mut config = Self::new(transport, database);
         if let Some(n) = env_number("WEFT_DB_POOL_SIZE")? {
             config.pool_size = usize::try_from(n.max(1)).unwrap_or(usize::MAX);
@@ -150,16 +165,16 @@ impl Config {
                 Err(_) => Some(default_metrics_addr(service)),
             };
         if let Ok(discovery) = std::env::var("WEFT_DISCOVERY") {
-            let advertise =
-                match std::env::var("WEFT_ADVERTISE") {
-                    Err(_) => None,
-                    Ok(v) => Some(v.parse().map_err(|e: std::net::AddrParseError| {
-                        ConfigError::Invalid {
-                            name: "WEFT_ADVERTISE",
-                            reason: e.to_string(),
-                        }
-                    })?),
-                };
+            let advertise = match std::env::var("WEFT_ADVERTISE") {
+                Err(_) => None,
+                Ok(v) if v == "auto" => Some(Advertise::Auto),
+                Ok(v) => Some(Advertise::Addr(v.parse().map_err(
+                    |e: std::net::AddrParseError| ConfigError::Invalid {
+                        name: "WEFT_ADVERTISE",
+                        reason: e.to_string(),
+                    },
+                )?)),
+            };
             let mut attributes = BTreeMap::new();
             let version =
                 std::env::var("WEFT_VERSION").unwrap_or_else(|_| env!("CARGO_PKG_VERSION").into());
@@ -169,9 +184,10 @@ impl Config {
             }
             config.registration = Some(RegistrationConfig {
                 discovery,
-                instance_id: std::env::var("WEFT_INSTANCE_ID").unwrap_or_else(|_| {
-                    format!("{service}-{}-{:08x}", std::process::id(), nanos())
-                }),
+                instance_id: std::env::var("WEFT_INSTANCE_ID")
+                    .ok()
+                    .filter(|id| !id.is_empty())
+                    .unwrap_or_else(|| format!("{service}-{:016x}", random())),
                 advertise,
                 attributes,
             });
@@ -191,11 +207,13 @@ fn default_metrics_addr(service: &str) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
-fn nanos() -> u32 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0)
+/// A random number from the standard library's hasher seed (process ids
+/// repeat in containers, where every service is pid 1).
+fn random() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
 }
 
 /// Reads a whole number from the environment, if set.

@@ -15,7 +15,7 @@ pub mod serve;
 pub mod telemetry;
 pub mod validate;
 
-pub use config::{Config, ConfigError, RegistrationConfig, Transport};
+pub use config::{Advertise, Config, ConfigError, RegistrationConfig, Transport};
 pub use db::{Db, DbError};
 pub use keyed::IdempotencyKey;
 pub use migrate::{MigrateError, migrate};

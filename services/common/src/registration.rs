@@ -6,7 +6,22 @@ use std::time::Duration;
 
 use weft_discovery::{Discovery, DiscoveryError, Health, Registration, Registry};
 
-use crate::config::RegistrationConfig;
+use crate::config::{Advertise, RegistrationConfig};
+
+/// This host's address on the interface that routes to the network: a UDP
+/// socket "connected" to a private address picks it without sending a
+/// packet (on ECS, the task's own address).
+fn routed_ip() -> Result<std::net::IpAddr, DiscoveryError> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| s.connect("10.255.255.254:9").map(|()| s))
+        .and_then(|s| s.local_addr())
+        .map_err(|e| {
+            DiscoveryError::InvalidRegistration(format!(
+                "WEFT_ADVERTISE=auto: no routed address ({e}); give the address instead"
+            ))
+        })?;
+    Ok(socket.ip())
+}
 
 /// A registered instance.
 #[derive(Debug, Clone)]
@@ -24,7 +39,11 @@ impl Registered {
         config: &RegistrationConfig,
         listening: SocketAddr,
     ) -> Result<Self, DiscoveryError> {
-        let addr = config.advertise.unwrap_or(listening);
+        let addr = match config.advertise {
+            None => listening,
+            Some(Advertise::Addr(addr)) => addr,
+            Some(Advertise::Auto) => SocketAddr::new(routed_ip()?, listening.port()),
+        };
         if addr.ip().is_unspecified() {
             return Err(DiscoveryError::InvalidRegistration(format!(
                 "listening on {addr}: set WEFT_ADVERTISE to the address clients should dial"

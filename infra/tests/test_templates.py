@@ -1,0 +1,182 @@
+"""Invariants of Weft's CloudFormation templates, checked on the parsed
+templates (cfn-lint's loader, which understands !Ref, !Sub and the rest):
+least-privilege task roles, no secret in plain settings, encrypted and
+managed database credentials, deployments that keep every instance serving,
+stop timeouts longer than the drain, health checks through the binary, and
+a Cloud Map service with custom health per Weft service.
+
+Run: python -m unittest discover -s infra/tests (scripts/test does).
+"""
+
+import pathlib
+import re
+import unittest
+
+from cfnlint.decode import decode
+
+ROOT = pathlib.Path(__file__).resolve().parents[1] / "cloudformation"
+SERVICES = ("inventory", "payments", "orders")
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|_PEM$|_KEY$|CREDENTIAL", re.I)
+
+
+def load(name):
+    template, matches = decode(str(ROOT / name))
+    assert not matches, matches
+    return template
+
+
+def of_type(template, kind):
+    return {
+        name: r.get("Properties", {})
+        for name, r in template["Resources"].items()
+        if r["Type"] == kind
+    }
+
+
+def env(container):
+    return {e["Name"]: e["Value"] for e in container.get("Environment", [])}
+
+
+def seconds(value_ms):
+    return int(value_ms) / 1000
+
+
+class WeftTemplate(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.t = load("weft.yaml")
+
+    def containers(self):
+        for name, props in of_type(self.t, "AWS::ECS::TaskDefinition").items():
+            for c in props["ContainerDefinitions"]:
+                yield name, props, c
+
+    def test_one_of_everything_per_service(self):
+        discovery = of_type(self.t, "AWS::ServiceDiscovery::Service")
+        self.assertEqual(sorted(p["Name"] for p in discovery.values()), sorted(SERVICES))
+        for name, props in discovery.items():
+            self.assertEqual(props["HealthCheckCustomConfig"]["FailureThreshold"], 1, name)
+            self.assertEqual(props["NamespaceId"], {"Ref": "Namespace"}, name)
+        self.assertEqual(len(of_type(self.t, "AWS::ServiceDiscovery::HttpNamespace")), 1)
+        services = of_type(self.t, "AWS::ECS::Service")
+        self.assertEqual(sorted(p["ServiceName"] for p in services.values()), sorted(SERVICES))
+        self.assertEqual(len(of_type(self.t, "AWS::Logs::LogGroup")), 3)
+        for name, props in of_type(self.t, "AWS::Logs::LogGroup").items():
+            self.assertIn("RetentionInDays", props, name)
+
+    def test_database_is_encrypted_with_managed_credentials(self):
+        (db,) = of_type(self.t, "AWS::RDS::DBInstance").values()
+        self.assertIs(db["StorageEncrypted"], True)
+        self.assertIs(db["ManageMasterUserPassword"], True)
+        self.assertNotIn("MasterUserPassword", db)
+        self.assertEqual(db["MultiAZ"], {"Ref": "MultiAz"})
+        self.assertIs(db["PubliclyAccessible"], False)
+        self.assertIs(db["DeletionProtection"], True)
+
+    def test_no_secret_in_plain_settings(self):
+        for name, _, c in self.containers():
+            for key, value in env(c).items():
+                self.assertIsNone(SECRET_NAME.search(key), f"{name}: {key} is plain")
+                text = str(value)
+                self.assertNotIn("BEGIN", text, f"{name}: {key} holds a PEM")
+                if key == "DATABASE_URL":
+                    # No password in the URL: postgres://user@host...
+                    self.assertNotRegex(text, r"postgres://[^@/]*:[^@/]*@", name)
+            secrets = {s["Name"] for s in c.get("Secrets", [])}
+            self.assertTrue(
+                {"DATABASE_PASSWORD", "WEFT_TLS_CERT_PEM", "WEFT_TLS_KEY_PEM", "WEFT_TLS_CA_PEM"} <= secrets,
+                f"{name}: {secrets}",
+            )
+        for name, props in self.t["Parameters"].items():
+            if SECRET_NAME.search(name) and not name.endswith("Arn"):
+                self.fail(f"parameter {name} would carry a secret")
+
+    def test_deployments_never_drop_below_the_desired_count(self):
+        for name, props in of_type(self.t, "AWS::ECS::Service").items():
+            deployment = props["DeploymentConfiguration"]
+            self.assertEqual(deployment["MinimumHealthyPercent"], 100, name)
+            self.assertGreater(deployment["MaximumPercent"], 100, name)
+            self.assertIs(deployment["DeploymentCircuitBreaker"]["Enable"], True, name)
+            self.assertEqual(props["LaunchType"], "FARGATE", name)
+            network = props["NetworkConfiguration"]["AwsvpcConfiguration"]
+            self.assertEqual(network["AssignPublicIp"], "DISABLED", name)
+        self.assertGreaterEqual(self.t["Parameters"]["DesiredCount"]["MinValue"], 2)
+
+    def test_stop_timeout_outlasts_the_drain_and_health_runs_the_binary(self):
+        for name, props, c in self.containers():
+            e = env(c)
+            drain = seconds(e["WEFT_DRAIN_MS"]) + seconds(e["WEFT_GRACE_MS"])
+            self.assertGreater(c["StopTimeout"], drain, name)
+            self.assertLessEqual(c["StopTimeout"], 120, f"{name}: Fargate's most")
+            command = c["HealthCheck"]["Command"]
+            self.assertEqual(command[0], "CMD", name)
+            self.assertEqual(command[-1], "health", name)
+            self.assertIn(c["Command"][0], command, name)
+            self.assertEqual(props["RequiresCompatibilities"], ["FARGATE"], name)
+            self.assertEqual(c["LogConfiguration"]["LogDriver"], "awslogs", name)
+
+    def test_task_roles_are_least_privilege(self):
+        roles = of_type(self.t, "AWS::IAM::Role")
+        task_roles = {n: p for n, p in roles.items() if n.endswith("TaskRole")}
+        self.assertEqual(len(task_roles), 3)
+        allowed_star = {
+            ("servicediscovery:DiscoverInstances", "servicediscovery:DiscoverInstancesRevision"),
+            ("servicediscovery:GetOperation",),
+        }
+        for name, props in task_roles.items():
+            self.assertNotIn("ManagedPolicyArns", props, name)
+            for policy in props["Policies"]:
+                for st in policy["PolicyDocument"]["Statement"]:
+                    actions = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
+                    self.assertEqual(st["Effect"], "Allow")
+                    for a in actions:
+                        self.assertTrue(a.startswith("servicediscovery:"), f"{name}: {a}")
+                        self.assertNotIn("*", a, f"{name}: {a}")
+                    if st["Resource"] == "*":
+                        self.assertIn(tuple(actions), allowed_star, f"{name}: {actions} on *")
+                        if "DiscoverInstances" in actions[0]:
+                            self.assertEqual(
+                                st["Condition"]["StringEquals"]["servicediscovery:NamespaceName"],
+                                {"Ref": "NamespaceName"},
+                            )
+                    else:
+                        # Its own Cloud Map service only.
+                        self.assertEqual(list(st["Resource"].keys()), ["Fn::GetAtt"], name)
+                        self.assertEqual(
+                            st["Resource"]["Fn::GetAtt"][0],
+                            name.replace("TaskRole", "DiscoveryService"),
+                        )
+        execution = roles["ExecutionRole"]
+        for policy in execution.get("Policies", []):
+            for st in policy["PolicyDocument"]["Statement"]:
+                self.assertNotEqual(st["Resource"], "*", "the execution role reads named secrets only")
+
+    def test_autoscaling_on_cpu_per_service(self):
+        targets = of_type(self.t, "AWS::ApplicationAutoScaling::ScalableTarget")
+        policies = of_type(self.t, "AWS::ApplicationAutoScaling::ScalingPolicy")
+        self.assertEqual(len(targets), 3)
+        self.assertEqual(len(policies), 3)
+        for name, p in policies.items():
+            config = p["TargetTrackingScalingPolicyConfiguration"]
+            self.assertEqual(
+                config["PredefinedMetricSpecification"]["PredefinedMetricType"],
+                "ECSServiceAverageCPUUtilization",
+                name,
+            )
+        for name, t in targets.items():
+            self.assertEqual(t["MinCapacity"], {"Ref": "DesiredCount"}, name)
+
+
+class NetworkTemplate(unittest.TestCase):
+    def test_private_subnets_in_two_zones(self):
+        t = load("network.yaml")
+        subnets = of_type(t, "AWS::EC2::Subnet")
+        private = [p for n, p in subnets.items() if n.startswith("PrivateSubnet")]
+        self.assertEqual(len(private), 2)
+        zones = {str(p["AvailabilityZone"]) for p in private}
+        self.assertEqual(len(zones), 2)
+        self.assertIn("PrivateSubnetIds", t["Outputs"])
+
+
+if __name__ == "__main__":
+    unittest.main()
