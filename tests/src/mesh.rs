@@ -43,6 +43,8 @@ struct Running {
     task: JoinHandle<Result<(), ServeError>>,
     /// Where its metrics endpoint listens, once bound.
     metrics_bound: Arc<std::sync::OnceLock<std::net::SocketAddr>>,
+    /// Where it serves gRPC.
+    addr: std::net::SocketAddr,
 }
 
 impl Drop for Running {
@@ -156,6 +158,7 @@ impl Mesh {
         let cfg = self.service_config(service, n)?;
         let metrics_bound = cfg.metrics_bound.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
         let shutdown = async {
             let _ = stopped.await;
@@ -170,6 +173,7 @@ impl Mesh {
             stop: Some(stop),
             task,
             metrics_bound,
+            addr,
         });
         Ok(())
     }
@@ -195,6 +199,7 @@ impl Mesh {
             let cfg = self.orders_config(n)?;
             let metrics_bound = cfg.service.metrics_bound.clone();
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let addr = listener.local_addr()?;
             let (stop, stopped) = oneshot::channel::<()>();
             let task = tokio::spawn(weft_orders::run(listener, cfg, async {
                 let _ = stopped.await;
@@ -204,6 +209,7 @@ impl Mesh {
                 stop: Some(stop),
                 task,
                 metrics_bound,
+                addr,
             });
         }
         let total = self
@@ -280,6 +286,15 @@ impl Mesh {
                 .context("an instance did not stop within 30 s")???;
         }
         Ok(())
+    }
+
+    /// Where the running instances of `service` serve gRPC.
+    pub fn addresses(&self, service: &str) -> Vec<std::net::SocketAddr> {
+        self.running
+            .iter()
+            .filter(|r| r.service == service)
+            .map(|r| r.addr)
+            .collect()
     }
 
     /// Scrapes the metrics endpoint of every running instance of `service`
