@@ -72,6 +72,8 @@ class WeftTemplate(unittest.TestCase):
         self.assertEqual(db["MultiAZ"], {"Ref": "MultiAz"})
         self.assertIs(db["PubliclyAccessible"], False)
         self.assertIs(db["DeletionProtection"], True)
+        (params,) = of_type(self.t, "AWS::RDS::DBParameterGroup").values()
+        self.assertEqual(params["Parameters"]["rds.force_ssl"], "1")
 
     def test_no_secret_in_plain_settings(self):
         for name, _, c in self.containers():
@@ -80,8 +82,10 @@ class WeftTemplate(unittest.TestCase):
                 text = str(value)
                 self.assertNotIn("BEGIN", text, f"{name}: {key} holds a PEM")
                 if key == "DATABASE_URL":
-                    # No password in the URL: postgres://user@host...
+                    # No password in the URL: postgres://user@host...; TLS required.
                     self.assertNotRegex(text, r"postgres://[^@/]*:[^@/]*@", name)
+                    self.assertIn("sslmode=require", text, name)
+            self.assertIn("WEFT_DB_CA", env(c), f"{name}: the database's certificate is verified")
             secrets = {s["Name"] for s in c.get("Secrets", [])}
             self.assertTrue(
                 {"DATABASE_PASSWORD", "WEFT_TLS_CERT_PEM", "WEFT_TLS_KEY_PEM", "WEFT_TLS_CA_PEM"} <= secrets,

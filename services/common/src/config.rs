@@ -56,6 +56,9 @@ pub struct Config {
     pub transport: Transport,
     /// Where the database is.
     pub database: tokio_postgres::Config,
+    /// TLS to the database, verified against a CA bundle (`WEFT_DB_CA`);
+    /// `None` connects without TLS.
+    pub database_tls: Option<crate::pg_tls::PgTls>,
     /// Most database connections held at once.
     pub pool_size: usize,
     /// How long a call waits for a database connection before UNAVAILABLE.
@@ -102,6 +105,7 @@ impl Config {
         Self {
             transport,
             database,
+            database_tls: None,
             pool_size: 16,
             db_timeout: Duration::from_secs(5),
             startup_timeout: Duration::from_secs(60),
@@ -138,6 +142,15 @@ impl Config {
             database.password(password);
         }
         let mut config = Self::new(transport, database);
+        if let Ok(ca) = std::env::var("WEFT_DB_CA") {
+            config.database_tls =
+                Some(crate::pg_tls::PgTls::from_bundle(ca.as_ref()).map_err(|e| {
+                    ConfigError::Invalid {
+                        name: "WEFT_DB_CA",
+                        reason: e.to_string(),
+                    }
+                })?);
+        }
         if let Some(n) = env_number("WEFT_DB_POOL_SIZE")? {
             config.pool_size = usize::try_from(n.max(1)).unwrap_or(usize::MAX);
         }

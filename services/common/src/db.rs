@@ -2,8 +2,6 @@
 //! database errors into what a caller can act on, and the idempotency
 //! protocol every keyed mutation runs under.
 
-use std::time::Duration;
-
 use deadpool_postgres::Transaction;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
@@ -87,22 +85,21 @@ impl std::fmt::Debug for Db {
 }
 
 impl Db {
-    /// Builds a pool over `config`; connections open lazily. A call waits at
-    /// most `wait_timeout` for a connection.
-    pub fn new(
-        config: tokio_postgres::Config,
-        max_size: usize,
-        wait_timeout: Duration,
-    ) -> Result<Self, DbError> {
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+    /// Builds a pool over the service's database settings (TLS when a CA
+    /// bundle is configured); connections open lazily. A call waits at most
+    /// `db_timeout` for a connection.
+    pub fn new(config: &crate::Config) -> Result<Self, DbError> {
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let database = config.database.clone();
+        let manager = match &config.database_tls {
+            Some(tls) => Manager::from_config(database, tls.clone(), manager_config),
+            None => Manager::from_config(database, NoTls, manager_config),
+        };
+        let wait_timeout = config.db_timeout;
         let pool = Pool::builder(manager)
-            .max_size(max_size)
+            .max_size(config.pool_size)
             .runtime(Runtime::Tokio1)
             .wait_timeout(Some(wait_timeout))
             .create_timeout(Some(wait_timeout))

@@ -10,6 +10,7 @@ pub mod keyed;
 pub mod metrics_endpoint;
 pub mod migrate;
 pub mod money;
+pub mod pg_tls;
 pub mod registration;
 pub mod serve;
 pub mod telemetry;

@@ -25,19 +25,42 @@ pub enum MigrateError {
     Migration(#[from] refinery::Error),
 }
 
+/// One connection, with TLS when given, its driver running in a task.
+async fn connect(
+    config: &tokio_postgres::Config,
+    tls: Option<&crate::pg_tls::PgTls>,
+) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), tokio_postgres::Error> {
+    let log = |result: Result<(), tokio_postgres::Error>| {
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "migration connection ended");
+        }
+    };
+    Ok(match tls {
+        Some(tls) => {
+            let (client, connection) = config.connect(tls.clone()).await?;
+            (client, tokio::spawn(async move { log(connection.await) }))
+        }
+        None => {
+            let (client, connection) = config.connect(NoTls).await?;
+            (client, tokio::spawn(async move { log(connection.await) }))
+        }
+    })
+}
+
 /// Connects (retrying with backoff until `within` has passed, because the
 /// database may start after us) and applies every pending migration of
 /// `runner` (from `refinery::embed_migrations!`, with the service's own
 /// migration table).
 pub async fn migrate(
-    config: &tokio_postgres::Config,
-    within: Duration,
+    service: &crate::Config,
     runner: refinery::Runner,
 ) -> Result<(), MigrateError> {
+    let config = &service.database;
+    let within = service.startup_timeout;
     let deadline = tokio::time::Instant::now() + within;
     let mut delay = Duration::from_millis(100);
-    let (mut client, connection) = loop {
-        match config.connect(NoTls).await {
+    let (mut client, driver) = loop {
+        match connect(config, service.database_tls.as_ref()).await {
             Ok(pair) => break pair,
             Err(e) if tokio::time::Instant::now() + delay < deadline => {
                 tracing::warn!(error = %e, retry_in = ?delay, "database not reachable yet");
@@ -47,11 +70,6 @@ pub async fn migrate(
             Err(e) => return Err(MigrateError::Unreachable(within, e)),
         }
     };
-    let driver = tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::warn!(error = %e, "migration connection ended");
-        }
-    });
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
         .await?;

@@ -3,7 +3,7 @@
 //! conditional `UPDATE` per product, locked in SKU order so that concurrent
 //! reservations neither oversell nor deadlock.
 
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use deadpool_postgres::{GenericClient, Transaction};
 use tokio_postgres::Row;
@@ -26,14 +26,11 @@ pub struct Store {
 }
 
 impl Store {
-    /// Builds a pool over `config`; connections open lazily.
-    pub fn new(
-        config: tokio_postgres::Config,
-        max_size: usize,
-        wait_timeout: Duration,
-    ) -> std::result::Result<Self, InventoryError> {
+    /// Builds a pool over the service's database settings; connections
+    /// open lazily.
+    pub fn new(config: &weft_service::Config) -> std::result::Result<Self, InventoryError> {
         Ok(Self {
-            db: Db::new(config, max_size, wait_timeout)?,
+            db: Db::new(config)?,
         })
     }
 

@@ -34,13 +34,8 @@ pub async fn run(
     let service = &config.service;
     let mut runner = embedded::migrations::runner();
     runner.set_migration_table_name("weft_orders_migrations");
-    weft_service::migrate(&service.database, service.startup_timeout, runner).await?;
-    let store = Store::new(
-        service.database.clone(),
-        service.pool_size,
-        service.db_timeout,
-    )
-    .map_err(|e| ServeError::Pool(e.to_string()))?;
+    weft_service::migrate(service, runner).await?;
+    let store = Store::new(service).map_err(|e| ServeError::Pool(e.to_string()))?;
     let upstream = Upstreams::connect(&config.upstream, &service.transport)
         .await
         .map_err(|e| ServeError::Setup(e.to_string()))?;

@@ -26,10 +26,11 @@ pub struct Store {
 }
 
 impl Store {
-    /// Builds a pool over `config`; connections open lazily.
-    pub fn new(config: tokio_postgres::Config, max_size: usize, wait: Duration) -> Result<Self> {
+    /// Builds a pool over the service's database settings; connections
+    /// open lazily.
+    pub fn new(config: &weft_service::Config) -> Result<Self> {
         Ok(Self {
-            db: Db::new(config, max_size, wait)?,
+            db: Db::new(config)?,
         })
     }
 

@@ -28,9 +28,8 @@ pub async fn run(
 ) -> Result<(), ServeError> {
     let mut runner = embedded::migrations::runner();
     runner.set_migration_table_name("weft_payments_migrations");
-    weft_service::migrate(&config.database, config.startup_timeout, runner).await?;
-    let store = Store::new(config.database.clone(), config.pool_size, config.db_timeout)
-        .map_err(|e| ServeError::Pool(e.to_string()))?;
+    weft_service::migrate(&config, runner).await?;
+    let store = Store::new(&config).map_err(|e| ServeError::Pool(e.to_string()))?;
     let db = store.db().clone();
     let api = PaymentsServiceServer::new(PaymentsApi::new(store))
         .max_decoding_message_size(config.max_message_bytes);

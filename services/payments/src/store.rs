@@ -5,7 +5,6 @@
 //! order so that concurrent movements neither overdraw nor deadlock.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use deadpool_postgres::{GenericClient, Transaction};
 use tokio_postgres::Row;
@@ -34,10 +33,11 @@ pub struct Store {
 }
 
 impl Store {
-    /// Builds a pool over `config`; connections open lazily.
-    pub fn new(config: tokio_postgres::Config, max_size: usize, wait: Duration) -> Result<Self> {
+    /// Builds a pool over the service's database settings; connections
+    /// open lazily.
+    pub fn new(config: &weft_service::Config) -> Result<Self> {
         Ok(Self {
-            db: Db::new(config, max_size, wait)?,
+            db: Db::new(config)?,
         })
     }
 
