@@ -184,9 +184,12 @@ pub async fn run(args: UpArgs) -> Result<()> {
         }
     }
 
+    // Listening before saying so: a second Ctrl-C right after the message
+    // must not be missed.
+    let second = second_interrupt()?;
     eprintln!("\n[up] stopping: draining every instance (Ctrl-C again to stop at once)");
     tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
+        if second.await {
             eprintln!("[up] stopping at once");
             if let Ok(mut slot) = hard_stop.lock()
                 && let Some(mut c) = slot.take()
@@ -225,6 +228,19 @@ pub async fn run(args: UpArgs) -> Result<()> {
     }
     eprintln!("[up] stopped");
     Ok(())
+}
+
+/// Resolves (true) on the next SIGINT; the listener is registered now.
+#[cfg(unix)]
+fn second_interrupt() -> Result<impl std::future::Future<Output = bool>> {
+    let mut signal = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    Ok(async move { signal.recv().await.is_some() })
+}
+
+/// Resolves (true) on the next Ctrl-C.
+#[cfg(not(unix))]
+fn second_interrupt() -> Result<impl std::future::Future<Output = bool>> {
+    Ok(async { tokio::signal::ctrl_c().await.is_ok() })
 }
 
 /// Logs of every instance go to HOME/up.log, keeping the terminal for the

@@ -216,3 +216,80 @@ fn weft_up_runs_the_mesh_until_ctrl_c_and_leaves_nothing_behind() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+#[test]
+fn a_second_ctrl_c_stops_weft_up_at_once() {
+    let home = tempfile::tempdir().unwrap();
+    let mut up = Command::new(binary("weft").unwrap())
+        .args(["up", "--every", "60", "--home"])
+        .arg(home.path())
+        .env_remove("DATABASE_URL")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = up.id().to_string();
+    let (tx, lines) = mpsc::channel::<String>();
+    for stream in [
+        Box::new(up.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+        Box::new(up.stderr.take().unwrap()),
+    ] {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let line = lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("weft up never became ready");
+        if line.contains("Ctrl-C drains") {
+            break;
+        }
+    }
+    let interrupt = || {
+        assert!(
+            Command::new("kill")
+                .args(["-INT", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    interrupt();
+    // Wait for the drain to begin, then interrupt again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Ok(line) = lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        if line.contains("Ctrl-C again") {
+            break;
+        }
+    }
+    interrupt();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = up.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "a second Ctrl-C did not stop it"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(130));
+    // Even then the throwaway cluster is gone.
+    let left: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(&format!("weft-pg-{pid}-")))
+        })
+        .collect();
+    assert!(left.is_empty(), "cluster left behind: {left:?}");
+}
