@@ -413,3 +413,58 @@ async fn an_order_waits_out_an_outage_of_payments_and_then_completes() {
     mesh.check_invariants().await.unwrap();
     mesh.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_capture_after_the_sale_voids_and_returns_the_stock() {
+    // Orders pays into a USD account: the capture of an EUR payment is
+    // refused after the stock was already sold, so the saga must void the
+    // hold and return (not release) the stock.
+    let mut mesh = Mesh::without_orders().await.unwrap();
+    let usd = mesh
+        .payments()
+        .await
+        .unwrap()
+        .open_account(payments_pb::OpenAccountRequest {
+            idempotency_key: "merchant-usd".into(),
+            owner: "merchant-usd".into(),
+            currency_code: "USD".into(),
+            credit_limit_minor: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .account
+        .unwrap()
+        .account_id;
+    mesh.merchant_account_id = usd;
+    mesh.add_orders(2).await.unwrap();
+    mesh.product("VASE-1", 800, 3).await.unwrap();
+    let account = mesh.open_account("ines", 10_000).await.unwrap();
+    let mut orders = mesh.orders().await.unwrap();
+    let order = placed(
+        &mut orders,
+        order_request("x-1", "ines", &account, &[("VASE-1", 2)]),
+    )
+    .await;
+    assert_eq!(status(&order), pb::OrderStatus::Rejected, "{order:?}");
+    assert_eq!(rejection(&order), pb::RejectionCode::Failed);
+    assert!(
+        order.rejection.as_ref().unwrap().message.contains("USD"),
+        "{order:?}"
+    );
+    // Sold, then returned: all three back on the shelf; the hold lifted.
+    assert_eq!(mesh.stock("VASE-1").await.unwrap(), (3, 0, 0));
+    assert_eq!(mesh.balance(&account).await.unwrap(), (10_000, 0));
+    let db = mesh.db.connect().await.unwrap();
+    let reservation: String = db
+        .query_one(
+            "SELECT status FROM inventory.reservations WHERE order_id = $1",
+            &[&order.order_id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(reservation, "RETURNED");
+    mesh.check_invariants().await.unwrap();
+    mesh.stop().await.unwrap();
+}
