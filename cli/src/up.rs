@@ -158,10 +158,11 @@ pub async fn run(args: UpArgs) -> Result<()> {
     wait_healthy(&setting, "orders", args.replicas, &instances).await?;
     done(t);
 
+    // Listening for Ctrl-C before saying it stops everything.
+    let signal = next_interrupt()?;
+    tokio::pin!(signal);
     print_ready(&home, &certs, &instances, &demo);
 
-    let signal = tokio::signal::ctrl_c();
-    tokio::pin!(signal);
     let tty = std::io::stdout().is_terminal();
     let mut last_tick = Instant::now();
     let discovery = Discovery::from_setting(&setting).await?;
@@ -186,7 +187,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
 
     // Listening before saying so: a second Ctrl-C right after the message
     // must not be missed.
-    let second = second_interrupt()?;
+    let second = next_interrupt()?;
     eprintln!("\n[up] stopping: draining every instance (Ctrl-C again to stop at once)");
     tokio::spawn(async move {
         if second.await {
@@ -230,16 +231,17 @@ pub async fn run(args: UpArgs) -> Result<()> {
     Ok(())
 }
 
-/// Resolves (true) on the next SIGINT; the listener is registered now.
+/// Resolves (true) on the next SIGINT; the listener is registered now, not
+/// when first polled, so a Ctrl-C right after this call is not missed.
 #[cfg(unix)]
-fn second_interrupt() -> Result<impl std::future::Future<Output = bool>> {
+fn next_interrupt() -> Result<impl std::future::Future<Output = bool>> {
     let mut signal = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     Ok(async move { signal.recv().await.is_some() })
 }
 
 /// Resolves (true) on the next Ctrl-C.
 #[cfg(not(unix))]
-fn second_interrupt() -> Result<impl std::future::Future<Output = bool>> {
+fn next_interrupt() -> Result<impl std::future::Future<Output = bool>> {
     Ok(async { tokio::signal::ctrl_c().await.is_ok() })
 }
 

@@ -25,6 +25,35 @@ fn weft(home: &Path, args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// Ctrl-C, as a terminal sends it (SIGINT through the shell's own `kill`,
+/// so no procps is needed).
+fn interrupt(pid: &str) {
+    assert!(
+        Command::new("sh")
+            .args(["-c", &format!("kill -INT {pid}")])
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
+/// The command lines of running processes that contain `needle` (read from
+/// /proc, so no procps is needed).
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|raw| String::from_utf8_lossy(&raw).replace('\0', " "))
+        .filter(|cmd| cmd.contains(needle))
+        .collect()
+}
+
 fn instance_records(home: &Path) -> usize {
     let Ok(services) = std::fs::read_dir(home.join("discovery")) else {
         return 0;
@@ -173,13 +202,7 @@ fn weft_up_runs_the_mesh_until_ctrl_c_and_leaves_nothing_behind() {
             .collect()
     };
     assert_eq!(cluster_dirs().len(), 1, "a throwaway cluster while running");
-    assert!(
-        Command::new("kill")
-            .args(["-INT", &pid.to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    interrupt(&pid.to_string());
     let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
         if let Some(status) = up.try_wait().unwrap() {
@@ -201,18 +224,11 @@ fn weft_up_runs_the_mesh_until_ctrl_c_and_leaves_nothing_behind() {
     // cleaned up after a crash, notices the exit within a second or two).
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let left = Command::new("pgrep")
-            .args(["-af", &format!("weft-pg-{pid}-")])
-            .output()
-            .unwrap();
-        if left.stdout.is_empty() {
+        let left = processes_mentioning(&format!("weft-pg-{pid}-"));
+        if left.is_empty() {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "still running: {}",
-            String::from_utf8_lossy(&left.stdout)
-        );
+        assert!(Instant::now() < deadline, "still running: {left:?}");
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -251,15 +267,7 @@ fn a_second_ctrl_c_stops_weft_up_at_once() {
             break;
         }
     }
-    let interrupt = || {
-        assert!(
-            Command::new("kill")
-                .args(["-INT", &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-    };
+    let interrupt = || interrupt(&pid);
     interrupt();
     // Wait for the drain to begin, then interrupt again.
     let deadline = Instant::now() + Duration::from_secs(10);
