@@ -15,8 +15,8 @@ use tracing::Instrument;
 
 use crate::incoming::PeerInfo;
 use crate::metrics::{Metrics, ServerCall, ServerResult, code_name, split_path};
-use crate::observed_body::{Observed, status_in};
-use crate::trace_context::continue_trace;
+use crate::observed_body::observe_response;
+use crate::trace_context::{continue_trace, record_status};
 
 /// Observes every call to the services inside it.
 #[derive(Debug, Clone)]
@@ -92,9 +92,7 @@ where
         let future = self.inner.call(request).instrument(span.clone());
         Box::pin(async move {
             let response = future.await?;
-            let (parts, body) = response.into_parts();
-            let header_code = status_in(&parts.headers);
-            let on_end = Box::new(move |code: tonic::Code| {
+            Ok(observe_response(response, move |code: tonic::Code| {
                 let elapsed = started.elapsed();
                 span.in_scope(|| {
                     tracing::debug!(
@@ -103,10 +101,7 @@ where
                         "call finished"
                     );
                 });
-                span.record("rpc.grpc.status_code", code as i32);
-                if code != tonic::Code::Ok {
-                    span.record("otel.status_code", "ERROR");
-                }
+                record_status(&span, code);
                 metrics
                     .server_latency
                     .get_or_create(&call)
@@ -126,9 +121,7 @@ where
                     })
                     .inc();
                 drop(span);
-            });
-            let body = tonic::body::Body::new(Observed::new(body, header_code, on_end));
-            Ok(http::Response::from_parts(parts, body))
+            }))
         })
     }
 }

@@ -33,6 +33,18 @@ pub fn status_in(headers: &http::HeaderMap) -> Option<Code> {
     Some(Code::from_i32(value.parse().ok()?))
 }
 
+/// `response` with its body observed: `on_end` gets the call's status when
+/// the body ends, fails or is dropped.
+pub fn observe_response(
+    response: http::Response<tonic::body::Body>,
+    on_end: impl FnOnce(Code) + Send + 'static,
+) -> http::Response<tonic::body::Body> {
+    let (parts, body) = response.into_parts();
+    let header_code = status_in(&parts.headers);
+    let body = tonic::body::Body::new(Observed::new(body, header_code, Box::new(on_end)));
+    http::Response::from_parts(parts, body)
+}
+
 impl<B> Observed<B> {
     /// Observes a response body whose headers carried `header_code`.
     pub fn new(inner: B, header_code: Option<Code>, on_end: OnEnd) -> Self {

@@ -51,6 +51,14 @@ pub fn send_trace(span: &tracing::Span, headers: &mut http::HeaderMap) {
     }
 }
 
+/// Records a finished call's gRPC status on its span (an error unless OK).
+pub fn record_status(span: &tracing::Span, code: tonic::Code) {
+    span.record("rpc.grpc.status_code", code as i32);
+    if code != tonic::Code::Ok {
+        span.record("otel.status_code", "ERROR");
+    }
+}
+
 /// The trace id of `span` in hex, when it belongs to a trace.
 pub fn trace_id(span: &tracing::Span) -> Option<String> {
     let cx = span.context();

@@ -32,6 +32,7 @@ use tracing::Instrument;
 use weft_discovery::Snapshot;
 
 use crate::metrics::{Metrics, Upstream, UpstreamMethod};
+use crate::observed_body::status_in;
 use observe::{AttemptRecord, CallCache, call_span, finish_span, report_pool};
 
 /// How a [`MeshChannel`] behaves.
@@ -214,13 +215,6 @@ impl Service<http::Request<tonic::body::Body>> for MeshChannel {
     }
 }
 
-/// The gRPC status carried in response headers (a trailers-only response),
-/// which is how a server answers UNAVAILABLE before any message.
-fn header_status(response: &http::Response<tonic::body::Body>) -> Option<tonic::Code> {
-    let value = response.headers().get("grpc-status")?.to_str().ok()?;
-    Some(tonic::Code::from_i32(value.parse().ok()?))
-}
-
 impl Inner {
     /// The call's deadline: the earliest of the incoming call's (propagated),
     /// the caller's own `grpc-timeout`, and the configured method timeout.
@@ -272,7 +266,7 @@ impl Inner {
             // answers CANCELLED ("Timeout expired"). The deadline is what
             // ended the call, so say so, as gRPC clients do.
             Ok(Ok(response))
-                if header_status(&response) == Some(tonic::Code::Cancelled)
+                if status_in(response.headers()) == Some(tonic::Code::Cancelled)
                     && tokio::time::Instant::now() + Duration::from_millis(20) >= deadline =>
             {
                 Err(expired())
@@ -346,7 +340,7 @@ impl Inner {
             Ok(response) => {
                 in_flight.responded();
                 let response = record.answered(response);
-                if header_status(&response) == Some(tonic::Code::Unavailable) {
+                if status_in(response.headers()) == Some(tonic::Code::Unavailable) {
                     endpoint.call_failed();
                     Attempt::Unavailable(response)
                 } else {

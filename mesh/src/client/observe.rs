@@ -16,7 +16,8 @@ use weft_discovery::Snapshot;
 
 use super::pool::Pool;
 use crate::metrics::{ClientCall, ClientResult, Metrics, PoolState, Upstream, code_name};
-use crate::observed_body::{Observed, status_in};
+use crate::observed_body::observe_response;
+use crate::trace_context::record_status;
 
 /// Sets the pool gauges and discovery staleness of `upstream` at each
 /// scrape, for as long as its pool lives.
@@ -81,16 +82,7 @@ pub(super) fn finish_span(
     span: tracing::Span,
     response: http::Response<tonic::body::Body>,
 ) -> http::Response<tonic::body::Body> {
-    let (parts, body) = response.into_parts();
-    let header_code = status_in(&parts.headers);
-    let on_end = Box::new(move |code: Code| {
-        span.record("rpc.grpc.status_code", code as i32);
-        if code != Code::Ok {
-            span.record("otel.status_code", "ERROR");
-        }
-    });
-    let body = tonic::body::Body::new(Observed::new(body, header_code, on_end));
-    http::Response::from_parts(parts, body)
+    observe_response(response, move |code| record_status(&span, code))
 }
 
 /// The metric handles of one method at one endpoint, looked up once: the
@@ -188,11 +180,7 @@ impl AttemptRecord {
         self,
         response: http::Response<tonic::body::Body>,
     ) -> http::Response<tonic::body::Body> {
-        let (parts, body) = response.into_parts();
-        let header_code = status_in(&parts.headers);
-        let on_end = Box::new(move |code| self.end(code));
-        let body = tonic::body::Body::new(Observed::new(body, header_code, on_end));
-        http::Response::from_parts(parts, body)
+        observe_response(response, move |code| self.end(code))
     }
 
     fn end(self, code: Code) {
