@@ -3,7 +3,6 @@
 //! through a local discovery directory; operator and orders clients; and the
 //! invariants every test checks at its end.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,7 +26,7 @@ use weft_service::{Config, RegistrationConfig, ServeError};
 use crate::TestDb;
 use crate::inventory::{config, mtls};
 use crate::pki::{TRUST_DOMAIN, TestPki};
-use crate::process::{ServiceProcess, binary};
+use crate::process::{ServiceProcess, binary, service_env};
 
 /// How long a discovery record lives without a heartbeat.
 const RECORD_TTL: Duration = Duration::from_secs(1);
@@ -225,20 +224,9 @@ impl Mesh {
     /// [`Mesh::kill_process`].
     pub fn spawn_orders(&mut self, instance_id: &str, extra: &[(&str, &str)]) -> Result<usize> {
         let identity = self.pki.service(instance_id, "orders")?;
-        let mut env: HashMap<String, String> = [
-            ("DATABASE_URL", self.db.url()),
-            ("WEFT_LISTEN", "127.0.0.1:0".into()),
-            ("WEFT_TLS_CERT", identity.cert.display().to_string()),
-            ("WEFT_TLS_KEY", identity.key.display().to_string()),
-            ("WEFT_TLS_CA", identity.trust_bundle.display().to_string()),
-            (
-                "WEFT_POLICY",
-                self.policies
-                    .path()
-                    .join("orders.toml")
-                    .display()
-                    .to_string(),
-            ),
+        let policy = self.policies.path().join("orders.toml");
+        let mut settings: Vec<(&str, String)> = vec![
+            ("WEFT_POLICY", policy.display().to_string()),
             ("WEFT_DISCOVERY", self.setting()),
             ("WEFT_INSTANCE_ID", instance_id.into()),
             ("WEFT_MERCHANT_ACCOUNT", self.merchant_account_id.clone()),
@@ -248,16 +236,10 @@ impl Mesh {
             ),
             ("WEFT_RECOVERY_MS", "100".into()),
             ("WEFT_DB_POOL_SIZE", self.pool_size.to_string()),
-            ("WEFT_DRAIN_MS", "0".into()),
-            ("WEFT_METRICS_ADDR", "127.0.0.1:0".into()),
             ("RUST_LOG", "info".into()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
-        for (k, v) in extra {
-            env.insert((*k).to_owned(), (*v).to_owned());
-        }
+        ];
+        settings.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
+        let env = service_env(self.db.url(), &identity, &settings);
         self.processes
             .push(ServiceProcess::start(&binary("weft-orders")?, &env)?);
         Ok(self.processes.len() - 1)

@@ -7,6 +7,32 @@ use std::process::{Child, Command, Stdio};
 
 use anyhow::{Context, Result, bail};
 
+/// The environment of a service process on the database at `database_url`
+/// over mTLS with `identity`: listening on 127.0.0.1 port 0, metrics on a
+/// port of their own, no drain wait; then `extra`, which overrides.
+pub fn service_env(
+    database_url: String,
+    identity: &weft_mesh::IdentityPaths,
+    extra: &[(&str, String)],
+) -> HashMap<String, String> {
+    let mut env: HashMap<String, String> = [
+        ("DATABASE_URL", database_url),
+        ("WEFT_LISTEN", "127.0.0.1:0".into()),
+        ("WEFT_TLS_CERT", identity.cert.display().to_string()),
+        ("WEFT_TLS_KEY", identity.key.display().to_string()),
+        ("WEFT_TLS_CA", identity.trust_bundle.display().to_string()),
+        ("WEFT_METRICS_ADDR", "127.0.0.1:0".into()),
+        ("WEFT_DRAIN_MS", "0".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    for (k, v) in extra {
+        env.insert((*k).to_owned(), v.clone());
+    }
+    env
+}
+
 /// Finds a workspace binary next to the running test executable
 /// (`target/<profile>/<name>`); scripts/test builds them first.
 pub fn binary(name: &str) -> Result<PathBuf> {

@@ -3,13 +3,12 @@
 //! and 1 with a reason otherwise.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::HashMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use weft_tests::TestDb;
 use weft_tests::pki::TestPki;
-use weft_tests::process::{ServiceProcess, binary};
+use weft_tests::process::{ServiceProcess, binary, service_env};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_health_command_follows_the_server() {
@@ -22,18 +21,14 @@ async fn the_health_command_follows_the_server() {
         .local_addr()
         .unwrap()
         .port();
-    let env: HashMap<String, String> = [
-        ("DATABASE_URL", db.url()),
-        ("WEFT_LISTEN", format!("0.0.0.0:{port}")),
-        ("WEFT_TLS_CERT", identity.cert.display().to_string()),
-        ("WEFT_TLS_KEY", identity.key.display().to_string()),
-        ("WEFT_TLS_CA", identity.trust_bundle.display().to_string()),
-        ("WEFT_METRICS_ADDR", "off".into()),
-        ("WEFT_DRAIN_MS", "0".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
+    let env = service_env(
+        db.url(),
+        &identity,
+        &[
+            ("WEFT_LISTEN", format!("0.0.0.0:{port}")),
+            ("WEFT_METRICS_ADDR", "off".into()),
+        ],
+    );
     let inventory = binary("weft-inventory").unwrap();
     let health = || {
         Command::new(&inventory)

@@ -5,13 +5,11 @@
 // Test code: a panic is a failed test with its location.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::HashMap;
-
 use weft_mesh::ClientOptions;
 use weft_tests::TestDb;
 use weft_tests::cluster::Cluster;
 use weft_tests::load::{KillReport, kill_under_load, wait_for_endpoints};
-use weft_tests::process::{ServiceProcess, binary};
+use weft_tests::process::{ServiceProcess, binary, service_env};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_minus_nine_of_one_of_three_processes_fails_no_idempotent_call() {
@@ -21,21 +19,15 @@ async fn kill_minus_nine_of_one_of_three_processes_fails_no_idempotent_call() {
     let inventory = binary("weft-inventory").unwrap();
     let mut processes = Vec::new();
     for n in 0..3 {
-        let env: HashMap<String, String> = [
-            ("DATABASE_URL", db.url()),
-            ("WEFT_LISTEN", "127.0.0.1:0".into()),
-            ("WEFT_TLS_CERT", identity.cert.display().to_string()),
-            ("WEFT_TLS_KEY", identity.key.display().to_string()),
-            ("WEFT_TLS_CA", identity.trust_bundle.display().to_string()),
-            ("WEFT_DISCOVERY", cluster.setting()),
-            ("WEFT_INSTANCE_ID", format!("proc-{n}")),
-            ("WEFT_HEALTH_INTERVAL_MS", "100".into()),
-            ("WEFT_DRAIN_MS", "0".into()),
-            ("WEFT_METRICS_ADDR", "127.0.0.1:0".into()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
+        let env = service_env(
+            db.url(),
+            &identity,
+            &[
+                ("WEFT_DISCOVERY", cluster.setting()),
+                ("WEFT_INSTANCE_ID", format!("proc-{n}")),
+                ("WEFT_HEALTH_INTERVAL_MS", "100".into()),
+            ],
+        );
         processes.push(ServiceProcess::start(&inventory, &env).unwrap());
     }
 

@@ -4,7 +4,6 @@
 //! served, in the caller's trace and under its own service name.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use opentelemetry::trace::TracerProvider as _;
@@ -24,7 +23,7 @@ use weft_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
 use weft_tests::TestDb;
 use weft_tests::cluster::Cluster;
 use weft_tests::load::wait_for_endpoints;
-use weft_tests::process::{ServiceProcess, binary};
+use weft_tests::process::{ServiceProcess, binary, service_env};
 
 /// A collector that hands every export to the test.
 struct Collector(mpsc::UnboundedSender<ExportTraceServiceRequest>);
@@ -60,22 +59,16 @@ async fn a_service_exports_the_spans_of_its_calls_to_a_collector() {
     let db = TestDb::create().await.unwrap();
     let cluster = Cluster::new().unwrap();
     let identity = cluster.pki().service("inventory", "inventory").unwrap();
-    let env: HashMap<String, String> = [
-        ("DATABASE_URL", db.url()),
-        ("WEFT_LISTEN", "127.0.0.1:0".into()),
-        ("WEFT_TLS_CERT", identity.cert.display().to_string()),
-        ("WEFT_TLS_KEY", identity.key.display().to_string()),
-        ("WEFT_TLS_CA", identity.trust_bundle.display().to_string()),
-        ("WEFT_DISCOVERY", cluster.setting()),
-        ("WEFT_INSTANCE_ID", "otlp-0".into()),
-        ("WEFT_METRICS_ADDR", "127.0.0.1:0".into()),
-        ("WEFT_DRAIN_MS", "0".into()),
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{collector}")),
-        ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
+    let env = service_env(
+        db.url(),
+        &identity,
+        &[
+            ("WEFT_DISCOVERY", cluster.setting()),
+            ("WEFT_INSTANCE_ID", "otlp-0".into()),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{collector}")),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
+        ],
+    );
     let _inventory = ServiceProcess::start(&binary("weft-inventory").unwrap(), &env).unwrap();
     let channel = cluster.channel(ClientOptions::default()).await.unwrap();
     wait_for_endpoints(&channel, 1).await.unwrap();
