@@ -7,7 +7,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -54,6 +54,75 @@ fn processes_mentioning(needle: &str) -> Vec<String> {
         .collect()
 }
 
+/// `weft up` running in `home`, and its output (stdout and stderr) line by
+/// line.
+struct Up {
+    child: Child,
+    pid: u32,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Up {
+    /// Starts it with the status table every `every` seconds and no
+    /// database given (so it makes a throwaway cluster).
+    fn start(home: &Path, every: &str) -> Self {
+        let mut child = Command::new(binary("weft").unwrap())
+            .args(["up", "--every", every, "--home"])
+            .arg(home)
+            .env_remove("DATABASE_URL")
+            .env_remove("WEFT_DISCOVERY")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, lines) = mpsc::channel::<String>();
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        Self {
+            pid: child.id(),
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The next line, waiting at most until `until`.
+    fn next(&mut self, until: Instant) -> Option<String> {
+        let line = self
+            .lines
+            .recv_timeout(until.saturating_duration_since(Instant::now()))
+            .ok()?;
+        self.seen.push(line.clone());
+        Some(line)
+    }
+}
+
+/// The throwaway clusters `weft up` process `pid` has in the temporary
+/// directory.
+fn cluster_dirs(pid: u32) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("weft-pg-{pid}-")))
+        })
+        .collect()
+}
+
 fn instance_records(home: &Path) -> usize {
     let Ok(services) = std::fs::read_dir(home.join("discovery")) else {
         return 0;
@@ -68,44 +137,15 @@ fn instance_records(home: &Path) -> usize {
 #[test]
 fn weft_up_runs_the_mesh_until_ctrl_c_and_leaves_nothing_behind() {
     let home = tempfile::tempdir().unwrap();
-    let mut up = Command::new(binary("weft").unwrap())
-        .args(["up", "--every", "1", "--home"])
-        .arg(home.path())
-        .env_remove("DATABASE_URL")
-        .env_remove("WEFT_DISCOVERY")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = up.id();
-    let (tx, lines) = mpsc::channel::<String>();
-    for stream in [
-        Box::new(up.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-        Box::new(up.stderr.take().unwrap()),
-    ] {
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-    }
-    let mut seen = Vec::new();
-    let mut next = |until: Instant| -> Option<String> {
-        let line = lines
-            .recv_timeout(until.saturating_duration_since(Instant::now()))
-            .ok()?;
-        seen.push(line.clone());
-        Some(line)
-    };
+    let mut up = Up::start(home.path(), "1");
+    let pid = up.pid;
 
     // Ready within two minutes, with a PlaceOrder command to paste.
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut place = None;
     loop {
-        let Some(line) = next(deadline) else {
-            let _ = up.kill();
+        let Some(line) = up.next(deadline) else {
+            let _ = up.child.kill();
             panic!("weft up never became ready");
         };
         if line.contains("OrdersService/PlaceOrder") && line.trim_start().starts_with("grpcurl") {
@@ -182,36 +222,36 @@ fn weft_up_runs_the_mesh_until_ctrl_c_and_leaves_nothing_behind() {
 
     // The status table shows the calls.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while let Some(line) = next(deadline) {
+    while let Some(line) = up.next(deadline) {
         if line.starts_with("orders ") && !line.contains(" 0.0 ") {
             break;
         }
     }
 
     // Ctrl-C: everything drains and stops, deregistered, cluster removed.
-    let cluster_dirs = || -> Vec<std::path::PathBuf> {
-        std::fs::read_dir(std::env::temp_dir())
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with(&format!("weft-pg-{pid}-")))
-            })
-            .collect()
-    };
-    assert_eq!(cluster_dirs().len(), 1, "a throwaway cluster while running");
+    assert_eq!(
+        cluster_dirs(pid).len(),
+        1,
+        "a throwaway cluster while running"
+    );
     interrupt(&pid.to_string());
     let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
-        if let Some(status) = up.try_wait().unwrap() {
+        if let Some(status) = up.child.try_wait().unwrap() {
             break status;
         }
-        assert!(Instant::now() < deadline, "weft up did not stop: {seen:#?}");
+        assert!(
+            Instant::now() < deadline,
+            "weft up did not stop: {:#?}",
+            up.seen
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
-    while next(Instant::now() + Duration::from_millis(200)).is_some() {}
+    while up
+        .next(Instant::now() + Duration::from_millis(200))
+        .is_some()
+    {}
+    let seen = &up.seen;
     assert!(status.success(), "weft up exited with {status}: {seen:#?}");
     assert!(seen.iter().any(|l| l.contains("[up] stopped")), "{seen:#?}");
     assert_eq!(
@@ -219,7 +259,7 @@ fn weft_up_runs_the_mesh_until_ctrl_c_and_leaves_nothing_behind() {
         0,
         "instances left registered"
     );
-    assert!(cluster_dirs().is_empty(), "the cluster was not removed");
+    assert!(cluster_dirs(pid).is_empty(), "the cluster was not removed");
     // Nothing of the cluster runs any more (its watcher, which would have
     // cleaned up after a crash, notices the exit within a second or two).
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -236,33 +276,11 @@ fn weft_up_runs_the_mesh_until_ctrl_c_and_leaves_nothing_behind() {
 #[test]
 fn a_second_ctrl_c_stops_weft_up_at_once() {
     let home = tempfile::tempdir().unwrap();
-    let mut up = Command::new(binary("weft").unwrap())
-        .args(["up", "--every", "60", "--home"])
-        .arg(home.path())
-        .env_remove("DATABASE_URL")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = up.id().to_string();
-    let (tx, lines) = mpsc::channel::<String>();
-    for stream in [
-        Box::new(up.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-        Box::new(up.stderr.take().unwrap()),
-    ] {
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-    }
+    let mut up = Up::start(home.path(), "60");
+    let pid = up.pid.to_string();
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let line = lines
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("weft up never became ready");
+        let line = up.next(deadline).expect("weft up never became ready");
         if line.contains("Ctrl-C drains") {
             break;
         }
@@ -271,7 +289,7 @@ fn a_second_ctrl_c_stops_weft_up_at_once() {
     interrupt();
     // Wait for the drain to begin, then interrupt again.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while let Ok(line) = lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+    while let Some(line) = up.next(deadline) {
         if line.contains("Ctrl-C again") {
             break;
         }
@@ -279,7 +297,7 @@ fn a_second_ctrl_c_stops_weft_up_at_once() {
     interrupt();
     let started = Instant::now();
     let status = loop {
-        if let Some(status) = up.try_wait().unwrap() {
+        if let Some(status) = up.child.try_wait().unwrap() {
             break status;
         }
         assert!(
@@ -290,14 +308,6 @@ fn a_second_ctrl_c_stops_weft_up_at_once() {
     };
     assert_eq!(status.code(), Some(130));
     // Even then the throwaway cluster is gone.
-    let left: Vec<_> = std::fs::read_dir(std::env::temp_dir())
-        .unwrap()
-        .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_str()
-                .is_some_and(|n| n.starts_with(&format!("weft-pg-{pid}-")))
-        })
-        .collect();
+    let left = cluster_dirs(up.pid);
     assert!(left.is_empty(), "cluster left behind: {left:?}");
 }
