@@ -442,30 +442,31 @@ impl Tx<'_> {
                 return Err(not_found("account", account_id));
             }
         }
-        let transaction_id: String = self
-            .0
-            .query_one("SELECT gen_random_uuid()::text", &[])
-            .await?
-            .get(0);
-        for p in postings {
-            let book = if p.hold_book { "hold" } else { "main" };
-            self.0
-                .execute(
-                    "INSERT INTO payments.ledger_entries (transaction_id, account_id, book, \
-                     amount_minor, currency_code, kind, authorization_id) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                    &[
-                        &transaction_id,
-                        &p.account_id,
-                        &book,
-                        &p.amount_minor,
-                        &currency_code,
-                        &kind.as_str(),
-                        &authorization_id,
-                    ],
-                )
-                .await?;
-        }
+        // All legs in one statement, under one new transaction id.
+        let accounts: Vec<&str> = postings.iter().map(|p| p.account_id).collect();
+        let books: Vec<&str> = postings
+            .iter()
+            .map(|p| if p.hold_book { "hold" } else { "main" })
+            .collect();
+        let amounts: Vec<i64> = postings.iter().map(|p| p.amount_minor).collect();
+        self.0
+            .execute(
+                "INSERT INTO payments.ledger_entries (transaction_id, account_id, book, \
+                 amount_minor, currency_code, kind, authorization_id) \
+                 SELECT t.id, p.account_id, p.book, p.amount_minor, $4, $5, $6 \
+                 FROM (SELECT gen_random_uuid()::text AS id) t, \
+                 unnest($1::text[], $2::text[], $3::bigint[]) \
+                 WITH ORDINALITY AS p(account_id, book, amount_minor, n) ORDER BY p.n",
+                &[
+                    &accounts,
+                    &books,
+                    &amounts,
+                    &currency_code,
+                    &kind.as_str(),
+                    &authorization_id,
+                ],
+            )
+            .await?;
         Ok(())
     }
 }
