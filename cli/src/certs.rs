@@ -65,6 +65,9 @@ pub struct DevCa {
     issuer: Issuer<'static, KeyPair>,
     cert_pem: String,
     key_pem: String,
+    /// The trust domain it issues for, as recorded in `trust-domain` beside
+    /// it (`None` for a CA written before that file existed).
+    trust_domain: Option<String>,
 }
 
 /// An issued certificate and its key, in PEM.
@@ -102,6 +105,7 @@ impl DevCa {
             issuer: Issuer::new(params, key),
             cert_pem,
             key_pem,
+            trust_domain: Some(trust_domain.to_owned()),
         })
     }
 
@@ -111,11 +115,21 @@ impl DevCa {
         let key_pem = read(&dir.join("ca.key"))?;
         let key = KeyPair::from_pem(&key_pem)?;
         let issuer = Issuer::from_ca_cert_pem(&cert_pem, key)?;
+        let trust_domain = std::fs::read_to_string(dir.join("trust-domain"))
+            .ok()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty());
         Ok(Self {
             issuer,
             cert_pem,
             key_pem,
+            trust_domain,
         })
+    }
+
+    /// The trust domain the CA issues for, where it was recorded.
+    pub fn trust_domain(&self) -> Option<&str> {
+        self.trust_domain.as_deref()
     }
 
     /// The CA certificate (the trust bundle), in PEM.
@@ -123,10 +137,19 @@ impl DevCa {
         &self.cert_pem
     }
 
-    /// Writes `ca.pem` and `ca.key` into `dir`.
+    /// Writes `ca.pem`, `ca.key` and `trust-domain` into `dir`.
     pub fn write(&self, dir: &Path, force: bool) -> Result<(), CertError> {
         write_file(&dir.join("ca.pem"), &self.cert_pem, 0o644, force)?;
-        write_file(&dir.join("ca.key"), &self.key_pem, 0o600, force)
+        write_file(&dir.join("ca.key"), &self.key_pem, 0o600, force)?;
+        if let Some(trust_domain) = &self.trust_domain {
+            write_file(
+                &dir.join("trust-domain"),
+                &format!("{trust_domain}\n"),
+                0o644,
+                force,
+            )?;
+        }
+        Ok(())
     }
 
     /// Issues a certificate for `id`, usable by both TLS clients and servers,

@@ -104,9 +104,11 @@ struct Common {
     /// Where the CA and certificates live.
     #[arg(long, env = "WEFT_CERTS_DIR", default_value = "certs")]
     dir: PathBuf,
-    /// The trust domain of the identities.
-    #[arg(long, env = "WEFT_TRUST_DOMAIN", default_value = "weft.local")]
-    trust_domain: String,
+    /// The trust domain of the identities: given to `init` (default
+    /// weft.local), which records it beside the CA; `issue` takes the CA's
+    /// and refuses a different one.
+    #[arg(long, env = "WEFT_TRUST_DOMAIN")]
+    trust_domain: Option<String>,
     /// Overwrite existing files.
     #[arg(long)]
     force: bool,
@@ -147,13 +149,10 @@ fn run() -> anyhow::Result<()> {
 fn run_certs(command: CertsCommand) -> anyhow::Result<()> {
     match command {
         CertsCommand::Init { common, days } => {
-            let ca = DevCa::create(&common.trust_domain, Validity::days(days))?;
+            let trust_domain = common.trust_domain.as_deref().unwrap_or("weft.local");
+            let ca = DevCa::create(trust_domain, Validity::days(days))?;
             ca.write(&common.dir, common.force)?;
-            println!(
-                "created CA for {} in {}",
-                common.trust_domain,
-                common.dir.display()
-            );
+            println!("created CA for {trust_domain} in {}", common.dir.display());
         }
         CertsCommand::Issue {
             common,
@@ -162,20 +161,30 @@ fn run_certs(command: CertsCommand) -> anyhow::Result<()> {
             days,
             sans,
         } => {
-            let (id, stem) = match (service, operator) {
-                (Some(name), _) => (SpiffeId::service(&common.trust_domain, &name)?, name),
-                (None, Some(name)) => (
-                    SpiffeId::operator(&common.trust_domain, &name)?,
-                    format!("operator-{name}"),
-                ),
-                (None, None) => anyhow::bail!("give --service NAME or --operator NAME"),
-            };
             let ca = DevCa::load(&common.dir).with_context(|| {
                 format!(
                     "loading the CA from {} (run `weft certs init` first)",
                     common.dir.display()
                 )
             })?;
+            // The CA's trust domain, so certificates always match the mesh
+            // they are for: a different --trust-domain is a mistake.
+            let trust_domain = match (ca.trust_domain(), common.trust_domain) {
+                (Some(ca_domain), Some(given)) if ca_domain != given => anyhow::bail!(
+                    "the CA in {} is for trust domain {ca_domain}, not {given}",
+                    common.dir.display()
+                ),
+                (Some(ca_domain), _) => ca_domain.to_owned(),
+                (None, given) => given.unwrap_or_else(|| "weft.local".to_owned()),
+            };
+            let (id, stem) = match (service, operator) {
+                (Some(name), _) => (SpiffeId::service(&trust_domain, &name)?, name),
+                (None, Some(name)) => (
+                    SpiffeId::operator(&trust_domain, &name)?,
+                    format!("operator-{name}"),
+                ),
+                (None, None) => anyhow::bail!("give --service NAME or --operator NAME"),
+            };
             let issued = ca.issue(&id, Validity::days(days), &sans)?;
             let (cert, key) = issued.write(&common.dir, &stem, common.force)?;
             println!("issued {id}: {} {}", cert.display(), key.display());

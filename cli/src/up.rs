@@ -332,6 +332,7 @@ async fn start(
     config.drain = weft_mesh::DrainConfig {
         drain_period: Duration::from_millis(500),
         grace_period: Duration::from_secs(10),
+        ..Default::default()
     };
     let metrics = Arc::new(Metrics::new());
     config.metrics = metrics.clone();

@@ -139,6 +139,12 @@ impl Discovery {
         Self::connect(Setting::parse(setting)?, &ClientOptions::default()).await
     }
 
+    /// Whether the platform registers instances, leaving them only their
+    /// health to report.
+    pub fn registers_externally(&self) -> bool {
+        matches!(self, Self::CloudMap(c) if c.registers_externally())
+    }
+
     /// Connects to a parsed setting; `aws` overrides the AWS configuration
     /// chain (tests point it at an emulator).
     pub async fn connect(setting: Setting, aws: &ClientOptions) -> Result<Self, DiscoveryError> {

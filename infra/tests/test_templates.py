@@ -71,7 +71,11 @@ class WeftTemplate(unittest.TestCase):
         self.assertNotIn("MasterUserPassword", db)
         self.assertEqual(db["MultiAZ"], {"Ref": "MultiAz"})
         self.assertIs(db["PubliclyAccessible"], False)
-        self.assertIs(db["DeletionProtection"], True)
+        # A parameter, off by default: a protected instance cannot be deleted,
+        # so a failed first create would end in ROLLBACK_FAILED.
+        self.assertEqual(db["DeletionProtection"], {"Ref": "DatabaseDeletionProtection"})
+        self.assertEqual(self.t["Parameters"]["DatabaseDeletionProtection"]["Default"], "false")
+        self.assertEqual(self.t["Resources"]["Database"]["DeletionPolicy"], "Snapshot")
         (params,) = of_type(self.t, "AWS::RDS::DBParameterGroup").values()
         self.assertEqual(params["Parameters"]["rds.force_ssl"], "1")
 
@@ -106,11 +110,15 @@ class WeftTemplate(unittest.TestCase):
             self.assertEqual(network["AssignPublicIp"], "DISABLED", name)
         self.assertGreaterEqual(self.t["Parameters"]["DesiredCount"]["MinValue"], 2)
 
-    def test_stop_timeout_outlasts_the_drain_and_health_runs_the_binary(self):
+    def test_stop_timeout_outlasts_the_codes_own_bound_on_shutdown(self):
+        # The server's worst case (DrainConfig::worst_case in weft-mesh):
+        # telling discovery (bounded), the drain, then in-flight calls. Every
+        # one of the three must be set here, not left to a default the
+        # template cannot see; 5 s more for the process to exit.
         for name, props, c in self.containers():
             e = env(c)
-            drain = seconds(e["WEFT_DRAIN_MS"]) + seconds(e["WEFT_GRACE_MS"])
-            self.assertGreater(c["StopTimeout"], drain, name)
+            bound = sum(seconds(e[k]) for k in ("WEFT_DRAIN_NOTIFY_MS", "WEFT_DRAIN_MS", "WEFT_GRACE_MS"))
+            self.assertGreaterEqual(c["StopTimeout"], bound + 5, name)
             self.assertLessEqual(c["StopTimeout"], 120, f"{name}: Fargate's most")
             command = c["HealthCheck"]["Command"]
             self.assertEqual(command[0], "CMD", name)
@@ -125,7 +133,7 @@ class WeftTemplate(unittest.TestCase):
         self.assertEqual(len(task_roles), 3)
         allowed_star = {
             ("servicediscovery:DiscoverInstances", "servicediscovery:DiscoverInstancesRevision"),
-            ("servicediscovery:GetOperation",),
+            ("servicediscovery:ListNamespaces", "servicediscovery:ListServices"),
         }
         for name, props in task_roles.items():
             self.assertNotIn("ManagedPolicyArns", props, name)
@@ -154,6 +162,33 @@ class WeftTemplate(unittest.TestCase):
         for policy in execution.get("Policies", []):
             for st in policy["PolicyDocument"]["Statement"]:
                 self.assertNotEqual(st["Resource"], "*", "the execution role reads named secrets only")
+
+    def test_ecs_owns_registration_so_no_instance_outlives_its_task(self):
+        services = of_type(self.t, "AWS::ECS::Service")
+        containers = {c["Name"]: (props, c) for _, props, c in self.containers()}
+        for name, props in services.items():
+            (registry,) = props["ServiceRegistries"]
+            svc = props["ServiceName"]
+            self.assertEqual(registry["RegistryArn"], {"Fn::GetAtt": [f"{svc.title()}DiscoveryService", "Arn"]})
+            self.assertEqual(registry["ContainerName"], svc)
+            _, c = containers[svc]
+            self.assertEqual(registry["ContainerPort"], c["PortMappings"][0]["ContainerPort"])
+            # ...and the task knows it: it only reports health.
+            self.assertEqual(env(c)["WEFT_DISCOVERY"], {"Fn::Sub": "cloudmap://${NamespaceName}?registration=external"}, name)
+        for name, props in of_type(self.t, "AWS::IAM::Role").items():
+            for policy in props.get("Policies", []):
+                for st in policy["PolicyDocument"]["Statement"]:
+                    actions = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
+                    self.assertNotIn("servicediscovery:RegisterInstance", actions, name)
+                    self.assertNotIn("servicediscovery:DeregisterInstance", actions, name)
+
+    def test_orders_always_has_a_merchant_account(self):
+        (orders,) = [c for _, _, c in self.containers() if c["Name"] == "orders"]
+        value = env(orders)["WEFT_MERCHANT_ACCOUNT"]
+        self.assertNotIn("unset", str(value))
+        self.assertEqual(
+            value, {"Fn::If": ["HasMerchant", {"Ref": "MerchantAccountId"}, {"Fn::Sub": "open:merchant:${MerchantCurrency}"}]}
+        )
 
     def test_autoscaling_on_cpu_per_service(self):
         targets = of_type(self.t, "AWS::ApplicationAutoScaling::ScalableTarget")

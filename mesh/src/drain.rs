@@ -16,6 +16,20 @@ pub struct DrainConfig {
     pub drain_period: Duration,
     /// How long in-flight calls may take after the listener closes.
     pub grace_period: Duration,
+    /// The most time telling others this instance is leaving (health,
+    /// discovery) may take before the drain period starts: a slow or
+    /// unreachable discovery backend must not push shutdown past the
+    /// platform's stop timeout.
+    pub notify_budget: Duration,
+}
+
+impl DrainConfig {
+    /// The longest a shutdown can take from the signal to the server's
+    /// return: the notification budget, the drain period and the grace
+    /// period. A platform's stop timeout (ECS `stopTimeout`) must exceed it.
+    pub fn worst_case(&self) -> Duration {
+        self.notify_budget + self.drain_period + self.grace_period
+    }
 }
 
 impl Default for DrainConfig {
@@ -23,13 +37,15 @@ impl Default for DrainConfig {
         Self {
             drain_period: Duration::from_secs(5),
             grace_period: Duration::from_secs(20),
+            notify_budget: Duration::from_secs(5),
         }
     }
 }
 
 /// Runs `serve` (which must stop accepting when the future it is given
 /// resolves) through the drain protocol when `shutdown` resolves:
-/// `on_drain` runs first (health NOT_SERVING, deregistration), then the drain
+/// `on_drain` runs first (health NOT_SERVING, deregistration) for at most the
+/// notification budget, then the drain
 /// period passes with the server still serving, then `serve`'s own shutdown
 /// (GOAWAY, in-flight calls) gets at most the grace period. Returns `serve`'s
 /// result, or `Ok(())` when the grace period ran out.
@@ -47,7 +63,9 @@ where
     let stop_accepting = Box::pin(async move {
         shutdown.await;
         tracing::info!(drain = ?config.drain_period, "draining: clients are told to move away");
-        on_drain.await;
+        if tokio::time::timeout(config.notify_budget, on_drain).await.is_err() {
+            tracing::warn!(budget = ?config.notify_budget, "telling discovery took too long; draining anyway");
+        }
         tokio::time::sleep(config.drain_period).await;
         tracing::info!(grace = ?config.grace_period, "closing the listener; finishing in-flight calls");
         let _ = closing_tx.send(true);
@@ -82,6 +100,7 @@ mod tests {
         DrainConfig {
             drain_period: Duration::from_secs(5),
             grace_period: Duration::from_secs(20),
+            notify_budget: Duration::from_secs(5),
         }
     }
 
@@ -126,5 +145,24 @@ mod tests {
             .await;
         assert!(result.is_ok());
         assert_eq!(start.elapsed().as_secs(), 25, "drain 5 s + grace 20 s");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_notification_that_hangs_is_cut_at_its_budget() {
+        let start = Instant::now();
+        let result: Result<(), ()> = serve_with_drain(
+            config(),
+            async {},
+            std::future::pending::<()>(),
+            |stop_accepting| async move {
+                stop_accepting.await;
+                std::future::pending::<()>().await;
+                Ok(())
+            },
+        )
+        .await;
+        assert!(result.is_ok());
+        assert_eq!(start.elapsed(), config().worst_case());
+        assert_eq!(start.elapsed().as_secs(), 30, "notify 5 s + drain 5 s + grace 20 s");
     }
 }

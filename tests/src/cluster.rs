@@ -44,6 +44,7 @@ impl Cluster {
             drain: weft_mesh::DrainConfig {
                 drain_period: Duration::from_millis(500),
                 grace_period: Duration::from_secs(10),
+                ..Default::default()
             },
         })
     }

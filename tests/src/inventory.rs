@@ -41,6 +41,7 @@ pub fn config(db: &TestDb, transport: Transport) -> Config {
     config.drain = weft_mesh::DrainConfig {
         drain_period: Duration::ZERO,
         grace_period: Duration::from_secs(10),
+        ..Default::default()
     };
     config
 }

@@ -40,6 +40,7 @@ async fn shutdown_drains_before_closing_and_finishes_in_flight_calls() {
     cfg.drain = DrainConfig {
         drain_period: Duration::from_millis(1500),
         grace_period: Duration::from_secs(10),
+        ..Default::default()
     };
     let client_identity = pki.operator("operator-test", "test").unwrap();
     let server = Inventory::start_with(cfg, Some(client_identity), Some(pki.clone()))

@@ -34,6 +34,12 @@ pub struct CloudMap {
 }
 
 impl CloudMap {
+    /// Whether the platform registers instances (ECS service registries)
+    /// rather than the instances themselves.
+    pub fn registers_externally(&self) -> bool {
+        self.registry.mode() == RegistrationMode::External
+    }
+
     /// Connects to `namespace` (its name) with `options`.
     pub async fn connect(
         namespace: &str,

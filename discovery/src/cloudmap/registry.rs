@@ -70,6 +70,11 @@ impl CloudMapRegistry {
         }
     }
 
+    /// Who registers instances.
+    pub fn mode(&self) -> RegistrationMode {
+        self.mode
+    }
+
     /// Bounds the wait for each register or deregister operation.
     pub fn with_operation_timeout(mut self, timeout: Duration) -> Self {
         self.operation_timeout = timeout;

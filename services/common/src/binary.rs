@@ -40,11 +40,20 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// `<binary> health`: asks the server on `WEFT_LISTEN` (else `default`;
-/// an unspecified address is asked on 127.0.0.1) whether `grpc_service` is
-/// SERVING, over mTLS with the server's own certificate (or plaintext, as
-/// configured); exits 0 when it is, 1 otherwise, within 3 s.
+/// `<binary> health [--ready]`: asks the server on `WEFT_LISTEN` (else
+/// `default`; an unspecified address is asked on 127.0.0.1) whether it is
+/// alive (the [`LIVENESS`](crate::serve::LIVENESS) entry: ready once since
+/// start, whatever its database does now) or, with `--ready`, whether
+/// `grpc_service` is SERVING (ready now), over mTLS with the server's own
+/// certificate (or plaintext, as configured); exits 0 when it is, 1
+/// otherwise, within 3 s. Container health checks ask for liveness.
 pub async fn health(grpc_service: &str, default: &str) -> std::process::ExitCode {
+    let ready = std::env::args().skip(2).any(|a| a == "--ready");
+    let grpc_service = if ready {
+        grpc_service
+    } else {
+        crate::serve::LIVENESS
+    };
     match check(grpc_service, default).await {
         Ok(()) => {
             println!("{grpc_service}: SERVING");

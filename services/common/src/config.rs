@@ -166,6 +166,9 @@ impl Config {
         if let Some(ms) = env_number("WEFT_GRACE_MS")? {
             config.drain.grace_period = Duration::from_millis(ms);
         }
+        if let Some(ms) = env_number("WEFT_DRAIN_NOTIFY_MS")? {
+            config.drain.notify_budget = Duration::from_millis(ms);
+        }
         config.metrics_addr =
             match std::env::var("WEFT_METRICS_ADDR").as_deref() {
                 Ok("off") => None,
@@ -188,11 +191,28 @@ impl Config {
                     },
                 )?)),
             };
+            // On ECS the task says who and where it is: its task id is the
+            // instance id ECS registers in Cloud Map (and never repeats
+            // across containers), its zone the one clients prefer.
+            let ecs = match std::env::var(crate::ecs::METADATA_VARIABLE) {
+                Ok(uri) if !uri.is_empty() => {
+                    Some(
+                        crate::ecs::task(&uri).map_err(|e| ConfigError::Invalid {
+                            name: crate::ecs::METADATA_VARIABLE,
+                            reason: e.to_string(),
+                        })?,
+                    )
+                }
+                _ => None,
+            };
             let mut attributes = BTreeMap::new();
             let version =
                 std::env::var("WEFT_VERSION").unwrap_or_else(|_| env!("CARGO_PKG_VERSION").into());
             attributes.insert("version".to_owned(), version);
-            if let Ok(zone) = std::env::var("WEFT_ZONE") {
+            let zone = std::env::var("WEFT_ZONE")
+                .ok()
+                .or_else(|| ecs.as_ref().and_then(|t| t.zone.clone()));
+            if let Some(zone) = zone {
                 attributes.insert("zone".to_owned(), zone);
             }
             config.registration = Some(RegistrationConfig {
@@ -200,6 +220,7 @@ impl Config {
                 instance_id: std::env::var("WEFT_INSTANCE_ID")
                     .ok()
                     .filter(|id| !id.is_empty())
+                    .or_else(|| ecs.map(|t| t.task_id))
                     .unwrap_or_else(|| format!("{service}-{:016x}", random())),
                 advertise,
                 attributes,

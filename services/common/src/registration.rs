@@ -1,5 +1,7 @@
-//! This instance's entry in discovery: registered unhealthy at start, its
-//! health kept in step with the database, and deregistered when draining.
+//! This instance's entry in discovery: registered unhealthy at start (in the
+//! background, retried with backoff: a discovery outage must not stop a task
+//! from starting), its health kept in step with readiness, and deregistered
+//! when draining.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -23,18 +25,19 @@ fn routed_ip() -> Result<std::net::IpAddr, DiscoveryError> {
     Ok(socket.ip())
 }
 
-/// A registered instance.
+/// An instance about to register: where and as what, with its discovery
+/// client built (building it calls nothing remote).
 #[derive(Debug, Clone)]
-pub struct Registered {
+pub struct Pending {
     discovery: Discovery,
-    service: &'static str,
-    id: String,
+    setting: String,
+    registration: Registration,
 }
 
-impl Registered {
-    /// Connects to discovery and registers (unhealthy until the database is
-    /// known to answer), advertising `config.advertise` or `listening`.
-    pub async fn register(
+impl Pending {
+    /// Works out the address to advertise (`config.advertise`, else
+    /// `listening`) and builds the discovery client.
+    pub async fn new(
         service: &'static str,
         config: &RegistrationConfig,
         listening: SocketAddr,
@@ -44,33 +47,63 @@ impl Registered {
             Some(Advertise::Addr(addr)) => addr,
             Some(Advertise::Auto) => SocketAddr::new(routed_ip()?, listening.port()),
         };
-        if addr.ip().is_unspecified() {
+        let discovery = Discovery::from_setting(&config.discovery).await?;
+        let mut registration = Registration::new(service, config.instance_id.clone(), addr);
+        // A platform that registers the task itself (ECS service registries)
+        // knows the address: ours may be unspecified then.
+        if addr.ip().is_unspecified() && !discovery.registers_externally() {
             return Err(DiscoveryError::InvalidRegistration(format!(
                 "listening on {addr}: set WEFT_ADVERTISE to the address clients should dial"
             )));
         }
-        let discovery = Discovery::from_setting(&config.discovery).await?;
-        let mut registration = Registration::new(service, config.instance_id.clone(), addr);
         registration.attributes = config.attributes.clone();
         registration.initially_healthy = false;
-        discovery.register(&registration).await?;
-        tracing::info!(id = %config.instance_id, %addr, "registered in discovery");
         Ok(Self {
             discovery,
-            service,
-            id: config.instance_id.clone(),
+            setting: config.discovery.clone(),
+            registration,
         })
     }
 
-    /// Reports health; failures are logged (discovery being down must not
-    /// take the service down).
-    pub async fn set_health(&self, health: Health) {
-        if let Err(e) = self
+    /// The discovery setting, for log lines an operator can act on.
+    pub fn setting(&self) -> &str {
+        &self.setting
+    }
+
+    /// One attempt to register (unhealthy until readiness says otherwise).
+    pub async fn register(&self) -> Result<Registered, DiscoveryError> {
+        self.discovery.register(&self.registration).await?;
+        tracing::info!(id = %self.registration.id, addr = %self.registration.addr, "registered in discovery");
+        Ok(Registered {
+            discovery: self.discovery.clone(),
+            service: self.registration.service.clone(),
+            id: self.registration.id.clone(),
+        })
+    }
+}
+
+/// A registered instance.
+#[derive(Debug, Clone)]
+pub struct Registered {
+    discovery: Discovery,
+    service: String,
+    id: String,
+}
+
+impl Registered {
+    /// Reports health and says whether discovery took it; failures are
+    /// logged (discovery being down must not take the service down).
+    pub async fn set_health(&self, health: Health) -> bool {
+        match self
             .discovery
-            .set_health(self.service, &self.id, health)
+            .set_health(&self.service, &self.id, health)
             .await
         {
-            tracing::warn!(error = %e, ?health, "reporting health to discovery failed");
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, ?health, "reporting health to discovery failed");
+                false
+            }
         }
     }
 
@@ -78,7 +111,7 @@ impl Registered {
     pub async fn deregister(&self) {
         match tokio::time::timeout(
             Duration::from_secs(10),
-            self.discovery.deregister(self.service, &self.id),
+            self.discovery.deregister(&self.service, &self.id),
         )
         .await
         {

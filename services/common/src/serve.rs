@@ -1,10 +1,13 @@
 //! Serving a Weft service: mTLS (or development plaintext), authorization
-//! and deadlines, grpc.health.v1 tied to the database, reflection of what is
-//! served, registration in discovery, and the drain, until shutdown.
+//! and deadlines, grpc.health.v1 tied to readiness (registered and the
+//! database answering) with a separate liveness entry for container health
+//! checks, reflection of what is served, registration in discovery (in the
+//! background, with backoff), and the drain, until shutdown.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tonic::service::Routes;
@@ -13,6 +16,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use weft_discovery::Health;
+use weft_discovery::backoff::Backoff;
 use weft_mesh::metrics::DbPoolState;
 use weft_mesh::{
     AuthorizeLayer, CertStore, DeadlineLayer, Metrics, ObserveLayer, serve_with_drain,
@@ -21,7 +25,7 @@ use weft_mesh::{
 
 use crate::config::{Config, Transport};
 use crate::migrate::MigrateError;
-use crate::registration::Registered;
+use crate::registration::{Pending, Registered};
 
 /// Why the server stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +58,16 @@ pub enum ServeError {
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
+
+/// The grpc.health.v1 entry that says the process is alive: NOT_SERVING
+/// until the service has been ready once, then SERVING until it stops, even
+/// while its database is away. Container health checks ask it, so a
+/// database failover does not make ECS replace every task at once, while a
+/// task that never becomes ready still fails its check.
+pub const LIVENESS: &str = "weft.liveness";
+
+/// The most one registration attempt may take before it counts as failed.
+const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Answers whether the service's dependencies answer: the readiness probe
 /// behind health and discovery.
@@ -137,10 +151,15 @@ pub async fn serve(
         }
     };
     let (reporter, health_service) = tonic_health::server::health_reporter();
-    let registered = match &config.registration {
-        Some(r) => Some(Registered::register(name, r, listener.local_addr()?).await?),
+    reporter
+        .set_service_status(LIVENESS, ServingStatus::NotServing)
+        .await;
+    let pending = match &config.registration {
+        Some(r) => Some(Pending::new(name, r, listener.local_addr()?).await?),
         None => None,
     };
+    // Set once registration succeeds; the drain deregisters what is here.
+    let registered: Arc<OnceLock<Registered>> = Arc::new(OnceLock::new());
     // Aborted with the server, however it ends (a dropped server must not
     // keep reporting itself healthy).
     let health_task = AbortOnDrop(tokio::spawn(watch_readiness(
@@ -148,6 +167,7 @@ pub async fn serve(
         reporter.clone(),
         grpc_service,
         config.health_interval,
+        pending,
         registered.clone(),
     )));
 
@@ -204,11 +224,18 @@ pub async fn serve(
     let on_drain = async move {
         health_abort.abort();
         set_health(&reporter, grpc_service, ServingStatus::NotServing).await;
-        if let Some(r) = &registered {
+        if let Some(r) = registered.get() {
             r.set_health(Health::Unhealthy).await;
             r.deregister().await;
         }
     };
+    tracing::info!(
+        worst_case = ?config.drain.worst_case(),
+        "on SIGTERM: discovery told within {:?}, drain {:?}, in-flight calls within {:?}",
+        config.drain.notify_budget,
+        config.drain.drain_period,
+        config.drain.grace_period
+    );
     let served = serve_with_drain(
         config.drain,
         shutdown,
@@ -267,16 +294,46 @@ fn report_pool(metrics: &Metrics, db: crate::Db, serving: std::sync::Weak<()>) {
     });
 }
 
-/// Keeps grpc.health.v1 in step with readiness: SERVING only while the
-/// probe answers, for the whole server ("") and for the gRPC service.
+/// Registers in discovery (retrying with backoff while the backend cannot be
+/// reached: the server already answers, NOT_SERVING) and then keeps
+/// grpc.health.v1 and discovery in step with readiness: SERVING only while
+/// registered and the probe answers, for the whole server ("") and for the
+/// gRPC service. Liveness turns SERVING the first time the service is ready.
 async fn watch_readiness(
     ping: Ping,
     reporter: HealthReporter,
     grpc_service: &'static str,
-    every: std::time::Duration,
-    registered: Option<Registered>,
+    every: Duration,
+    pending: Option<Pending>,
+    registered: Arc<OnceLock<Registered>>,
 ) {
+    if let Some(pending) = pending {
+        set_health(&reporter, grpc_service, ServingStatus::NotServing).await;
+        let mut backoff = Backoff::new(Duration::from_millis(500), 2.0, Duration::from_secs(30), 0.2);
+        loop {
+            let attempt = tokio::time::timeout(REGISTER_TIMEOUT, pending.register()).await;
+            let error = match attempt {
+                Ok(Ok(r)) => {
+                    let _ = registered.set(r);
+                    break;
+                }
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => format!("no answer within {REGISTER_TIMEOUT:?}"),
+            };
+            let delay = backoff.next_delay();
+            tracing::warn!(
+                discovery = pending.setting(),
+                attempt = backoff.attempts(),
+                "cannot register at {}: {error}; retrying in {delay:?} (serving NOT_SERVING until then)",
+                pending.setting()
+            );
+            tokio::time::sleep(delay).await;
+        }
+    }
     let mut last = None;
+    // What discovery last took; reported again until it does.
+    let mut reported = None;
+    let mut live = false;
     loop {
         let status = match ping().await {
             Ok(()) => ServingStatus::Serving,
@@ -285,18 +342,27 @@ async fn watch_readiness(
                 ServingStatus::NotServing
             }
         };
+        if status == ServingStatus::Serving && !live {
+            reporter
+                .set_service_status(LIVENESS, ServingStatus::Serving)
+                .await;
+            live = true;
+        }
         if last != Some(status) {
             tracing::info!(?status, "health changed");
             set_health(&reporter, grpc_service, status).await;
-            if let Some(r) = &registered {
-                r.set_health(if status == ServingStatus::Serving {
-                    Health::Healthy
-                } else {
-                    Health::Unhealthy
-                })
-                .await;
-            }
             last = Some(status);
+        }
+        let health = if status == ServingStatus::Serving {
+            Health::Healthy
+        } else {
+            Health::Unhealthy
+        };
+        if let Some(r) = registered.get()
+            && reported != Some(health)
+            && r.set_health(health).await
+        {
+            reported = Some(health);
         }
         tokio::time::sleep(every).await;
     }

@@ -17,7 +17,9 @@ pub struct OrdersConfig {
     pub service: Config,
     /// How to reach inventory and payments.
     pub upstream: UpstreamConfig,
-    /// The payments account captures pay into.
+    /// The payments account captures pay into: an account id, or
+    /// `open:<owner>:<currency>` to open it on first start (see
+    /// [`crate::merchant`]).
     pub merchant_account_id: String,
     /// This instance's name in saga leases (stable across restarts where
     /// the platform allows, so a restarted instance resumes its own sagas
@@ -60,6 +62,10 @@ impl OrdersConfig {
         let service = Config::from_env(crate::NAME)?;
         let merchant = std::env::var("WEFT_MERCHANT_ACCOUNT")
             .map_err(|_| ConfigError::Missing("WEFT_MERCHANT_ACCOUNT"))?;
+        crate::merchant::MerchantSetting::parse(&merchant).map_err(|e| ConfigError::Invalid {
+            name: "WEFT_MERCHANT_ACCOUNT",
+            reason: e.to_string(),
+        })?;
         let discovery = std::env::var("WEFT_UPSTREAM_DISCOVERY")
             .or_else(|_| std::env::var("WEFT_DISCOVERY"))
             .map_err(|_| ConfigError::Missing("WEFT_UPSTREAM_DISCOVERY or WEFT_DISCOVERY"))?;

@@ -13,6 +13,7 @@ use weft_service::{AbortOnDrop, ServeError, Served};
 
 use crate::api::OrdersApi;
 use crate::config::OrdersConfig;
+use crate::merchant::{self, MerchantSetting};
 use crate::saga::Saga;
 use crate::store::Store;
 use crate::upstream::Upstreams;
@@ -39,6 +40,12 @@ pub async fn run(
     let upstream = Upstreams::connect(&config.upstream, &service.transport)
         .await
         .map_err(|e| ServeError::Setup(e.to_string()))?;
+    // Captures must have somewhere to go before any order is taken.
+    let merchant = MerchantSetting::parse(&config.merchant_account_id)
+        .map_err(|e| ServeError::Setup(e.to_string()))?;
+    let merchant_account_id = merchant::settle(&upstream, &merchant, service.startup_timeout)
+        .await
+        .map_err(|e| ServeError::Setup(e.to_string()))?;
 
     // Leases name the instance and this run of it: a restarted instance
     // lets go of its earlier run's leases and resumes those sagas at once.
@@ -54,7 +61,7 @@ pub async fn run(
         store,
         upstream,
         owner,
-        config.merchant_account_id.clone(),
+        merchant_account_id,
         config.saga.clone(),
     );
     let recovery = AbortOnDrop(tokio::spawn(crate::recovery::run(saga.clone())));
