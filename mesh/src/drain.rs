@@ -63,7 +63,10 @@ where
     let stop_accepting = Box::pin(async move {
         shutdown.await;
         tracing::info!(drain = ?config.drain_period, "draining: clients are told to move away");
-        if tokio::time::timeout(config.notify_budget, on_drain).await.is_err() {
+        if tokio::time::timeout(config.notify_budget, on_drain)
+            .await
+            .is_err()
+        {
             tracing::warn!(budget = ?config.notify_budget, "telling discovery took too long; draining anyway");
         }
         tokio::time::sleep(config.drain_period).await;
@@ -163,6 +166,10 @@ mod tests {
         .await;
         assert!(result.is_ok());
         assert_eq!(start.elapsed(), config().worst_case());
-        assert_eq!(start.elapsed().as_secs(), 30, "notify 5 s + drain 5 s + grace 20 s");
+        assert_eq!(
+            start.elapsed().as_secs(),
+            30,
+            "notify 5 s + drain 5 s + grace 20 s"
+        );
     }
 }

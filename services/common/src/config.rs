@@ -196,12 +196,10 @@ impl Config {
             // across containers), its zone the one clients prefer.
             let ecs = match std::env::var(crate::ecs::METADATA_VARIABLE) {
                 Ok(uri) if !uri.is_empty() => {
-                    Some(
-                        crate::ecs::task(&uri).map_err(|e| ConfigError::Invalid {
-                            name: crate::ecs::METADATA_VARIABLE,
-                            reason: e.to_string(),
-                        })?,
-                    )
+                    Some(crate::ecs::task(&uri).map_err(|e| ConfigError::Invalid {
+                        name: crate::ecs::METADATA_VARIABLE,
+                        reason: e.to_string(),
+                    })?)
                 }
                 _ => None,
             };

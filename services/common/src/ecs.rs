@@ -149,6 +149,11 @@ mod tests {
         let task = task(&format!("http://{addr}/v4/some-id")).unwrap();
         assert_eq!(task.task_id, "abc123");
         assert_eq!(task.zone, None);
-        assert!(server.join().unwrap().starts_with("GET /v4/some-id/task HTTP/1.0"));
+        assert!(
+            server
+                .join()
+                .unwrap()
+                .starts_with("GET /v4/some-id/task HTTP/1.0")
+        );
     }
 }

@@ -309,7 +309,12 @@ async fn watch_readiness(
 ) {
     if let Some(pending) = pending {
         set_health(&reporter, grpc_service, ServingStatus::NotServing).await;
-        let mut backoff = Backoff::new(Duration::from_millis(500), 2.0, Duration::from_secs(30), 0.2);
+        let mut backoff = Backoff::new(
+            Duration::from_millis(500),
+            2.0,
+            Duration::from_secs(30),
+            0.2,
+        );
         loop {
             let attempt = tokio::time::timeout(REGISTER_TIMEOUT, pending.register()).await;
             let error = match attempt {

@@ -91,7 +91,10 @@ pub async fn settle(
             Err(status) if passing(status.code()) => {
                 let delay = backoff.next_delay();
                 if Instant::now() + delay > deadline {
-                    return Err(MerchantError::Unreachable(within, status.message().to_owned()));
+                    return Err(MerchantError::Unreachable(
+                        within,
+                        status.message().to_owned(),
+                    ));
                 }
                 tracing::warn!(code = ?status.code(), "payments not reachable for the merchant account yet; retrying in {delay:?}");
                 tokio::time::sleep(delay).await;
@@ -100,7 +103,9 @@ pub async fn settle(
                 return Err(MerchantError::Refused {
                     account: match setting {
                         MerchantSetting::Account(id) => id.clone(),
-                        MerchantSetting::Open { owner, currency } => format!("{owner} ({currency})"),
+                        MerchantSetting::Open { owner, currency } => {
+                            format!("{owner} ({currency})")
+                        }
                     },
                     code: status.code(),
                     message: status.message().to_owned(),
@@ -169,7 +174,16 @@ mod tests {
                 currency: "USD".into()
             }
         );
-        for bad in ["", " ", "open:", "open:merchant", "open::USD", "open:m:usd", "open:m:EURO", "a b"] {
+        for bad in [
+            "",
+            " ",
+            "open:",
+            "open:merchant",
+            "open::USD",
+            "open:m:usd",
+            "open:m:EURO",
+            "a b",
+        ] {
             assert!(MerchantSetting::parse(bad).is_err(), "{bad:?}");
         }
     }

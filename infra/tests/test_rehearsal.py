@@ -1,0 +1,232 @@
+"""The AWS deployment, rehearsed as ECS would run it (see rehearsal.py):
+every service started from its task definition with the template's command,
+environment, secrets, role and health check, against Cloud Map, Secrets
+Manager, IAM and STS on the moto server and a PostgreSQL that requires TLS
+as RDS does. Checks that:
+
+- every task starts and passes its container health check, with the
+  development CA path of docs/deploy.md and a trust domain of the stack's own;
+- the merchant account is settled by orders itself, and orders confirm;
+- a rolling deployment of every service under steady load fails no call;
+- a task killed with SIGKILL leaves no instance registered;
+- a 30 s database outage fails no container health check, while calls that
+  need the database answer UNAVAILABLE and recover by themselves;
+- a task stops within its stopTimeout even with Cloud Map unresponsive;
+- every AWS call a task (or the agent, with the execution role) made is
+  allowed by its role's policy, and removing a needed action is caught.
+
+Figures are printed as `[rehearsal] ...` lines.
+"""
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import time
+import unittest
+
+import rehearsal
+from rehearsal import Cluster, tempdir, wait_for, weft
+
+TRUST_DOMAIN = "rehearsal.weft.example"
+
+
+def figure(text):
+    print(f"[rehearsal] {text}", flush=True)
+
+
+class Rehearsal(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.began = time.monotonic()
+        cls.root = tempdir()
+        cls.cluster = None
+        try:
+            cls._bring_up()
+        except BaseException:
+            cls.tearDownClass()
+            raise
+
+    @classmethod
+    def _bring_up(cls):
+        root = cls.root
+        # The development-CA path of docs/deploy.md: a CA for the stack's
+        # trust domain, certificates issued from it without repeating it.
+        certs = root / "certs"
+        weft("certs", "init", "--dir", str(certs), "--trust-domain", TRUST_DOMAIN)
+        secrets = {}
+        for service in ("inventory", "payments", "orders"):
+            weft("certs", "issue", "--dir", str(certs), "--service", service)
+            secrets[f"{service.title()}TlsSecretArn"] = {
+                "cert": (certs / f"{service}.pem").read_text(),
+                "key": (certs / f"{service}.key").read_text(),
+                "ca": (certs / "ca.pem").read_text(),
+            }
+        weft("certs", "issue", "--dir", str(certs), "--operator", "admin")
+        cls.certs = certs
+        cluster = Cluster(root, {"TrustDomain": TRUST_DOMAIN, "VpcId": "vpc-1", "PrivateSubnetIds": ["s-1", "s-2"],
+                                 "ImageUri": "weft:rehearsal"})
+        cls.cluster = cluster
+        cluster.create(secrets)
+        # ECS starts each service's desired count at once, all services together.
+        desired = int(cluster.parameters["DesiredCount"])
+        tasks = [cluster.start_task(s) for s in cluster.services.values() for _ in range(desired)]
+        for task in tasks:
+            cluster.wait_healthy(task)
+        cls.operator_env = dict(
+            os.environ, WEFT_DISCOVERY=f"cloudmap://{cluster.namespace}", WEFT_CERTS_DIR=str(certs),
+            WEFT_OPERATOR="admin", AWS_ENDPOINT_URL=cluster.moto.url, AWS_ACCESS_KEY_ID="operator",
+            AWS_SECRET_ACCESS_KEY="operator", AWS_REGION=rehearsal.REGION, RUST_LOG="warn")
+        cls._seed()
+        order = cls.place_order("first")
+        cls.first_order_s = time.monotonic() - cls.began
+        assert order["status"] == "ORDER_STATUS_CONFIRMED", order
+        figure(f"clean start to first confirmed order: {cls.first_order_s:.1f} s")
+
+    @classmethod
+    def call(cls, target, data, check=True):
+        out = weft("call", target, "-d", json.dumps(data), env=cls.operator_env, check=check)
+        return json.loads(out.stdout) if out.returncode == 0 else out
+
+    @classmethod
+    def _seed(cls):
+        def until_served(target, data):
+            # The operator's first calls can race the first health reports.
+            return wait_for(target, lambda: (lambda r: r if isinstance(r, dict) else None)(
+                cls.call(target, data, check=False)), 60, every=1)
+
+        for sku in ("WIDGET-1", "GADGET-1"):
+            until_served("inventory/CreateProduct", {
+                "idempotencyKey": f"seed-{sku}", "sku": sku, "name": sku,
+                "unitPrice": {"amountMinor": "100", "currencyCode": "USD"}, "initialStock": "100000"})
+        account = until_served("payments/OpenAccount", {
+            "idempotencyKey": "seed-alice", "owner": "alice", "currencyCode": "USD"})["account"]["accountId"]
+        until_served("payments/Deposit", {"idempotencyKey": "seed-alice-deposit", "accountId": account,
+                                          "amount": {"amountMinor": "100000000", "currencyCode": "USD"}})
+        cls.account = account
+
+    @classmethod
+    def place_order(cls, key):
+        return cls.call("orders/PlaceOrder", {
+            "idempotencyKey": f"order-{key}", "customerId": "alice", "paymentAccountId": cls.account,
+            "lines": [{"sku": "WIDGET-1", "quantity": "1"}]})["order"]
+
+    @classmethod
+    def tearDownClass(cls):
+        if cls.cluster:
+            cls.cluster.close()
+        figure(f"rehearsal wall time: {time.monotonic() - cls.began:.1f} s")
+
+    def start_load(self):
+        env = dict(self.operator_env, WEFT_LOAD_ACCOUNT=self.account, WEFT_LOAD_RATE="10",
+                   WEFT_LOAD_SKUS="WIDGET-1,GADGET-1")
+        return subprocess.Popen([str(rehearsal.binaries_dir() / "weft"), "load"], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def stop_load(self, load):
+        load.send_signal(signal.SIGINT)
+        _, err = load.communicate(timeout=60)
+        done = [line for line in err.splitlines() if line.startswith("[load] done")]
+        self.assertTrue(done, err[-2000:])
+        return done[-1], err
+
+    # The tests run in name order, each on the cluster the last left.
+
+    def test_1_rolling_deployment_under_load_fails_no_call(self):
+        load = self.start_load()
+        time.sleep(3)
+        stops = []
+        for service in self.cluster.services.values():
+            for old in list(service.tasks):
+                new = self.cluster.start_task(service)
+                self.cluster.wait_healthy(new)
+                stops.append(self.cluster.stop_task(old))
+        time.sleep(2)
+        done, err = self.stop_load(load)
+        figure(f"rolling deployment of every service under load: {done}; slowest stop {max(stops):.1f} s")
+        self.assertRegex(done, r", 0 errors$", err[-3000:])
+        self.assertNotRegex(done, r" 0 confirmed", "the load placed orders")
+
+    def test_2_a_killed_task_leaves_no_registered_instance(self):
+        service = self.cluster.services["inventory"]
+        victim = service.tasks[0]
+        self.assertIn(victim.task_id, self.cluster.instances("inventory"))
+        victim.proc.send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        wait_for("the agent to notice", lambda: (self.cluster.reap(), victim not in service.tasks)[1], 30)
+        wait_for("the instance to go", lambda: victim.task_id not in self.cluster.instances("inventory"), 30)
+        gone = time.monotonic() - killed
+        figure(f"a SIGKILLed task's instance gone from Cloud Map after {gone:.2f} s")
+        self.cluster.wait_healthy(self.cluster.start_task(service))
+
+    def test_3_a_database_outage_fails_no_container_health_check(self):
+        cluster = self.cluster
+        tasks = [t for s in cluster.services.values() for t in s.tasks]
+        cluster.rds.stop()
+        down = time.monotonic()
+        failed_checks, unavailable = [], False
+        try:
+            while time.monotonic() - down < 30:
+                for t in tasks:
+                    if not t.health_check():
+                        failed_checks.append(t.service.name)
+                if not unavailable:
+                    out = self.call("inventory/GetProduct", {"sku": "WIDGET-1"}, check=False)
+                    unavailable = not isinstance(out, dict) and "Unavailable" in out.stderr
+                time.sleep(2)
+        finally:
+            cluster.rds.start()
+        self.assertEqual(failed_checks, [], "container health checks failed during the outage")
+        self.assertTrue(unavailable, "database work answers UNAVAILABLE while the database is away")
+        self.assertTrue(all(t.alive() for t in tasks))
+        back = time.monotonic()
+        order = wait_for("an order after the outage", lambda: (lambda o: o if o.get("status") == "ORDER_STATUS_CONFIRMED" else None)(
+            self.place_order(f"after-outage-{time.monotonic()}")), 60, every=1)
+        figure(f"30 s database outage: 0 container health checks failed; orders confirm again "
+               f"{time.monotonic() - back:.1f} s after it is back")
+        self.assertEqual(order["status"], "ORDER_STATUS_CONFIRMED")
+
+    def test_4_a_task_stops_within_its_stop_timeout_with_cloud_map_unresponsive(self):
+        cluster = self.cluster
+        service = cluster.services["payments"]
+        cluster.wait_healthy(cluster.start_task(service))
+        task = service.tasks[0]
+        cluster.deregister(task)
+        cluster.moto.proc.send_signal(signal.SIGSTOP)
+        try:
+            took = task.stop()
+        finally:
+            cluster.moto.proc.send_signal(signal.SIGCONT)
+        service.tasks.remove(task)
+        figure(f"SIGTERM to exit with Cloud Map unresponsive: {took:.1f} s (stopTimeout {task.container['StopTimeout']} s)")
+        self.assertLess(took, task.container["StopTimeout"])
+
+    def test_5_every_aws_call_is_allowed_by_its_role(self):
+        calls = self.cluster.calls()
+        made = {(self.cluster.role_documents[c.access_key][0], c.action)
+                for c in calls if c.access_key in self.cluster.role_documents}
+        figure(f"{len(calls)} AWS calls recorded; by role: {sorted(made)}")
+        self.assertIn(("InventoryTaskRole", "servicediscovery:UpdateInstanceCustomHealthStatus"), made)
+        self.assertIn(("OrdersTaskRole", "servicediscovery:DiscoverInstances"), made)
+        self.assertIn(("ExecutionRole", "secretsmanager:GetSecretValue"), made)
+        denied = self.cluster.denied()
+        self.assertEqual(denied, [], "calls the template's policies would deny")
+        # The check can fail: without the action that reports health, the
+        # calls the tasks made are denied, and named.
+        documents = {}
+        for key, (role, docs) in self.cluster.role_documents.items():
+            if role == "InventoryTaskRole":
+                trimmed = copy.deepcopy(docs)
+                for doc in trimmed:
+                    doc["Statement"] = [st for st in doc["Statement"]
+                                        if st.get("Action") != "servicediscovery:UpdateInstanceCustomHealthStatus"]
+                documents[role] = trimmed
+        denied = self.cluster.denied(documents)
+        self.assertTrue(denied)
+        self.assertTrue(all(role == "InventoryTaskRole" and c.action.endswith("UpdateInstanceCustomHealthStatus")
+                            for role, c in denied), denied)
+
+
+if __name__ == "__main__":
+    unittest.main()
