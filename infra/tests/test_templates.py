@@ -216,6 +216,19 @@ class NetworkTemplate(unittest.TestCase):
         self.assertEqual(len(zones), 2)
         self.assertIn("PrivateSubnetIds", t["Outputs"])
 
+    def test_no_zone_depends_on_another(self):
+        t = load("network.yaml")
+        nats = of_type(t, "AWS::EC2::NatGateway")
+        self.assertEqual(sorted(str(p["SubnetId"]) for p in nats.values()),
+                         sorted(str({"Ref": f"PublicSubnet{z}"}) for z in "AB"))
+        routes = of_type(t, "AWS::EC2::SubnetRouteTableAssociation")
+        private = {p["SubnetId"]["Ref"]: p["RouteTableId"]["Ref"] for p in routes.values()
+                   if p["SubnetId"]["Ref"].startswith("PrivateSubnet")}
+        self.assertEqual(len(set(private.values())), 2, "each private subnet has its own route table")
+        endpoints = {str(p["ServiceName"]) for p in of_type(t, "AWS::EC2::VPCEndpoint").values()}
+        for service in ("ecr.api", "ecr.dkr", "s3", "servicediscovery", "secretsmanager", "logs"):
+            self.assertTrue(any(e.endswith(f".{service}'}}") or e.endswith(f".{service}") for e in endpoints), service)
+
 
 if __name__ == "__main__":
     unittest.main()
