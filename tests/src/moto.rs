@@ -23,10 +23,16 @@ pub struct Moto {
 impl Moto {
     /// Starts moto on a free port and waits until it answers.
     pub async fn start() -> Result<Self> {
-        let binary = tool("moto_server")?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
+        Self::start_on(port).await
+    }
+
+    /// Starts moto on `port` (one a client was already pointed at, to test
+    /// a backend that comes up late) and waits until it answers.
+    pub async fn start_on(port: u16) -> Result<Self> {
+        let binary = tool("moto_server")?;
         let child = Command::new(binary)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdin(Stdio::null())
