@@ -359,6 +359,7 @@ class Task:
         self.root = cluster.root / "tasks" / self.task_id
         (self.root / "run" / "weft").mkdir(parents=True)
         self.log_path = self.root / "log"
+        self._stage_bin()
         cluster.metadata.tasks[self.task_id] = {"TaskARN": self.arn, "AvailabilityZone": zone,
                                                 "Cluster": "weft-rehearsal", "LaunchType": "FARGATE"}
         self.env = self._environment()
@@ -374,14 +375,14 @@ class Task:
         """An image path as it is in this task's container."""
         value = str(value)
         value = value.replace("/run/weft", str(self.root / "run" / "weft"))
-        return value.replace("/etc/weft", str(self.cluster.image / "etc" / "weft")).replace(
-            "/usr/local/bin", str(self.root / "bin") if (self.root / "bin").exists() else self._bin())
+        value = value.replace("/etc/weft", str(self.cluster.image / "etc" / "weft"))
+        return value.replace("/usr/local/bin", str(self.root / "bin"))
 
-    def _bin(self):
+    def _stage_bin(self):
         # The task's own view of /usr/local/bin: the image's binaries and an
         # entrypoint whose paths are this container's.
         b = self.root / "bin"
-        b.mkdir(exist_ok=True)
+        b.mkdir()
         for f in (self.cluster.image / "usr" / "local" / "bin").iterdir():
             (b / f.name).symlink_to(f)
         entry = (REPO / "infra" / "entrypoint.sh").read_text()
@@ -390,7 +391,6 @@ class Task:
         (b / "weft-entrypoint").unlink()
         (b / "weft-entrypoint").write_text(entry)
         os.chmod(b / "weft-entrypoint", 0o755)
-        return str(b)
 
     def _environment(self):
         r = self.cluster.resolver

@@ -84,17 +84,15 @@ async fn a_service_started_while_cloud_map_is_down_registers_once_it_is_back() {
 
     // Cloud Map comes up (with the namespace, as the template makes it).
     let moto = Moto::start_on(cloud_map_port).await.unwrap();
-    let client = aws_sdk_servicediscovery::Client::from_conf(
-        aws_sdk_servicediscovery::Config::builder()
-            .behavior_version(aws_sdk_servicediscovery::config::BehaviorVersion::latest())
-            .endpoint_url(moto.url())
-            .region(aws_sdk_servicediscovery::config::Region::new("us-east-1"))
-            .credentials_provider(aws_sdk_servicediscovery::config::Credentials::new(
-                "testing", "testing", None, None, "test",
-            ))
-            .build(),
-    );
-    moto.create_namespace(&client, "weft.test", &["inventory"])
+    let cloud_map = moto
+        .cloud_map(
+            "weft.test",
+            RegistrationMode::SelfRegister,
+            PollConfig::default(),
+        )
+        .await
+        .unwrap();
+    moto.create_namespace(cloud_map.client(), "weft.test", &["inventory"])
         .await
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
