@@ -55,6 +55,8 @@ pub struct Material {
     pub roots: Arc<RootCertStore>,
     /// The identity the certificate carries.
     pub id: SpiffeId,
+    /// When the leaf certificate expires (its notAfter).
+    pub not_after: SystemTime,
     /// Counts reloads, starting at 1.
     pub generation: u64,
 }
@@ -66,11 +68,21 @@ fn file_error(path: &Path, reason: impl std::fmt::Display) -> LoadError {
     }
 }
 
+/// What [`load`] reads: the signing key, the trust anchors, the identity
+/// and the leaf's expiry.
+pub type Loaded = (Arc<CertifiedKey>, Arc<RootCertStore>, SpiffeId, SystemTime);
+
+/// The leaf's notAfter.
+fn not_after(leaf: &CertificateDer<'_>) -> Result<SystemTime, String> {
+    let (_, parsed) =
+        x509_parser::parse_x509_certificate(leaf.as_ref()).map_err(|e| e.to_string())?;
+    let secs = parsed.validity().not_after.timestamp();
+    let secs = u64::try_from(secs).map_err(|_| "notAfter before 1970".to_owned())?;
+    Ok(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+}
+
 /// Reads and checks the three files once.
-pub fn load(
-    paths: &IdentityPaths,
-    provider: &CryptoProvider,
-) -> Result<(Arc<CertifiedKey>, Arc<RootCertStore>, SpiffeId), LoadError> {
+pub fn load(paths: &IdentityPaths, provider: &CryptoProvider) -> Result<Loaded, LoadError> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&paths.cert)
         .map_err(|e| file_error(&paths.cert, e))?
         .collect::<Result<_, _>>()
@@ -79,6 +91,7 @@ pub fn load(
         .first()
         .ok_or_else(|| file_error(&paths.cert, "holds no certificate"))?;
     let id = SpiffeId::from_certificate(leaf)?;
+    let expires = not_after(leaf).map_err(|e| file_error(&paths.cert, e))?;
     let key = PrivateKeyDer::from_pem_file(&paths.key).map_err(|e| file_error(&paths.key, e))?;
     let signing = provider
         .key_provider
@@ -102,7 +115,7 @@ pub fn load(
     if roots.is_empty() {
         return Err(file_error(&paths.trust_bundle, "holds no CA certificate"));
     }
-    Ok((Arc::new(certified), Arc::new(roots), id))
+    Ok((Arc::new(certified), Arc::new(roots), id, expires))
 }
 
 /// The current identity material, reloaded from disk when it changes.
@@ -132,12 +145,13 @@ impl CertStore {
         let provider = provider();
         // Stamped before reading, so a change during the read is seen later.
         let seen = stamp(&paths);
-        let (key, roots, id) = load(&paths, &provider)?;
+        let (key, roots, id, not_after) = load(&paths, &provider)?;
         let store = Self {
             current: Arc::new(RwLock::new(Material {
                 key,
                 roots,
                 id,
+                not_after,
                 generation: 1,
             })),
             paths,
@@ -187,7 +201,7 @@ async fn watch(
             continue;
         }
         match load(&paths, &provider) {
-            Ok((key, roots, id)) => {
+            Ok((key, roots, id, not_after)) => {
                 seen = now;
                 if let Ok(mut m) = current.write() {
                     let generation = m.generation + 1;
@@ -198,6 +212,7 @@ async fn watch(
                         key,
                         roots,
                         id,
+                        not_after,
                         generation,
                     };
                     tracing::info!(generation, cert = %paths.cert.display(), "reloaded certificates");

@@ -139,6 +139,8 @@ pub struct Metrics {
     pub discovery_errors: Family<Upstream, Counter>,
     /// The database pool, by state.
     pub db_pool: Family<DbPoolState, Gauge>,
+    /// Seconds until the served certificate expires (negative once it has).
+    pub tls_certificate_expiry: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -173,6 +175,7 @@ impl Metrics {
             discovery_staleness: Family::default(),
             discovery_errors: Family::default(),
             db_pool: Family::default(),
+            tls_certificate_expiry: Gauge::default(),
         };
         if let Ok(mut r) = m.registry.lock() {
             r.register(
@@ -244,6 +247,11 @@ impl Metrics {
                 "db_pool_connections",
                 "The database pool, by state",
                 m.db_pool.clone(),
+            );
+            r.register(
+                "tls_certificate_expiry_seconds",
+                "Seconds until the served certificate expires",
+                m.tls_certificate_expiry.clone(),
             );
         }
         m

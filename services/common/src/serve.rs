@@ -6,6 +6,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -138,6 +139,9 @@ pub async fn serve(
     if let Some(db) = db {
         report_pool(&config.metrics, db, Arc::downgrade(&serving));
     }
+    // What /ready on the metrics listener answers: readiness, false once
+    // the drain begins.
+    let ready = Arc::new(AtomicBool::new(false));
     let _metrics_endpoint = match config.metrics_addr {
         None => None,
         Some(addr) => {
@@ -146,7 +150,11 @@ pub async fn serve(
             let _ = config.metrics_bound.set(bound);
             tracing::info!(%bound, "metrics on http://{bound}/metrics");
             Some(AbortOnDrop(tokio::spawn(
-                crate::metrics_endpoint::serve_metrics(listener, config.metrics.clone()),
+                crate::metrics_endpoint::serve_metrics(
+                    listener,
+                    config.metrics.clone(),
+                    ready.clone(),
+                ),
             )))
         }
     };
@@ -169,6 +177,7 @@ pub async fn serve(
         config.health_interval,
         pending,
         registered.clone(),
+        ready.clone(),
     )));
 
     // Advertise only what this server serves: the shared descriptor set also
@@ -198,6 +207,7 @@ pub async fn serve(
                 tracing::warn!(%id, "serving {name} with a certificate for another identity");
             }
             tracing::info!(?addr, %id, policy = policy.is_some(), "{name} serving mTLS");
+            report_certificate(&config.metrics, store.clone(), Arc::downgrade(&serving));
             (policy.clone(), Some(server_config(&store)?))
         }
         Transport::Plaintext => {
@@ -223,6 +233,7 @@ pub async fn serve(
     let health_abort = health_task.0.abort_handle();
     let on_drain = async move {
         health_abort.abort();
+        ready.store(false, Ordering::Relaxed);
         set_health(&reporter, grpc_service, ServingStatus::NotServing).await;
         if let Some(r) = registered.get() {
             r.set_health(Health::Unhealthy).await;
@@ -262,6 +273,24 @@ pub async fn serve(
     drop(serving);
     served?;
     Ok(())
+}
+
+/// Reports the time left on the served certificate at each scrape (the
+/// store reloads it, so this follows renewals), while the server lives.
+fn report_certificate(metrics: &Metrics, store: CertStore, serving: std::sync::Weak<()>) {
+    let gauge = metrics.tls_certificate_expiry.clone();
+    metrics.on_scrape(move || {
+        if serving.strong_count() == 0 {
+            return false;
+        }
+        let not_after = store.current().not_after;
+        let left = match not_after.duration_since(std::time::SystemTime::now()) {
+            Ok(left) => left.as_secs_f64(),
+            Err(past) => -past.duration().as_secs_f64(),
+        };
+        gauge.set(left);
+        true
+    });
 }
 
 /// Reports the database pool at each scrape, while the pool lives.
@@ -306,6 +335,7 @@ async fn watch_readiness(
     every: Duration,
     pending: Option<Pending>,
     registered: Arc<OnceLock<Registered>>,
+    ready: Arc<AtomicBool>,
 ) {
     if let Some(pending) = pending {
         set_health(&reporter, grpc_service, ServingStatus::NotServing).await;
@@ -353,6 +383,7 @@ async fn watch_readiness(
                 .await;
             live = true;
         }
+        ready.store(status == ServingStatus::Serving, Ordering::Relaxed);
         if last != Some(status) {
             tracing::info!(?status, "health changed");
             set_health(&reporter, grpc_service, status).await;
