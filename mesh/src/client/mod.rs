@@ -114,6 +114,9 @@ impl MeshChannel {
             upstream: service.clone(),
         };
         let metrics = &options.metrics;
+        // At zero from the start, so a dashboard or alarm reads "none yet"
+        // rather than missing data.
+        drop(metrics.client_budget_refusals.get_or_create(&upstream));
         let events = PoolEvents {
             endpoint: EndpointEvents {
                 ejections: metrics.client_ejections.get_or_create(&upstream).clone(),

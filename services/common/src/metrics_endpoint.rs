@@ -1,9 +1,13 @@
 //! The Prometheus endpoint: `GET /metrics` on its own listener answers the
-//! process's metrics in the text format (OpenMetrics), anything else 404.
-//! Kept off the gRPC port so scrapers need no client certificate.
+//! process's metrics in the text format (OpenMetrics); `GET /ready` answers
+//! 200 while the service is ready (what grpc.health.v1 says of it) and 503
+//! otherwise, for load balancers that cannot speak gRPC over mTLS; anything
+//! else 404. Kept off the gRPC port so scrapers and load balancer health
+//! checks need no client certificate.
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use http_body_util::Full;
 use hyper::body::Bytes;
@@ -16,8 +20,9 @@ use weft_mesh::Metrics;
 /// The content type of the OpenMetrics text format, which Prometheus reads.
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// Answers scrapes on `listener` until the task is aborted.
-pub async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>) {
+/// Answers scrapes and readiness checks on `listener` until the task is
+/// aborted; `ready` is the service's readiness, kept by its server.
+pub async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) {
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -28,10 +33,12 @@ pub async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>) {
             }
         };
         let metrics = metrics.clone();
+        let ready = ready.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
                 let metrics = metrics.clone();
-                async move { Ok::<_, Infallible>(answer(&request, &metrics)) }
+                let ready = ready.load(Ordering::Relaxed);
+                async move { Ok::<_, Infallible>(answer(&request, &metrics, ready)) }
             });
             if let Err(e) = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -43,22 +50,60 @@ pub async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>) {
     }
 }
 
-fn answer<B>(request: &hyper::Request<B>, metrics: &Metrics) -> hyper::Response<Full<Bytes>> {
-    let mut response =
-        if request.method() == hyper::Method::GET && request.uri().path() == "/metrics" {
+fn answer<B>(
+    request: &hyper::Request<B>,
+    metrics: &Metrics,
+    ready: bool,
+) -> hyper::Response<Full<Bytes>> {
+    let text = |status, body: &'static [u8]| {
+        let mut r = hyper::Response::new(Full::new(Bytes::from_static(body)));
+        *r.status_mut() = status;
+        r
+    };
+    let get = request.method() == hyper::Method::GET;
+    let mut response = match request.uri().path() {
+        "/metrics" if get => {
             let mut r = hyper::Response::new(Full::new(Bytes::from(metrics.render())));
             if let Ok(value) = hyper::header::HeaderValue::from_str(CONTENT_TYPE) {
                 r.headers_mut().insert(hyper::header::CONTENT_TYPE, value);
             }
             r
-        } else {
-            let mut r = hyper::Response::new(Full::new(Bytes::from_static(b"not found\n")));
-            *r.status_mut() = hyper::StatusCode::NOT_FOUND;
-            r
-        };
+        }
+        "/ready" if get && ready => text(hyper::StatusCode::OK, b"SERVING\n"),
+        "/ready" if get => text(hyper::StatusCode::SERVICE_UNAVAILABLE, b"NOT_SERVING\n"),
+        _ => text(hyper::StatusCode::NOT_FOUND, b"not found\n"),
+    };
     response.headers_mut().insert(
         hyper::header::CACHE_CONTROL,
         hyper::header::HeaderValue::from_static("no-store"),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get(path: &str) -> hyper::Request<()> {
+        hyper::Request::get(path).body(()).unwrap()
+    }
+
+    #[test]
+    fn ready_answers_the_services_readiness() {
+        let metrics = Metrics::new();
+        assert_eq!(answer(&get("/ready"), &metrics, true).status(), 200);
+        assert_eq!(answer(&get("/ready"), &metrics, false).status(), 503);
+        let post = hyper::Request::post("/ready").body(()).unwrap();
+        assert_eq!(answer(&post, &metrics, true).status(), 404);
+    }
+
+    #[test]
+    fn metrics_are_served_and_other_paths_are_not() {
+        let metrics = Metrics::new();
+        let r = answer(&get("/metrics"), &metrics, false);
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()[hyper::header::CONTENT_TYPE], CONTENT_TYPE);
+        assert_eq!(answer(&get("/"), &metrics, true).status(), 404);
+        assert_eq!(answer(&get("/metrics/x"), &metrics, true).status(), 404);
+    }
 }
