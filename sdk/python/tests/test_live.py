@@ -52,6 +52,19 @@ class LiveMesh(unittest.TestCase):
         self.assertEqual(raised.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
         self.assertTrue(raised.exception.details().startswith("order_id"))
 
+    def test_server_name_is_what_the_certificate_is_checked_against(self):
+        # As through a load balancer: the address is not the certificate's name.
+        def list_via(server_name):
+            with weft_sdk.channel(setting("WEFT_SDK_TARGET"), certs=setting("WEFT_SDK_CERTS"),
+                                  server_name=server_name) as ch:
+                stub = orders_pb2_grpc.OrdersServiceStub(ch)
+                return stub.ListOrders(orders_pb2.ListOrdersRequest(customer_id="nobody"), timeout=10).orders
+
+        self.assertEqual(list(list_via("localhost")), [])
+        with self.assertRaises(grpc.RpcError) as raised:
+            list_via("elsewhere.example")
+        self.assertEqual(raised.exception.code(), grpc.StatusCode.UNAVAILABLE)
+
 
 if __name__ == "__main__":
     unittest.main()

@@ -19,8 +19,14 @@ export * from "./gen/weft/orders/v1/orders_pb.js";
 
 /** Where a Weft service is and who is calling. */
 export interface MeshOptions {
-  /** host:port of the service; its certificate must name the host (weft certs issue --san). */
+  /** host:port of the service; its certificate must name the host (weft certs issue --san), or `serverName`. */
   address: string;
+  /**
+   * The name to verify the server's certificate against when `address` is not
+   * it: through a load balancer, the service's own name (in AWS,
+   * `orders.<namespace>`, the stack's IngressServerName output).
+   */
+  serverName?: string;
   /** A directory laid out by `weft certs`: ca.pem, operator-NAME.pem and .key. */
   certs?: string;
   /** The operator in `certs` (default "dev"). */
@@ -45,6 +51,7 @@ export function meshTransport(options: MeshOptions): Transport {
       ca: readFileSync(path(options.ca, "ca.pem")),
       cert: readFileSync(path(options.cert, `operator-${operator}.pem`)),
       key: readFileSync(path(options.key, `operator-${operator}.key`)),
+      ...(options.serverName ? { servername: options.serverName } : {}),
     },
   });
 }

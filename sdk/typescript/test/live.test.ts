@@ -50,3 +50,15 @@ test("bad input is INVALID_ARGUMENT naming the field", async () => {
     return true;
   });
 });
+
+test("verifies the server against serverName when the address is not its name", async () => {
+  // As through a load balancer: the address is not the certificate's name.
+  const via = (serverName: string) =>
+    createClient(
+      OrdersService,
+      meshTransport({ address: setting("WEFT_SDK_TARGET"), certs: setting("WEFT_SDK_CERTS"), serverName }),
+    );
+  const listed = await via("localhost").listOrders({ customerId: "nobody" }, { timeoutMs: 10_000 });
+  assert.deepEqual(listed.orders, []);
+  await assert.rejects(via("elsewhere.example").listOrders({ customerId: "nobody" }, { timeoutMs: 10_000 }));
+});

@@ -34,8 +34,14 @@ def credentials(certs=None, *, ca=None, cert=None, key=None, operator="dev"):
     )
 
 
-def channel(target, certs=None, **paths):
+def channel(target, certs=None, *, server_name=None, **paths):
     """A gRPC channel to ``target`` (``host:port``) over mutual TLS. The
     server's certificate must carry ``host`` as a SAN (``weft certs issue
-    --san``), as Weft's development certificates do for 127.0.0.1."""
-    return grpc.secure_channel(target, credentials(certs, **paths))
+    --san``), as Weft's development certificates do for 127.0.0.1, or
+    ``server_name`` when given: through a load balancer, ``target`` is the
+    balancer and ``server_name`` the service's own name (in AWS,
+    ``orders.<namespace>``, the stack's IngressServerName output)."""
+    options = []
+    if server_name:
+        options = [("grpc.ssl_target_name_override", server_name), ("grpc.default_authority", server_name)]
+    return grpc.secure_channel(target, credentials(certs, **paths), options=options)
