@@ -48,8 +48,15 @@ def access_key_of(headers):
     return m.group(1) if m else None
 
 
-def describe(entry, service_arns, secret_arns):
-    """A recorded moto request as a Call, or None for moto's own API."""
+def parameter_arn(name, region, account):
+    if name.startswith("arn:"):
+        return name
+    return f"arn:aws:ssm:{region}:{account}:parameter{'' if name.startswith('/') else '/'}{name}"
+
+
+def describe(entry, service_arns, secret_arns, region="us-east-1", account="123456789012"):
+    """A recorded moto request as a Call (or a list of them, for a call on
+    several resources), or None for moto's own API."""
     headers = entry["headers"]
     target = headers.get("X-Amz-Target") or headers.get("x-amz-target")
     if entry["url"].split("?")[0].rstrip("/").endswith(("/moto-api", "/moto-api/reset")) or "/moto-api/" in entry["url"]:
@@ -79,6 +86,11 @@ def describe(entry, service_arns, secret_arns):
     if prefix == "secretsmanager":
         secret = data.get("SecretId", "")
         return Call(key, f"secretsmanager:{op}", secret_arns.get(secret, secret), {}, op)
+    if prefix == "AmazonSSM" and op in ("GetParameters", "GetParameter"):
+        # A parameter is named by its name or its ARN; IAM sees the ARN,
+        # one resource per parameter asked for.
+        names = data.get("Names") or [data.get("Name", "")]
+        return [Call(key, f"ssm:{op}", parameter_arn(n, region, account), {}, f"{op} {n}") for n in names]
     raise ValueError(f"the IAM check does not know {target}; add it to iam.py")
 
 

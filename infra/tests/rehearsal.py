@@ -20,15 +20,26 @@ plays the parts of AWS that cannot run here:
   when the service declares a service registry (and deregisters it when the
   task stops, however it stops), and stops a task with SIGTERM, then
   SIGKILL after its stopTimeout.
+- The ingress Network Load Balancer: a TCP listener that forwards each
+  connection to a target of the ECS service's target group that passes the
+  group's health check (HTTP GET on the health check port and path), and,
+  as ECS does, deregisters a stopping task and waits for its connections to
+  close (at most the deregistration delay) before the task gets SIGTERM.
+- The collector beside each task, as far as the service sees it: its
+  configuration comes from SSM through the execution role, as the agent
+  fetches it, with ${env:...} expanded from its container's environment;
+  an OTLP receiver at the configuration's traces endpoint counts what the
+  service exports, and the rehearsal scrapes the configuration's target.
 - The image: a directory laid out as infra/Dockerfile lays it out (the
   binaries, the entrypoint, the policies, the database CA bundle); absolute
   image paths in the task definition are mapped into it, and each task has
   its own /run/weft. In awsvpc mode a task has its own address: here each
-  task gets its own loopback address (127.0.0.N), which 0.0.0.0 in its
-  settings stands for.
+  task gets its own loopback address (127.0.0.N), which 0.0.0.0 and
+  127.0.0.1 in its settings stand for (loopback is the task's own).
 """
 
 import base64
+import collections
 import http.server
 import json
 import os
@@ -41,8 +52,11 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.request
 import uuid
+from concurrent import futures
 
+import yaml
 from cfnlint.decode import decode
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -308,6 +322,20 @@ def of_type(template, kind):
     return {n: r for n, r in template["Resources"].items() if r["Type"] == kind}
 
 
+def localize(value, address):
+    """A task's own view of the addresses written in its definition: in
+    awsvpc mode 0.0.0.0 and loopback are the task's network namespace, here
+    its own loopback address. Applied to literals before resolving, so
+    addresses the template substitutes in (the database's) are untouched."""
+    if isinstance(value, str):
+        return re.sub(r"(?<![\d.])(?:0\.0\.0\.0|127\.0\.0\.1)(?![\d])", address, value)
+    if isinstance(value, list):
+        return [localize(v, address) for v in value]
+    if isinstance(value, dict):
+        return {k: localize(v, address) for k, v in value.items()}
+    return value
+
+
 # ---------------------------------------------------------------- tasks
 
 
@@ -362,6 +390,8 @@ class Task:
         self._stage_bin()
         cluster.metadata.tasks[self.task_id] = {"TaskARN": self.arn, "AvailabilityZone": zone,
                                                 "Cluster": "weft-rehearsal", "LaunchType": "FARGATE"}
+        # Sidecars the service depends on start first (DependsOn START).
+        self.collectors = [Collector(self, c) for c in service.sidecars]
         self.env = self._environment()
         self.command = [self.map_path(a) for a in self.container["Command"]]
         self.entrypoint = [self.map_path("/usr/local/bin/weft-entrypoint")]
@@ -396,9 +426,7 @@ class Task:
         r = self.cluster.resolver
         env = {"PATH": "", "HOME": str(self.root)}
         for item in self.container.get("Environment", []):
-            value = str(r.resolve(item["Value"]))
-            # 0.0.0.0 in the task's own network namespace is the task's address.
-            value = value.replace("0.0.0.0", self.address)
+            value = str(r.resolve(localize(item["Value"], self.address)))
             env[item["Name"]] = self.map_path(value)
         for item in self.container.get("Secrets", []):
             env[item["Name"]] = self.cluster.resolve_secret(r.resolve(item["ValueFrom"]))
@@ -448,6 +476,183 @@ class Task:
         self.proc.kill()
         self.proc.wait()
 
+    def close(self):
+        for c in self.collectors:
+            c.stop()
+        self.log.close()
+
+
+class Collector:
+    """A task's collector container, as the service sees it: the
+    configuration the agent hands it (AOT_CONFIG_CONTENT from SSM, read with
+    the execution role), its ${env:...} expanded from the container's
+    environment, and an OTLP/gRPC receiver at the configuration's traces
+    endpoint that keeps what the service exports. The real collector (a
+    container image) cannot run here; what it would do with the data is
+    checked on the template (infra/tests/test_templates.py)."""
+
+    TRACE_EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+
+    def __init__(self, task, container):
+        import grpc
+
+        r = task.cluster.resolver
+        self.name = container["Name"]
+        env = {e["Name"]: str(r.resolve(localize(e["Value"], task.address)))
+               for e in container.get("Environment", [])}
+        for item in container.get("Secrets", []):
+            env[item["Name"]] = task.cluster.resolve_secret(r.resolve(item["ValueFrom"]))
+        text = env["AOT_CONFIG_CONTENT"]
+
+        def expand(m):
+            if m.group(1) not in env:
+                raise AssertionError(f"the collector's configuration reads ${{env:{m.group(1)}}}, "
+                                     f"which its container does not set")
+            return env[m.group(1)]
+
+        self.config = yaml.safe_load(localize(re.sub(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}", expand, text),
+                                              task.address))
+        scrape = self.config["receivers"]["prometheus"]["config"]["scrape_configs"]
+        self.scrape_targets = [(t, sc.get("labels", {})) for job in scrape for sc in job["static_configs"]
+                               for t in sc["targets"]]
+        self.otlp = self.config["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"]
+        self.exports = []
+        received = self.exports
+
+        class Traces(grpc.GenericRpcHandler):
+            def service(self, details):
+                if details.method != Collector.TRACE_EXPORT:
+                    return None
+                # An empty ExportTraceServiceResponse is zero bytes.
+                return grpc.unary_unary_rpc_method_handler(lambda request, _: (received.append(request), b"")[1])
+
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        self.server.add_generic_rpc_handlers((Traces(),))
+        self.server.add_insecure_port(self.otlp)
+        self.server.start()
+
+    def scrape(self):
+        """What the collector's Prometheus receiver reads: (labels it adds, text)."""
+        out = []
+        for target, labels in self.scrape_targets:
+            with urllib.request.urlopen(f"http://{target}/metrics", timeout=5) as response:
+                out.append((labels, response.read().decode()))
+        return out
+
+    def stop(self):
+        self.server.stop(grace=None)
+
+
+class LoadBalancer:
+    """The internal Network Load Balancer: TCP, so TLS passes through to the
+    targets; each new connection goes to the next target that passes the
+    target group's health check; a deregistered target gets no new
+    connections while its open ones carry on."""
+
+    def __init__(self, address, health):
+        self.health = health  # (protocol, port, path, interval)
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((address, 0))
+        self.sock.listen(128)
+        self.address = f"{address}:{self.sock.getsockname()[1]}"
+        self.targets = {}  # task id -> (ip, port)
+        self.healthy = set()
+        self.open = collections.Counter()
+        self.lock = threading.Lock()
+        self.turn = 0
+        self.closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+        threading.Thread(target=self._check, daemon=True).start()
+
+    def register(self, task_id, ip, port):
+        with self.lock:
+            self.targets[task_id] = (ip, port)
+
+    def deregister(self, task_id):
+        with self.lock:
+            self.targets.pop(task_id, None)
+            self.healthy.discard(task_id)
+
+    def connections(self, task_id):
+        with self.lock:
+            return self.open[task_id]
+
+    def _check(self):
+        protocol, port, path, interval = self.health
+        while not self.closed:
+            with self.lock:
+                targets = dict(self.targets)
+            for task_id, (ip, _) in targets.items():
+                try:
+                    with urllib.request.urlopen(f"{protocol.lower()}://{ip}:{port}{path}", timeout=2) as r:
+                        ok = r.status == 200
+                except OSError:
+                    ok = False
+                with self.lock:
+                    if ok and task_id in self.targets:
+                        self.healthy.add(task_id)
+                    else:
+                        self.healthy.discard(task_id)
+            time.sleep(interval)
+
+    def _pick(self):
+        with self.lock:
+            ready = sorted(self.healthy)
+            if not ready:
+                return None, None
+            self.turn += 1
+            task_id = ready[self.turn % len(ready)]
+            self.open[task_id] += 1
+            return task_id, self.targets[task_id]
+
+    def _accept(self):
+        while not self.closed:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            task_id, target = self._pick()
+            if target is None:
+                client.close()  # no healthy target: the NLB resets the connection
+                continue
+            try:
+                upstream = socket.create_connection(target, timeout=5)
+                upstream.settimeout(None)
+            except OSError:
+                client.close()
+                with self.lock:
+                    self.open[task_id] -= 1
+                continue
+            done = threading.Barrier(2, action=lambda t=task_id: self._closed(t))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b, done), daemon=True).start()
+
+    def _closed(self, task_id):
+        with self.lock:
+            self.open[task_id] -= 1
+
+    @staticmethod
+    def _pump(src, dst, done):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        try:
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        done.wait()
+        src.close()
+
+    def close(self):
+        self.closed = True
+        self.sock.close()
+
 
 class Service:
     """An ECS service of the template."""
@@ -458,9 +663,21 @@ class Service:
         self.props = props
         td_name = props["TaskDefinition"]["Ref"]
         self.definition = cluster.template["Resources"][td_name]["Properties"]
-        (self.container,) = self.definition["ContainerDefinitions"]
         self.task_role = self.definition["TaskRoleArn"]["Fn::GetAtt"][0]
         self.registries = [r.resolve(x) for x in props.get("ServiceRegistries", [])]
+        # The service's container is the one its registry names; the others
+        # are sidecars (the collector).
+        (main,) = {x["ContainerName"] for x in self.registries}
+        containers = self.definition["ContainerDefinitions"]
+        (self.container,) = [c for c in containers if c["Name"] == main]
+        self.sidecars = [c for c in containers if c["Name"] != main]
+        assert all(not c.get("Essential", True) for c in self.sidecars), "a sidecar that can stop the service"
+        # Target groups: (load balancer, container port, deregistration delay).
+        self.load_balancers = []
+        for lb in props.get("LoadBalancers", []):
+            group = lb["TargetGroupArn"]["Ref"]
+            self.load_balancers.append((cluster.load_balancer(group), lb["ContainerPort"],
+                                        cluster.deregistration_delay(group)))
         self.tasks = []
 
 
@@ -481,6 +698,7 @@ class Cluster:
         self.service_arns, self.secret_arns = {}, {}
         self.image = root / "image"
         self.rds = None
+        self.load_balancers, self.listener_ports = {}, {}
 
     # -- set-up, as CloudFormation would create the stack
 
@@ -531,6 +749,17 @@ class Cluster:
         self.attributes[f"{db_name}.Endpoint.Address"] = "127.0.0.1"
         self.attributes[f"{db_name}.Endpoint.Port"] = str(self.rds.port)
 
+        # Parameters (the collector's configuration) and the metrics log group.
+        ssm = self.moto.client("ssm")
+        for name, res in of_type(t, "AWS::SSM::Parameter").items():
+            props = r.resolve(res["Properties"])
+            ssm.put_parameter(Name=props["Name"], Value=props["Value"], Type=props["Type"])
+            self.refs[name] = props["Name"]
+        for name, res in of_type(t, "AWS::Logs::LogGroup").items():
+            group = r.resolve(res["Properties"]["LogGroupName"])
+            self.refs[name] = group
+            self.attributes[f"{name}.Arn"] = f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:{group}:*"
+
         # Roles: created with their inline policies, then assumed as ECS does.
         iam = self.moto.client("iam")
         sts = self.moto.client("sts")
@@ -566,8 +795,17 @@ class Cluster:
         shutil.copy(self.rds.ca, self.image / "etc" / "weft" / "rds-ca.pem")
 
     def resolve_secret(self, value_from):
-        """What the agent does with a container secret: reads it with the
-        execution role's credentials (recorded and checked like any call)."""
+        """What the agent does with a container secret: reads it, from
+        Secrets Manager or SSM Parameter Store, with the execution role's
+        credentials (recorded and checked like any call)."""
+        creds = self.role_credentials["ExecutionRole"]
+        as_execution_role = dict(aws_access_key_id=creds["AccessKeyId"], aws_secret_access_key=creds["SecretAccessKey"],
+                                 aws_session_token=creds["SessionToken"])
+        if value_from.startswith("arn:aws:ssm:"):
+            ssm = self.moto.client("ssm", **as_execution_role)
+            out = ssm.get_parameters(Names=[value_from], WithDecryption=True)
+            assert not out["InvalidParameters"], f"no SSM parameter {value_from}"
+            return out["Parameters"][0]["Value"]
         m = re.match(r"^(arn:aws:secretsmanager:[^:]+:[^:]+:secret:[^:]+)(?::([^:]*):([^:]*):([^:]*))?$", value_from)
         assert m, f"secret reference {value_from!r}"
         arn, json_key = m.group(1), m.group(2)
@@ -576,6 +814,28 @@ class Cluster:
                               aws_secret_access_key=creds["SecretAccessKey"], aws_session_token=creds["SessionToken"])
         text = sm.get_secret_value(SecretId=arn)["SecretString"]
         return json.loads(text)[json_key] if json_key else text
+
+    def load_balancer(self, group):
+        """The load balancer in front of target group `group` (one listener
+        forwards to it)."""
+        if group not in self.load_balancers:
+            t = self.template
+            props = t["Resources"][group]["Properties"]
+            (listener,) = [res["Properties"] for res in of_type(t, "AWS::ElasticLoadBalancingV2::Listener").values()
+                           if res["Properties"]["DefaultActions"][0]["TargetGroupArn"] == {"Ref": group}]
+            lb = t["Resources"][listener["LoadBalancerArn"]["Ref"]]["Properties"]
+            assert lb["Type"] == "network" and lb["Scheme"] == "internal", lb
+            assert listener["Protocol"] == "TCP", "TLS passes through to the service"
+            # The group's health check, every second rather than every
+            # HealthCheckIntervalSeconds while the rehearsal runs.
+            health = (props["HealthCheckProtocol"], props["HealthCheckPort"], props.get("HealthCheckPath", "/"), 1)
+            self.load_balancers[group] = LoadBalancer(f"127.0.0.{2 + len(self.load_balancers)}", health)
+            self.listener_ports[group] = listener["Port"]
+        return self.load_balancers[group]
+
+    def deregistration_delay(self, group):
+        attributes = self.template["Resources"][group]["Properties"].get("TargetGroupAttributes", [])
+        return next((int(a["Value"]) for a in attributes if a["Key"] == "deregistration_delay.timeout_seconds"), 300)
 
     # -- ECS
 
@@ -595,6 +855,10 @@ class Cluster:
                 "AWS_INIT_HEALTH_STATUS": "UNHEALTHY", "ECS_CLUSTER_NAME": "weft-rehearsal",
                 "ECS_SERVICE_NAME": service.name, "AVAILABILITY_ZONE": zone})
             task.registered = True
+        # ECS registers a running task's address with each target group;
+        # the load balancer routes to it once its health check passes.
+        for lb, port, _ in service.load_balancers:
+            lb.register(task.task_id, task.address, port)
         return task
 
     def deregister(self, task):
@@ -629,11 +893,19 @@ class Cluster:
             time.sleep(1)
 
     def stop_task(self, task):
-        """ECS stopping a task of a service: out of the registry first, then
-        SIGTERM, SIGKILL after stopTimeout."""
+        """ECS stopping a task of a service: out of the registry and the
+        target groups first; once the load balancer has drained it (its
+        connections closed, or the deregistration delay over), SIGTERM, then
+        SIGKILL after stopTimeout. Returns seconds from SIGTERM to exit."""
         self.deregister(task)
+        for lb, _, delay in task.service.load_balancers:
+            lb.deregister(task.task_id)
+            deadline = time.monotonic() + delay
+            while lb.connections(task.task_id) > 0 and time.monotonic() < deadline:
+                time.sleep(0.2)
         took = task.stop()
         task.service.tasks.remove(task)
+        task.close()
         return took
 
     def reap(self):
@@ -643,7 +915,10 @@ class Cluster:
             for task in list(service.tasks):
                 if not task.alive():
                     self.deregister(task)
+                    for lb, _, _ in service.load_balancers:
+                        lb.deregister(task.task_id)
                     service.tasks.remove(task)
+                    task.close()
 
     def instances(self, service):
         sd = self.moto.client("servicediscovery")
@@ -660,8 +935,10 @@ class Cluster:
             # The rehearsal's own set-up (as the stack's creator) is not checked.
             if iam.access_key_of(entry["headers"]) not in self.role_documents:
                 continue
-            call = iam.describe(entry, self.service_arns, self.secret_arns)
-            if call is not None:
+            call = iam.describe(entry, self.service_arns, self.secret_arns, REGION, ACCOUNT)
+            if isinstance(call, list):
+                out.extend(call)
+            elif call is not None:
                 out.append(call)
         return out
 
@@ -679,7 +956,9 @@ class Cluster:
             for task in service.tasks:
                 if task.alive():
                     task.kill()
-                task.log.close()
+                task.close()
+        for lb in getattr(self, "load_balancers", {}).values():
+            lb.close()
         if self.rds:
             try:
                 self.rds.stop()

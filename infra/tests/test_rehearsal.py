@@ -6,12 +6,18 @@ as RDS does. Checks that:
 
 - every task starts and passes its container health check, with the
   development CA path of docs/deploy.md and a trust domain of the stack's own;
+- grpcurl and the Python SDK reach orders through the internal load
+  balancer over mTLS with the commands docs/deploy.md gives, and a caller
+  without a certificate does not;
 - the merchant account is settled by orders itself, and orders confirm;
 - a rolling deployment of every service under steady load fails no call;
 - a task killed with SIGKILL leaves no instance registered;
 - a 30 s database outage fails no container health check, while calls that
   need the database answer UNAVAILABLE and recover by themselves;
 - a task stops within its stopTimeout even with Cloud Map unresponsive;
+- each task's metrics hold every series the collector's configuration sends
+  to CloudWatch, with the dimensions it declares, and its traces reach the
+  collector's endpoint;
 - every AWS call a task (or the agent, with the execution role) made is
   allowed by its role's policy, and removing a needed action is caught.
 
@@ -21,10 +27,15 @@ Figures are printed as `[rehearsal] ...` lines.
 import copy
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
+import sys
+import threading
 import time
 import unittest
+import uuid
 
 import rehearsal
 from rehearsal import Cluster, tempdir, wait_for, weft
@@ -56,8 +67,12 @@ class Rehearsal(unittest.TestCase):
         certs = root / "certs"
         weft("certs", "init", "--dir", str(certs), "--trust-domain", TRUST_DOMAIN)
         secrets = {}
+        # Clients of the ingress check orders' certificate against this name.
+        namespace = rehearsal.load_template()["Parameters"]["NamespaceName"]["Default"]
+        cls.ingress_name = f"orders.{namespace}"
         for service in ("inventory", "payments", "orders"):
-            weft("certs", "issue", "--dir", str(certs), "--service", service)
+            sans = ["--san", cls.ingress_name] if service == "orders" else []
+            weft("certs", "issue", "--dir", str(certs), "--service", service, *sans)
             secrets[f"{service.title()}TlsSecretArn"] = {
                 "cert": (certs / f"{service}.pem").read_text(),
                 "key": (certs / f"{service}.key").read_text(),
@@ -131,22 +146,96 @@ class Rehearsal(unittest.TestCase):
         self.assertTrue(done, err[-2000:])
         return done[-1], err
 
+    # -- through the ingress load balancer, as docs/deploy.md says to call it
+
+    def ingress(self):
+        (group,) = self.cluster.load_balancers
+        return self.cluster.load_balancers[group].address
+
+    def grpcurl(self, *args, client_cert=True):
+        certs = self.certs
+        tls = ["-cacert", str(certs / "ca.pem")]
+        if client_cert:
+            tls += ["-cert", str(certs / "operator-admin.pem"), "-key", str(certs / "operator-admin.key")]
+        return subprocess.run([shutil.which("grpcurl") or "grpcurl", *tls, "-authority", self.ingress_name,
+                               *args], capture_output=True, text=True, timeout=30)
+
+    def sdk_orders(self):
+        sys.path.insert(0, str(rehearsal.REPO / "sdk" / "python" / "src"))
+        import weft_sdk
+        from weft.orders.v1 import orders_pb2, orders_pb2_grpc
+
+        channel = weft_sdk.channel(self.ingress(), certs=str(self.certs), operator="admin",
+                                   server_name=self.ingress_name)
+        return channel, orders_pb2_grpc.OrdersServiceStub(channel), orders_pb2
+
+    def sdk_load(self, stop, outcome):
+        """Orders placed through the ingress over one channel (one HTTP/2
+        connection through the load balancer, as an SDK client keeps)."""
+        import grpc
+
+        channel, orders, pb = self.sdk_orders()
+        try:
+            while not stop.is_set():
+                try:
+                    order = orders.PlaceOrder(pb.PlaceOrderRequest(
+                        idempotency_key=f"sdk-{uuid.uuid4()}", customer_id="sdk", payment_account_id=self.account,
+                        lines=[pb.OrderLineRequest(sku="GADGET-1", quantity=1)]), timeout=30).order
+                    outcome["confirmed" if order.status == pb.ORDER_STATUS_CONFIRMED else "other"] += 1
+                except grpc.RpcError as e:
+                    outcome["errors"].append(f"{e.code().name}: {e.details()}")
+                time.sleep(0.2)
+        finally:
+            channel.close()
+
     # The tests run in name order, each on the cluster the last left.
+
+    def test_0_grpcurl_and_the_sdk_reach_orders_through_the_ingress(self):
+        listed = self.grpcurl(self.ingress(), "list")
+        self.assertEqual(listed.returncode, 0, listed.stderr)
+        self.assertIn("weft.orders.v1.OrdersService", listed.stdout.split())
+        placed = self.grpcurl("-d", json.dumps({
+            "idempotency_key": "grpcurl-1", "customer_id": "grpcurl", "payment_account_id": self.account,
+            "lines": [{"sku": "WIDGET-1", "quantity": 1}]}), self.ingress(), "weft.orders.v1.OrdersService/PlaceOrder")
+        self.assertEqual(placed.returncode, 0, placed.stderr)
+        self.assertEqual(json.loads(placed.stdout)["order"]["status"], "ORDER_STATUS_CONFIRMED")
+        # mTLS end to end: the load balancer does not let a caller without a
+        # certificate of the mesh's CA in.
+        anonymous = self.grpcurl(self.ingress(), "list", client_cert=False)
+        self.assertNotEqual(anonymous.returncode, 0, anonymous.stdout)
+        channel, orders, pb = self.sdk_orders()
+        with channel:
+            listed = orders.ListOrders(pb.ListOrdersRequest(customer_id="grpcurl"), timeout=10).orders
+        self.assertEqual([o.status for o in listed], [pb.ORDER_STATUS_CONFIRMED])
+        figure(f"ingress: grpcurl and the Python SDK reach orders through the load balancer at {self.ingress()} "
+               f"verifying {self.ingress_name}")
 
     def test_1_rolling_deployment_under_load_fails_no_call(self):
         load = self.start_load()
+        stop, outcome = threading.Event(), {"confirmed": 0, "other": 0, "errors": []}
+        sdk = threading.Thread(target=self.sdk_load, args=(stop, outcome))
+        sdk.start()
         time.sleep(3)
         stops = []
-        for service in self.cluster.services.values():
-            for old in list(service.tasks):
-                new = self.cluster.start_task(service)
-                self.cluster.wait_healthy(new)
-                stops.append(self.cluster.stop_task(old))
-        time.sleep(2)
+        try:
+            for service in self.cluster.services.values():
+                for old in list(service.tasks):
+                    new = self.cluster.start_task(service)
+                    self.cluster.wait_healthy(new)
+                    stops.append(self.cluster.stop_task(old))
+            time.sleep(2)
+        finally:
+            stop.set()
+            sdk.join()
         done, err = self.stop_load(load)
         figure(f"rolling deployment of every service under load: {done}; slowest stop {max(stops):.1f} s")
+        figure(f"the same through the ingress (Python SDK, one channel): {outcome['confirmed']} confirmed, "
+               f"{outcome['other']} not confirmed, {len(outcome['errors'])} errors")
         self.assertRegex(done, r", 0 errors$", err[-3000:])
         self.assertNotRegex(done, r" 0 confirmed", "the load placed orders")
+        self.assertEqual(outcome["errors"], [], "calls through the ingress failed during the deployment")
+        self.assertEqual(outcome["other"], 0)
+        self.assertGreater(outcome["confirmed"], 0)
 
     def test_2_a_killed_task_leaves_no_registered_instance(self):
         service = self.cluster.services["inventory"]
@@ -199,8 +288,57 @@ class Rehearsal(unittest.TestCase):
         finally:
             cluster.moto.proc.send_signal(signal.SIGCONT)
         service.tasks.remove(task)
+        task.close()
         figure(f"SIGTERM to exit with Cloud Map unresponsive: {took:.1f} s (stopTimeout {task.container['StopTimeout']} s)")
         self.assertLess(took, task.container["StopTimeout"])
+
+    def test_4a_metrics_and_traces_reach_the_tasks_collector(self):
+        """What the collector sends to CloudWatch exists: every series its
+        metric_declarations select is in some task's metrics, carrying the
+        dimensions declared for it; every task's traces reach the
+        collector's OTLP endpoint."""
+        self.place_order(f"telemetry-{time.monotonic()}")
+        series = []  # (service, collector-side name, labels)
+        families = set()  # as the collector names them
+        expiry = {}
+        for service in self.cluster.services.values():
+            for task in service.tasks:
+                (collector,) = task.collectors
+                for added, text in collector.scrape():
+                    self.assertEqual(added.get("service"), service.name, "the scrape labels the service")
+                    for line in text.splitlines():
+                        if line.startswith("# TYPE "):
+                            _, _, family, kind = line.split(" ", 3)
+                            families.add(family + "_total" if kind == "counter" else family)
+                    for name, labels in prometheus_series(text):
+                        series.append((service.name, name, dict(labels, **added)))
+                        if name == "weft_tls_certificate_expiry_seconds":
+                            expiry[service.name] = float(labels["__value__"])
+        (declarations,) = {json.dumps(t.collectors[0].config["exporters"]["awsemf"]["metric_declarations"])
+                           for s in self.cluster.services.values() for t in s.tasks}
+        declarations = json.loads(declarations)
+        for declaration in declarations:
+            for selector in declaration["metric_name_selectors"]:
+                hits = [(svc, labels) for svc, name, labels in series if re.search(selector, name)]
+                # Retries are counted per method, so their series appear with
+                # the first retry (which a quiet mesh may not have made).
+                if "retries" in selector and not hits:
+                    continue
+                self.assertTrue(hits, f"no task exports a series {selector} selects: {sorted(families)}")
+                for dims in declaration["dimensions"]:
+                    self.assertTrue(any(all(d in labels for d in dims) for _, labels in hits),
+                                    f"{selector}: no series carries the dimensions {dims}")
+        for service in self.cluster.services:
+            self.assertIn(service, expiry, f"{service} reports its certificate's expiry")
+            # weft certs issue: 30 days.
+            self.assertTrue(29 * 86400 < expiry[service] <= 30 * 86400, expiry)
+        # Traces: each task exported to the collector in its own task.
+        for service in self.cluster.services.values():
+            for task in service.tasks:
+                wait_for(f"{service.name} traces at the collector", lambda: task.collectors[0].exports, 30)
+                self.assertTrue(any(service.name.encode() in e for e in task.collectors[0].exports))
+        figure(f"telemetry: {len(series)} series scraped across {sum(len(s.tasks) for s in self.cluster.services.values())} "
+               f"tasks hold every series the collector sends to CloudWatch; every task's traces reached its collector")
 
     def test_5_every_aws_call_is_allowed_by_its_role(self):
         calls = self.cluster.calls()
@@ -210,6 +348,7 @@ class Rehearsal(unittest.TestCase):
         self.assertIn(("InventoryTaskRole", "servicediscovery:UpdateInstanceCustomHealthStatus"), made)
         self.assertIn(("OrdersTaskRole", "servicediscovery:DiscoverInstances"), made)
         self.assertIn(("ExecutionRole", "secretsmanager:GetSecretValue"), made)
+        self.assertIn(("ExecutionRole", "ssm:GetParameters"), made)
         denied = self.cluster.denied()
         self.assertEqual(denied, [], "calls the template's policies would deny")
         # The check can fail: without the action that reports health, the
@@ -226,6 +365,35 @@ class Rehearsal(unittest.TestCase):
         self.assertTrue(denied)
         self.assertTrue(all(role == "InventoryTaskRole" and c.action.endswith("UpdateInstanceCustomHealthStatus")
                             for role, c in denied), denied)
+
+
+def prometheus_series(text):
+    """(name as the collector's Prometheus receiver names it, labels with
+    the sample value under __value__) for each sample of an OpenMetrics
+    text: counters keep their _total; a histogram is one metric under its
+    family name."""
+    types = {}
+    out = []
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, family, kind = line.split(" ", 3)
+            types[family] = kind
+            continue
+        if not line or line.startswith("#"):
+            continue
+        m = re.match(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)", line)
+        if not m:
+            continue
+        name, raw, value = m.groups()
+        labels = dict(re.findall(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"', raw or ""))
+        labels["__value__"] = value
+        for suffix in ("_bucket", "_sum", "_count", "_created"):
+            family = name[: -len(suffix)] if name.endswith(suffix) else None
+            if family and types.get(family) == "histogram":
+                name = family
+                break
+        out.append((name, labels))
+    return out
 
 
 if __name__ == "__main__":

@@ -8,13 +8,18 @@ a Cloud Map service with custom health per Weft service.
 Run: python -m unittest discover -s infra/tests (scripts/test does).
 """
 
+import json
 import pathlib
 import re
+import subprocess
+import sys
 import unittest
 
+import yaml
 from cfnlint.decode import decode
 
 ROOT = pathlib.Path(__file__).resolve().parents[1] / "cloudformation"
+COLLECTOR = ROOT.parent / "collector.yaml"
 SERVICES = ("inventory", "payments", "orders")
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|_PEM$|_KEY$|CREDENTIAL", re.I)
 
@@ -47,9 +52,24 @@ class WeftTemplate(unittest.TestCase):
         cls.t = load("weft.yaml")
 
     def containers(self):
+        """Each task definition's service container (the one its ECS
+        service's registry names)."""
         for name, props in of_type(self.t, "AWS::ECS::TaskDefinition").items():
             for c in props["ContainerDefinitions"]:
-                yield name, props, c
+                if c["Name"] != "collector":
+                    yield name, props, c
+
+    def collectors(self):
+        for name, props in of_type(self.t, "AWS::ECS::TaskDefinition").items():
+            (service,) = [c for c in props["ContainerDefinitions"] if c["Name"] != "collector"]
+            (collector,) = [c for c in props["ContainerDefinitions"] if c["Name"] == "collector"]
+            yield name, service, collector
+
+    def test_the_template_is_generated_from_its_source(self):
+        # One definition of a service, rendered three times: a hand edit of
+        # weft.yaml (or a source change not rendered) fails here.
+        out = subprocess.run([sys.executable, str(ROOT / "generate.py"), "--check"], capture_output=True, text=True)
+        self.assertEqual(out.returncode, 0, out.stderr)
 
     def test_one_of_everything_per_service(self):
         discovery = of_type(self.t, "AWS::ServiceDiscovery::Service")
@@ -60,7 +80,8 @@ class WeftTemplate(unittest.TestCase):
         self.assertEqual(len(of_type(self.t, "AWS::ServiceDiscovery::HttpNamespace")), 1)
         services = of_type(self.t, "AWS::ECS::Service")
         self.assertEqual(sorted(p["ServiceName"] for p in services.values()), sorted(SERVICES))
-        self.assertEqual(len(of_type(self.t, "AWS::Logs::LogGroup")), 3)
+        # One per service, and one for the collectors' metric lines.
+        self.assertEqual(len(of_type(self.t, "AWS::Logs::LogGroup")), 4)
         for name, props in of_type(self.t, "AWS::Logs::LogGroup").items():
             self.assertIn("RetentionInDays", props, name)
 
@@ -131,9 +152,12 @@ class WeftTemplate(unittest.TestCase):
         roles = of_type(self.t, "AWS::IAM::Role")
         task_roles = {n: p for n, p in roles.items() if n.endswith("TaskRole")}
         self.assertEqual(len(task_roles), 3)
+        # Actions that have no resource-level permissions, and only those, on "*".
         allowed_star = {
             ("servicediscovery:DiscoverInstances", "servicediscovery:DiscoverInstancesRevision"),
             ("servicediscovery:ListNamespaces", "servicediscovery:ListServices"),
+            ("xray:PutTraceSegments", "xray:PutTelemetryRecords", "xray:GetSamplingRules",
+             "xray:GetSamplingTargets"),
         }
         for name, props in task_roles.items():
             self.assertNotIn("ManagedPolicyArns", props, name)
@@ -142,7 +166,7 @@ class WeftTemplate(unittest.TestCase):
                     actions = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
                     self.assertEqual(st["Effect"], "Allow")
                     for a in actions:
-                        self.assertTrue(a.startswith("servicediscovery:"), f"{name}: {a}")
+                        self.assertTrue(a.split(":")[0] in ("servicediscovery", "logs", "xray"), f"{name}: {a}")
                         self.assertNotIn("*", a, f"{name}: {a}")
                     if st["Resource"] == "*":
                         self.assertIn(tuple(actions), allowed_star, f"{name}: {actions} on *")
@@ -151,6 +175,10 @@ class WeftTemplate(unittest.TestCase):
                                 st["Condition"]["StringEquals"]["servicediscovery:NamespaceName"],
                                 {"Ref": "NamespaceName"},
                             )
+                    elif actions[0].startswith("logs:"):
+                        # The collectors' metrics log group only.
+                        self.assertEqual(st["Resource"], {"Fn::GetAtt": ["MetricsLogGroup", "Arn"]}, name)
+                        self.assertNotIn("logs:CreateLogGroup", actions, name)
                     else:
                         # Its own Cloud Map service only.
                         self.assertEqual(list(st["Resource"].keys()), ["Fn::GetAtt"], name)
@@ -205,6 +233,129 @@ class WeftTemplate(unittest.TestCase):
         for name, t in targets.items():
             self.assertEqual(t["MinCapacity"], {"Ref": "DesiredCount"}, name)
 
+    # -- ingress
+
+    def test_ingress_passes_mtls_through_to_orders_only_when_ready(self):
+        (lb,) = of_type(self.t, "AWS::ElasticLoadBalancingV2::LoadBalancer").values()
+        self.assertEqual((lb["Type"], lb["Scheme"]), ("network", "internal"))
+        (listener,) = of_type(self.t, "AWS::ElasticLoadBalancingV2::Listener").values()
+        # TCP: the load balancer never terminates TLS, so orders sees (and
+        # authorizes) the caller's own certificate.
+        self.assertEqual((listener["Protocol"], listener["Port"]), ("TCP", 443))
+        (group_name,) = of_type(self.t, "AWS::ElasticLoadBalancingV2::TargetGroup")
+        group = self.t["Resources"][group_name]["Properties"]
+        self.assertEqual(listener["DefaultActions"], [{"Type": "forward", "TargetGroupArn": {"Ref": group_name}}])
+        (orders,) = [p for p in of_type(self.t, "AWS::ECS::Service").values() if p["ServiceName"] == "orders"]
+        (binding,) = orders["LoadBalancers"]
+        (_, _, container) = [(n, p, c) for n, p, c in self.containers() if c["Name"] == "orders"][0]
+        port = container["PortMappings"][0]["ContainerPort"]
+        self.assertEqual(binding, {"TargetGroupArn": {"Ref": group_name}, "ContainerName": "orders", "ContainerPort": port})
+        self.assertEqual((group["TargetType"], group["Protocol"], group["Port"]), ("ip", "TCP", port))
+        # Health: readiness on the metrics listener, not a bare TCP connect.
+        metrics_port = env(container)["WEFT_METRICS_ADDR"].rsplit(":", 1)[1]
+        self.assertEqual((group["HealthCheckProtocol"], str(group["HealthCheckPort"]), group["HealthCheckPath"]),
+                         ("HTTP", metrics_port, "/ready"))
+        attributes = {a["Key"]: a["Value"] for a in group["TargetGroupAttributes"]}
+        delay = int(attributes["deregistration_delay.timeout_seconds"])
+        # ECS waits out the delay before SIGTERM: keep it short of the stop timeout.
+        self.assertLess(delay, container["StopTimeout"])
+        for other in (p for p in of_type(self.t, "AWS::ECS::Service").values() if p["ServiceName"] != "orders"):
+            self.assertNotIn("LoadBalancers", other)
+        # Reachable from IngressCidr on 443; tasks take the balancer's traffic
+        # on the gRPC port and its health checks on the metrics port, nothing else.
+        (sg,) = [p for n, p in of_type(self.t, "AWS::EC2::SecurityGroup").items() if n == "IngressSecurityGroup"]
+        self.assertEqual([(r["FromPort"], r["CidrIp"]) for r in sg["SecurityGroupIngress"]], [(443, {"Ref": "IngressCidr"})])
+        from_ingress = sorted(p["FromPort"] for p in of_type(self.t, "AWS::EC2::SecurityGroupIngress").values()
+                              if p.get("SourceSecurityGroupId") == {"Ref": "IngressSecurityGroup"})
+        self.assertEqual(from_ingress, sorted([port, int(metrics_port)]))
+        self.assertIn("IngressAddress", self.t["Outputs"])
+        self.assertEqual(self.t["Outputs"]["IngressServerName"]["Value"], {"Fn::Sub": "orders.${NamespaceName}"})
+
+    # -- telemetry
+
+    def collector_config(self):
+        (param,) = of_type(self.t, "AWS::SSM::Parameter").values()
+        self.assertEqual(param["Value"].strip(), COLLECTOR.read_text().strip(), "the SSM parameter is infra/collector.yaml")
+        return yaml.safe_load(param["Value"])
+
+    def test_the_collector_reads_the_services_metrics_and_takes_its_traces(self):
+        config = self.collector_config()
+        read = set(re.findall(r"\$\{env:([A-Za-z_]+)\}", COLLECTOR.read_text()))
+        otlp = config["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"]
+        for name, service, collector in self.collectors():
+            self.assertIs(collector["Essential"], False, f"{name}: a collector failure must not stop the service")
+            self.assertIn({"ContainerName": "collector", "Condition": "START"}, service["DependsOn"], name)
+            secrets = {x["Name"]: x["ValueFrom"] for x in collector["Secrets"]}
+            self.assertIn("CollectorConfig", str(secrets["AOT_CONFIG_CONTENT"]), name)
+            e = env(collector)
+            self.assertEqual(read - {"WEFT_METRICS_LOG_GROUP"} - set(e), set(), f"{name}: unset ${{env:...}}")
+            self.assertEqual(e["WEFT_SERVICE"], service["Name"], name)
+            # The scrape target is the service's metrics port, on loopback.
+            listen = env(service)["WEFT_METRICS_ADDR"]
+            self.assertEqual(e["WEFT_METRICS_TARGET"], "127.0.0.1:" + listen.rsplit(":", 1)[1], name)
+            self.assertEqual(env(service)["OTEL_EXPORTER_OTLP_ENDPOINT"], f"http://{otlp}", name)
+            self.assertEqual(e["WEFT_METRICS_LOG_GROUP"], {"Ref": "MetricsLogGroup"}, name)
+        self.assertEqual(config["exporters"]["awsemf"]["namespace"], "Weft")
+        pipelines = config["service"]["pipelines"]
+        self.assertEqual(pipelines["metrics"]["exporters"], ["awsemf"])
+        self.assertEqual(pipelines["traces"]["exporters"], ["awsxray"])
+        # The execution role reads this parameter and no other.
+        (execution,) = [p for n, p in of_type(self.t, "AWS::IAM::Role").items() if n == "ExecutionRole"]
+        statements = [st for pol in execution["Policies"] for st in pol["PolicyDocument"]["Statement"]]
+        (ssm,) = [st for st in statements if st["Action"] == "ssm:GetParameters"]
+        self.assertIn("${CollectorConfig}", ssm["Resource"]["Fn::Sub"])
+
+    def declared(self):
+        """(metric, dimension set) pairs the collector sends to CloudWatch."""
+        out = set()
+        for d in self.collector_config()["exporters"]["awsemf"]["metric_declarations"]:
+            for selector in d["metric_name_selectors"]:
+                self.assertRegex(selector, r"^\^[a-z_]+\$$", "selectors name one metric each")
+                for dims in d["dimensions"]:
+                    out.add((selector[1:-1], frozenset(dims)))
+        return out
+
+    def test_alarms_and_the_dashboard_read_only_what_the_collector_sends(self):
+        declared = self.declared()
+        used = set()
+        for name, alarm in of_type(self.t, "AWS::CloudWatch::Alarm").items():
+            stats = [m["MetricStat"]["Metric"] for m in alarm.get("Metrics", []) if "MetricStat" in m]
+            if "MetricName" in alarm:
+                stats.append(alarm)
+            for m in stats:
+                if m["Namespace"] == "Weft":
+                    used.add((m["MetricName"], frozenset(d["Name"] for d in m["Dimensions"])))
+        body = self.t["Resources"]["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
+        widgets = json.loads(body)["widgets"]
+        for w in widgets:
+            for row in w["properties"].get("metrics", []):
+                if row and row[0] == "Weft":
+                    names = [x for x in row[1:] if isinstance(x, str)]
+                    used.add((names[0], frozenset(names[1::2])))
+                for item in row:
+                    if isinstance(item, dict) and "SEARCH(" in item.get("expression", ""):
+                        m = re.search(r"\{Weft,([a-z_,]+)\} MetricName=\"([a-z_]+)\"", item["expression"])
+                        used.add((m.group(2), frozenset(m.group(1).split(","))))
+        self.assertTrue(used)
+        self.assertEqual(used - declared, set(), "read but never sent to CloudWatch")
+
+    def test_every_service_is_alarmed_and_so_are_the_database_and_deployments(self):
+        alarms = of_type(self.t, "AWS::CloudWatch::Alarm")
+        for s in SERVICES:
+            for kind in ("ErrorRate", "Latency", "TaskCount", "CertificateExpiry"):
+                self.assertIn(f"{s.title()}{kind}Alarm", alarms)
+        for kind in ("Cpu", "Storage", "Connections"):
+            self.assertIn(f"Database{kind}Alarm", alarms)
+        for name, alarm in alarms.items():
+            self.assertEqual(alarm["AlarmActions"], [{"Ref": "AlarmTopic"}], name)
+        (rule,) = of_type(self.t, "AWS::Events::Rule").values()
+        self.assertEqual(rule["EventPattern"]["detail"]["eventName"], ["SERVICE_DEPLOYMENT_FAILED"])
+        self.assertEqual(rule["Targets"][0]["Arn"], {"Ref": "AlarmTopic"})
+        # Every alarm is on the dashboard.
+        body = self.t["Resources"]["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
+        (panel,) = [w for w in json.loads(body)["widgets"] if w["type"] == "alarm"]
+        self.assertEqual(sorted(panel["properties"]["alarms"]), sorted(f"${{{n}.Arn}}" for n in alarms))
+
 
 class NetworkTemplate(unittest.TestCase):
     def test_private_subnets_in_two_zones(self):
@@ -226,7 +377,7 @@ class NetworkTemplate(unittest.TestCase):
                    if p["SubnetId"]["Ref"].startswith("PrivateSubnet")}
         self.assertEqual(len(set(private.values())), 2, "each private subnet has its own route table")
         endpoints = {str(p["ServiceName"]) for p in of_type(t, "AWS::EC2::VPCEndpoint").values()}
-        for service in ("ecr.api", "ecr.dkr", "s3", "servicediscovery", "secretsmanager", "logs"):
+        for service in ("ecr.api", "ecr.dkr", "s3", "servicediscovery", "secretsmanager", "logs", "ssm", "xray"):
             self.assertTrue(any(e.endswith(f".{service}'}}") or e.endswith(f".{service}") for e in endpoints), service)
 
 
