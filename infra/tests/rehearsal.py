@@ -872,7 +872,10 @@ class Cluster:
     def wait_healthy(self, task, timeout=None):
         """Runs the container health check as the agent does until it
         passes; fails when the task would be replaced (retries failures
-        past the start period) or its process exits."""
+        past the start period) or its process exits. A service behind a
+        load balancer counts a task healthy (and so goes on with a
+        deployment) only once its target group's health check passes too,
+        within the service's HealthCheckGracePeriodSeconds."""
         hc = task.container["HealthCheck"]
         failures = 0
         deadline = time.monotonic() + (timeout or hc["StartPeriod"] + hc["Retries"] * hc["Interval"] + 30)
@@ -880,6 +883,10 @@ class Cluster:
             if not task.alive():
                 raise AssertionError(f"{task.service.name} task exited: {task.log_path.read_text()[-3000:]}")
             if task.health_check():
+                grace = task.service.props.get("HealthCheckGracePeriodSeconds", 0)
+                for lb, _, _ in task.service.load_balancers:
+                    wait_for(f"{task.service.name} task healthy in its target group",
+                             lambda: task.task_id in lb.healthy, grace)
                 return time.monotonic() - task.started
             if time.monotonic() - task.started > hc["StartPeriod"]:
                 failures += 1
