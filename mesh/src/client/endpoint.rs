@@ -61,6 +61,11 @@ pub struct EndpointState {
     /// Health as the endpoint's grpc.health.v1 Watch stream reports it; false
     /// while the stream is down (the connection failed).
     serving: AtomicBool,
+    /// The live Watch stream last said NOT_SERVING: the server answers but
+    /// asks to be left (it is draining, or not ready). Such an endpoint is
+    /// picked only when no endpoint is available; false once the stream or
+    /// the connection ends.
+    draining: AtomicBool,
     consecutive_failures: AtomicU32,
     ejections: AtomicU32,
     ejected_until: Mutex<Option<Instant>>,
@@ -87,6 +92,7 @@ impl EndpointState {
             ewma: Mutex::new((DEFAULT_RTT.as_nanos() as f64, Instant::now())),
             in_flight: AtomicUsize::new(0),
             serving: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             consecutive_failures: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
             ejected_until: Mutex::new(None),
@@ -121,13 +127,28 @@ impl EndpointState {
 
     /// Whether the balancer may pick it now.
     pub fn available(&self) -> bool {
-        if !self.serving.load(Ordering::Acquire) {
-            return false;
-        }
+        self.serving.load(Ordering::Acquire) && !self.ejected()
+    }
+
+    /// Whether the balancer may pick it when no endpoint is available: its
+    /// server said NOT_SERVING on a live connection and still answers. A
+    /// rollout that stops old instances before every client has seen the
+    /// new ones then costs no call: the old ones serve out their drain.
+    pub fn last_resort(&self) -> bool {
+        self.draining.load(Ordering::Acquire) && !self.ejected()
+    }
+
+    fn ejected(&self) -> bool {
         match self.ejected_until.lock().map(|g| *g) {
-            Ok(Some(until)) => Instant::now() >= until,
-            _ => true,
+            Ok(Some(until)) => Instant::now() < until,
+            _ => false,
         }
+    }
+
+    /// What the live Watch stream reported.
+    pub fn health_reported(&self, serving: bool) {
+        self.draining.store(!serving, Ordering::Release);
+        self.set_serving(serving);
     }
 
     /// The load the balancer compares: latency estimate × (in flight + 1).
@@ -184,6 +205,7 @@ impl EndpointState {
     /// next connection attempt grows (1 s ×1.6, jitter 0.2, at most 120 s).
     pub fn connection_failed(&self) -> Duration {
         self.events.reconnects.inc();
+        self.draining.store(false, Ordering::Release);
         self.set_serving(false);
         self.reconnect
             .lock()
@@ -307,6 +329,25 @@ mod tests {
         );
         let _busy = (e.start(), e.start());
         assert!(e.cost() > slow * 2.5, "two calls in flight triple the cost");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn not_serving_on_a_live_stream_is_a_last_resort_until_the_stream_ends() {
+        let e = endpoint(FailurePolicy::default());
+        assert!(e.available() && !e.last_resort());
+        e.health_reported(false);
+        assert!(!e.available(), "NOT_SERVING leaves the pool");
+        assert!(e.last_resort(), "but still answers, if nothing else does");
+        e.connection_failed();
+        assert!(!e.last_resort(), "not once its stream or connection ended");
+        e.health_reported(false);
+        for _ in 0..7 {
+            e.call_failed();
+        }
+        assert!(!e.last_resort(), "an ejected endpoint is no resort");
+        e.health_reported(true);
+        tokio::time::advance(Duration::from_secs(31)).await;
+        assert!(e.available() && !e.last_resort());
     }
 
     #[tokio::test(start_paused = true)]

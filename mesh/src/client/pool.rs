@@ -76,10 +76,16 @@ impl Pool {
     }
 
     /// Picks the cheaper of two random available endpoints, preferring ones
-    /// not in `tried` (a retry goes elsewhere when it can).
+    /// not in `tried` (a retry goes elsewhere when it can). With none
+    /// available, picks among the draining ones (see
+    /// [`EndpointState::last_resort`]).
     pub fn pick(&self, tried: &[String]) -> Option<Arc<EndpointState>> {
         let all = self.snapshot();
-        let available: Vec<&Arc<EndpointState>> = all.iter().filter(|e| e.available()).collect();
+        let mut available: Vec<&Arc<EndpointState>> =
+            all.iter().filter(|e| e.available()).collect();
+        if available.is_empty() {
+            available = all.iter().filter(|e| e.last_resort()).collect();
+        }
         let fresh: Vec<&Arc<EndpointState>> = available
             .iter()
             .copied()
@@ -228,7 +234,7 @@ async fn watch_health(state: Arc<EndpointState>, pool: std::sync::Weak<Pool>) {
             Ok(response) => {
                 let mut stream = response.into_inner();
                 while let Ok(Some(update)) = stream.message().await {
-                    state.set_serving(update.status() == ServingStatus::Serving);
+                    state.health_reported(update.status() == ServingStatus::Serving);
                     notify(&pool);
                 }
             }
@@ -243,5 +249,47 @@ async fn watch_health(state: Arc<EndpointState>, pool: std::sync::Weak<Pool>) {
         let delay = state.connection_failed();
         notify(&pool);
         tokio::time::sleep(delay).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::endpoint::FailurePolicy;
+
+    fn endpoint(id: &str) -> Arc<EndpointState> {
+        let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy();
+        Arc::new(EndpointState::new(
+            id.into(),
+            ([127, 0, 0, 1], 9).into(),
+            vec![channel],
+            FailurePolicy::default(),
+        ))
+    }
+
+    fn pool_of(endpoints: &[Arc<EndpointState>]) -> Arc<Pool> {
+        let pool = Pool::new(PoolEvents::default());
+        if let Ok(mut e) = pool.endpoints.write() {
+            *e = Arc::from(endpoints.to_vec());
+        }
+        pool
+    }
+
+    #[tokio::test]
+    async fn draining_endpoints_are_picked_only_when_none_is_available() {
+        let (old, new) = (endpoint("old"), endpoint("new"));
+        let pool = pool_of(&[old.clone(), new.clone()]);
+        assert!(pool.pick(&[]).is_none(), "neither has reported its health");
+        // The old one drains before the new one is known to serve: it still
+        // answers, so it is picked rather than failing the call.
+        old.health_reported(false);
+        assert_eq!(pool.pick(&[]).map(|e| e.id.clone()), Some("old".into()));
+        new.health_reported(true);
+        for _ in 0..20 {
+            assert_eq!(pool.pick(&[]).map(|e| e.id.clone()), Some("new".into()));
+        }
+        new.connection_failed();
+        old.connection_failed();
+        assert!(pool.pick(&[]).is_none(), "nothing answers");
     }
 }

@@ -231,6 +231,7 @@ pub async fn serve(
     // say NOT_SERVING so health watchers move away, and leave discovery so
     // pollers do; the listener stays open for the drain period.
     let health_abort = health_task.0.abort_handle();
+    let mut closing_reporter = reporter.clone();
     let on_drain = async move {
         health_abort.abort();
         ready.store(false, Ordering::Relaxed);
@@ -252,6 +253,16 @@ pub async fn serve(
         shutdown,
         on_drain,
         move |stop_accepting| async move {
+            // When the drain period is over, end every health watch (clients
+            // have seen NOT_SERVING and moved away): a watch is a call that
+            // never finishes by itself, and would hold its connection, and
+            // so the shutdown, for the whole grace period.
+            let stop_accepting = async move {
+                stop_accepting.await;
+                for service in ["", grpc_service, LIVENESS] {
+                    closing_reporter.clear_service_status(service).await;
+                }
+            };
             match tls {
                 Some(tls) => {
                     router
