@@ -11,6 +11,9 @@ use weft_proto::orders::v1::orders_service_client::OrdersServiceClient;
 
 use crate::target::{Mesh, MeshArgs};
 
+/// How many distinct reasons an order was not confirmed are printed.
+const MAX_REASONS: usize = 10;
+
 /// `weft load`'s settings.
 #[derive(Debug, Args)]
 pub struct LoadArgs {
@@ -47,6 +50,7 @@ pub async fn run(mesh: &MeshArgs, args: LoadArgs) -> Result<()> {
     let mut sent = 0u64;
     let (mut ok, mut failed, mut rejected) = (0u64, 0u64, 0u64);
     let mut latencies: Vec<Duration> = Vec::new();
+    let mut reasons = std::collections::HashSet::new();
     let mut report = tokio::time::interval_at(
         tokio::time::Instant::now() + Duration::from_secs(1),
         Duration::from_secs(1),
@@ -71,17 +75,29 @@ pub async fn run(mesh: &MeshArgs, args: LoadArgs) -> Result<()> {
                 tokio::spawn(async move {
                     let began = Instant::now();
                     let outcome = match orders.place_order(request).await {
-                        Ok(r) => match r.into_inner().order.map(|o| o.status()) {
-                            Some(pb::OrderStatus::Confirmed) => None,
-                            other => Some(format!("{other:?}")),
+                        Ok(r) => match r.into_inner().order {
+                            Some(o) if o.status() == pb::OrderStatus::Confirmed => None,
+                            Some(o) => Some(match &o.rejection {
+                                Some(why) => format!("{:?}: {:?}: {}", o.status(), why.code(), why.message),
+                                None => format!("{:?}", o.status()),
+                            }),
+                            None => Some("no order in the answer".to_owned()),
                         },
-                        Err(s) => Some(format!("error {:?}", s.code())),
+                        Err(s) => Some(format!("error {:?}: {}", s.code(), s.message())),
                     };
                     let _ = tx.send((began.elapsed(), outcome));
                 });
             }
             Some((latency, outcome)) = rx.recv() => {
                 latencies.push(latency);
+                // Each distinct reason once, the first few only: the log
+                // says why without growing with the run.
+                if let Some(why) = &outcome
+                    && reasons.len() < MAX_REASONS
+                    && reasons.insert(why.clone())
+                {
+                    eprintln!("[load] not confirmed: {why}");
+                }
                 match outcome {
                     None => ok += 1,
                     Some(o) if o.starts_with("error") => failed += 1,
