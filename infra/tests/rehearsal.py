@@ -5,7 +5,7 @@ each service's task definition gives the container's command, environment,
 secrets, health check, stop timeout and task role. Around them this module
 plays the parts of AWS that cannot run here:
 
-- Cloud Map, Secrets Manager, IAM and STS are the moto server (through
+- Cloud Map, Secrets Manager, SSM, IAM and STS are the moto server (through
   boto3 for the set-up; the services use the Rust SDK), set up as the
   template declares them. Every request is recorded so that each call a
   task made can be checked against its role's policy (iam.py), which moto
@@ -49,6 +49,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -104,8 +105,10 @@ class Moto:
         self.recording = root / "moto-recording.jsonl"
         env = dict(os.environ, MOTO_ENABLE_RECORDING="true", MOTO_RECORDER_FILEPATH=str(self.recording))
         self.log = open(root / "moto.log", "w")
+        # moto_server.py: moto with Cloud Map's revision as AWS moves it.
         self.proc = subprocess.Popen(
-            [shutil.which("moto_server") or "moto_server", "-H", "127.0.0.1", "-p", str(self.port)],
+            [sys.executable, str(pathlib.Path(__file__).with_name("moto_server.py")), "-H", "127.0.0.1", "-p",
+             str(self.port)],
             stdout=self.log, stderr=subprocess.STDOUT, env=env,
         )
         self.url = f"http://127.0.0.1:{self.port}"
