@@ -237,6 +237,12 @@ class Rehearsal(unittest.TestCase):
         # rejected because a service on its path was stopping.
         self.assertRegex(done, r" 0 rejected,", reasons)
         self.assertNotRegex(done, r" 0 confirmed", "the load placed orders")
+        # A stop takes the drain period and the calls in flight (none here
+        # lasts a second), not the grace period: nothing that never ends by
+        # itself (a health watch) holds the shutdown.
+        container = next(iter(self.cluster.services.values())).container
+        drain = int(next(e["Value"] for e in container["Environment"] if e["Name"] == "WEFT_DRAIN_MS")) / 1000
+        self.assertLess(max(stops), drain + 3, f"stops took {sorted(round(x, 1) for x in stops)} s")
         self.assertEqual(outcome["errors"], [], "calls through the ingress failed during the deployment")
         self.assertEqual(outcome["other"], 0)
         self.assertGreater(outcome["confirmed"], 0)
