@@ -128,6 +128,13 @@ fn main() -> std::process::ExitCode {
 
 fn run() -> anyhow::Result<()> {
     let command = Cli::parse().command;
+    // As the services read it: hybrid post-quantum unless set to classical.
+    if let Ok(kx) = std::env::var("WEFT_TLS_KEY_EXCHANGE") {
+        let kx = kx
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("WEFT_TLS_KEY_EXCHANGE: {e}"))?;
+        weft_mesh::provider::set_key_exchange(kx);
+    }
     if let Command::Certs(certs) = command {
         return run_certs(certs);
     }

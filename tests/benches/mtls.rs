@@ -16,6 +16,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Channel, Server};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
+use weft_mesh::provider::{KeyExchange, set_key_exchange};
 use weft_mesh::{CertStore, client_config, mtls_channel};
 use weft_tests::pki::TestPki;
 use weft_tests::servers::serve_mtls;
@@ -65,6 +66,23 @@ async fn run() {
     println!(
         "mTLS full handshakes: {tls_rate:.0}/s (plain TCP connects: {tcp_rate:.0}/s; ratio {:.3}) over {HANDSHAKES} sequential connections",
         tls_rate / tcp_rate
+    );
+
+    // The same with the post-quantum hybrid key exchange off at both ends
+    // (the default above is X25519MLKEM768; this is X25519).
+    set_key_exchange(KeyExchange::Classical);
+    let (_classical_reporter, classical_health) = tonic_health::server::health_reporter();
+    let classical_addr = serve_mtls(&server_store, Routes::new(classical_health))
+        .await
+        .unwrap();
+    let mut classical = (*client_config(&client_store, server_store.current().id).unwrap()).clone();
+    classical.resumption = rustls::client::Resumption::disabled();
+    let classical_rate = connects_per_second(classical_addr, Some(Arc::new(classical))).await;
+    set_key_exchange(KeyExchange::Hybrid);
+    println!(
+        "key exchange: X25519MLKEM768 {tls_rate:.0} handshakes/s, X25519 {classical_rate:.0}/s; ratio {:.3}, {:+.0} µs per handshake",
+        tls_rate / classical_rate,
+        (1.0 / tls_rate - 1.0 / classical_rate) * 1e6
     );
 
     // Unary calls on one long-lived connection.

@@ -151,6 +151,14 @@ impl Config {
                     }
                 })?);
         }
+        // Every TLS configuration of the process (mesh, database) follows it.
+        if let Ok(kx) = std::env::var("WEFT_TLS_KEY_EXCHANGE") {
+            let kx = kx.parse().map_err(|reason| ConfigError::Invalid {
+                name: "WEFT_TLS_KEY_EXCHANGE",
+                reason,
+            })?;
+            weft_mesh::provider::set_key_exchange(kx);
+        }
         if let Some(n) = env_number("WEFT_DB_POOL_SIZE")? {
             config.pool_size = usize::try_from(n.max(1)).unwrap_or(usize::MAX);
         }
