@@ -4,6 +4,7 @@
 //! certificates.
 
 mod call;
+mod db;
 mod load;
 mod ls;
 mod status;
@@ -64,6 +65,16 @@ enum Command {
     /// Development certificates: a CA, and certificates for services and operators.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// The database's roles: one per service, confined to its schema.
+    #[command(subcommand)]
+    Db(DbCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum DbCommand {
+    /// Make (or bring up to date) a service's roles and schema, as the
+    /// database's administrator; see `weft_service::roles`.
+    Bootstrap(db::BootstrapArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -149,6 +160,7 @@ fn run() -> anyhow::Result<()> {
             Command::Call { mesh, target, data } => call::run(&mesh, &target, &data).await,
             Command::Load { mesh, load } => load::run(&mesh, load).await,
             Command::Certs(_) => Ok(()),
+            Command::Db(DbCommand::Bootstrap(args)) => db::run(args).await,
         }
     })
 }

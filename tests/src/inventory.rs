@@ -88,7 +88,7 @@ impl Inventory {
         let task = tokio::spawn(weft_inventory::run(listener, config, async {
             let _ = stopped.await;
         }));
-        let server = Self {
+        let mut server = Self {
             addr,
             stop: Some(stop),
             task: Some(task),
@@ -155,7 +155,7 @@ impl Inventory {
     }
 
     /// Polls health until it reports `want`, failing after `within`.
-    pub async fn wait_for(&self, want: ServingStatus, within: Duration) -> Result<()> {
+    pub async fn wait_for(&mut self, want: ServingStatus, within: Duration) -> Result<()> {
         let deadline = tokio::time::Instant::now() + within;
         let mut last = None;
         while tokio::time::Instant::now() < deadline {
@@ -167,7 +167,16 @@ impl Inventory {
             if let Some(task) = &self.task
                 && task.is_finished()
             {
-                bail!("inventory exited while waiting for {want:?}");
+                // Why it exited is what the test needs to say.
+                let why = match self.task.take() {
+                    Some(task) => match task.await {
+                        Ok(Ok(())) => "it returned".to_owned(),
+                        Ok(Err(e)) => format!("{e}"),
+                        Err(e) => format!("{e}"),
+                    },
+                    None => String::new(),
+                };
+                bail!("inventory exited while waiting for {want:?}: {why}");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

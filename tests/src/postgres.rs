@@ -39,6 +39,12 @@ fn choose_server() -> Result<tokio_postgres::Config> {
     start_throwaway_cluster()
 }
 
+/// A connection to the chosen server's administrative database (for what
+/// belongs to the server rather than one database: roles).
+pub async fn admin_connect() -> Result<tokio_postgres::Client> {
+    connect(&server()?).await
+}
+
 /// A database that exists for one test and is dropped with this value.
 #[derive(Debug)]
 pub struct TestDb {

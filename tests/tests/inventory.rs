@@ -877,7 +877,7 @@ async fn replicas_starting_together_migrate_once() {
 #[tokio::test]
 async fn health_follows_the_database() {
     let db = TestDb::create().await.unwrap();
-    let server = Inventory::start(&db).await.unwrap();
+    let mut server = Inventory::start(&db).await.unwrap();
     assert_eq!(server.health().await.unwrap(), ServingStatus::Serving);
 
     db.cut_off().await.unwrap();

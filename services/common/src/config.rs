@@ -59,6 +59,10 @@ pub struct Config {
     /// TLS to the database, verified against a CA bundle (`WEFT_DB_CA`);
     /// `None` connects without TLS.
     pub database_tls: Option<crate::pg_tls::PgTls>,
+    /// Where migrations connect, when not as the service: the database with
+    /// the migrating role's credentials (`WEFT_DB_MIGRATE_USER`,
+    /// `WEFT_DB_MIGRATE_PASSWORD`; see [`crate::roles`]).
+    pub migrate_database: Option<tokio_postgres::Config>,
     /// Most database connections held at once.
     pub pool_size: usize,
     /// How long a call waits for a database connection before UNAVAILABLE.
@@ -106,6 +110,7 @@ impl Config {
             transport,
             database,
             database_tls: None,
+            migrate_database: None,
             pool_size: 16,
             db_timeout: Duration::from_secs(5),
             startup_timeout: Duration::from_secs(60),
@@ -141,7 +146,21 @@ impl Config {
         if let Ok(password) = std::env::var("DATABASE_PASSWORD") {
             database.password(password);
         }
+        // Migrations as their own role (which owns the schema), the service
+        // as one that can only use it.
+        let migrate_database = match std::env::var("WEFT_DB_MIGRATE_USER") {
+            Ok(user) => {
+                let mut migrate = database.clone();
+                migrate.user(&user);
+                if let Ok(password) = std::env::var("WEFT_DB_MIGRATE_PASSWORD") {
+                    migrate.password(password);
+                }
+                Some(migrate)
+            }
+            Err(_) => None,
+        };
         let mut config = Self::new(transport, database);
+        config.migrate_database = migrate_database;
         if let Ok(ca) = std::env::var("WEFT_DB_CA") {
             config.database_tls =
                 Some(crate::pg_tls::PgTls::from_bundle(ca.as_ref()).map_err(|e| {

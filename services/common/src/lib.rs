@@ -13,6 +13,7 @@ pub mod migrate;
 pub mod money;
 pub mod pg_tls;
 pub mod registration;
+pub mod roles;
 pub mod serve;
 pub mod telemetry;
 pub mod validate;

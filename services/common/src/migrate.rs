@@ -26,7 +26,7 @@ pub enum MigrateError {
 }
 
 /// One connection, with TLS when given, its driver running in a task.
-async fn connect(
+pub async fn connect(
     config: &tokio_postgres::Config,
     tls: Option<&crate::pg_tls::PgTls>,
 ) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), tokio_postgres::Error> {
@@ -49,13 +49,20 @@ async fn connect(
 
 /// Connects (retrying with backoff until `within` has passed, because the
 /// database may start after us) and applies every pending migration of
-/// `runner` (from `refinery::embed_migrations!`, with the service's own
-/// migration table).
+/// `runner` (from `refinery::embed_migrations!`), keeping its history in
+/// `schema` (see [`crate::roles::Roles::migration_table`]). Connects as the
+/// migrating role when the configuration names one
+/// (`WEFT_DB_MIGRATE_USER`), else with the service's own credentials.
 pub async fn migrate(
     service: &crate::Config,
-    runner: refinery::Runner,
+    mut runner: refinery::Runner,
+    schema: &str,
 ) -> Result<(), MigrateError> {
-    let config = &service.database;
+    runner.set_migration_table_name(crate::roles::Roles::migration_table(schema));
+    let config = service
+        .migrate_database
+        .as_ref()
+        .unwrap_or(&service.database);
     let within = service.startup_timeout;
     let deadline = tokio::time::Instant::now() + within;
     let mut delay = Duration::from_millis(100);
@@ -73,7 +80,13 @@ pub async fn migrate(
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
         .await?;
-    let report = runner.run_async(&mut client).await;
+    let report = match prepare_schema(&client, schema).await {
+        Ok(()) => runner
+            .run_async(&mut client)
+            .await
+            .map_err(MigrateError::from),
+        Err(e) => Err(e.into()),
+    };
     // Unlock even when migrating failed; closing the connection would too.
     let unlock = client
         .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
@@ -84,6 +97,44 @@ pub async fn migrate(
     unlock?;
     for m in report.applied_migrations() {
         tracing::info!(migration = %m, "applied migration");
+    }
+    Ok(())
+}
+
+/// The schema the history lives in, before refinery looks for it: made when
+/// missing (a development database, where the service's credentials may);
+/// and a history an earlier version kept in `public` is moved in (the
+/// bootstrap does this where the service may not).
+async fn prepare_schema(
+    client: &tokio_postgres::Client,
+    schema: &str,
+) -> Result<(), tokio_postgres::Error> {
+    let quoted = format!("\"{}\"", schema.replace('"', "\"\""));
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_namespace WHERE nspname = $1", &[&schema])
+        .await?
+        .is_some();
+    if !exists {
+        client
+            .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {quoted}"))
+            .await?;
+    }
+    let old = format!("public.weft_{schema}_migrations");
+    let moved: Option<String> = client
+        .query_one(
+            "SELECT to_regclass($1)::text",
+            &[&crate::roles::Roles::migration_table(schema)],
+        )
+        .await?
+        .get(0);
+    let left: Option<String> = client
+        .query_one("SELECT to_regclass($1)::text", &[&old])
+        .await?
+        .get(0);
+    if moved.is_none() && left.is_some() {
+        client
+            .batch_execute(&format!("ALTER TABLE {old} SET SCHEMA {quoted}"))
+            .await?;
     }
     Ok(())
 }

@@ -22,6 +22,12 @@ mod embedded {
     refinery::embed_migrations!("migrations");
 }
 
+/// Orders's schema migrations (for tools that run them apart from
+/// the server; the server runs them at start).
+pub fn migrations() -> refinery::Runner {
+    embedded::migrations::runner()
+}
+
 /// The name orders registers under and its certificates carry.
 pub const NAME: &str = "orders";
 
@@ -33,9 +39,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let service = &config.service;
-    let mut runner = embedded::migrations::runner();
-    runner.set_migration_table_name("weft_orders_migrations");
-    weft_service::migrate(service, runner).await?;
+    let runner = embedded::migrations::runner();
+    weft_service::migrate(service, runner, "orders").await?;
     let store = Store::new(service).map_err(|e| ServeError::Pool(e.to_string()))?;
     let upstream = Upstreams::connect(&config.upstream, &service.transport)
         .await

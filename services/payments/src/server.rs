@@ -16,6 +16,12 @@ mod embedded {
     refinery::embed_migrations!("migrations");
 }
 
+/// Payments's schema migrations (for tools that run them apart from
+/// the server; the server runs them at start).
+pub fn migrations() -> refinery::Runner {
+    embedded::migrations::runner()
+}
+
 /// The name payments registers under and its certificates carry.
 pub const NAME: &str = "payments";
 
@@ -26,9 +32,8 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let mut runner = embedded::migrations::runner();
-    runner.set_migration_table_name("weft_payments_migrations");
-    weft_service::migrate(&config, runner).await?;
+    let runner = embedded::migrations::runner();
+    weft_service::migrate(&config, runner, "payments").await?;
     let store = Store::new(&config).map_err(|e| ServeError::Pool(e.to_string()))?;
     let db = store.db().clone();
     let api = PaymentsServiceServer::new(PaymentsApi::new(store))

@@ -1,0 +1,72 @@
+//! `weft db bootstrap --service NAME`: makes a service's database roles and
+//! schema (weft_service::roles), as the database's administrator, from the
+//! environment a one-off task gets: `DATABASE_URL` and `DATABASE_PASSWORD`
+//! (the administrator), `WEFT_DB_CA` (verify the server over TLS),
+//! `WEFT_DB_SERVICE_PASSWORD` and `WEFT_DB_MIGRATE_PASSWORD` (the passwords
+//! the service's two login roles get). Idempotent: safe at every start.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use weft_service::roles::{Passwords, bootstrap};
+
+/// How long to wait for the database (it may start with the deployment).
+const WITHIN: Duration = Duration::from_secs(120);
+
+/// What `weft db bootstrap` takes.
+#[derive(Debug, Args)]
+pub struct BootstrapArgs {
+    /// The service whose roles and schema to make (inventory, payments, orders).
+    #[arg(long)]
+    service: String,
+}
+
+/// Runs the bootstrap for one service.
+pub async fn run(args: BootstrapArgs) -> Result<()> {
+    if !matches!(args.service.as_str(), "inventory" | "payments" | "orders") {
+        anyhow::bail!(
+            "--service: {:?} is not a Weft service (inventory, payments, orders)",
+            args.service
+        );
+    }
+    let url =
+        std::env::var("DATABASE_URL").context("DATABASE_URL (the administrator's) is not set")?;
+    let mut config: tokio_postgres::Config = url.parse().context("DATABASE_URL")?;
+    if let Ok(password) = std::env::var("DATABASE_PASSWORD") {
+        config.password(password);
+    }
+    let tls = match std::env::var("WEFT_DB_CA") {
+        Ok(ca) => {
+            Some(weft_service::pg_tls::PgTls::from_bundle(ca.as_ref()).context("WEFT_DB_CA")?)
+        }
+        Err(_) => None,
+    };
+    let passwords = Passwords {
+        service: std::env::var("WEFT_DB_SERVICE_PASSWORD").ok(),
+        migrator: std::env::var("WEFT_DB_MIGRATE_PASSWORD").ok(),
+    };
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    let mut delay = Duration::from_millis(200);
+    let (client, driver) = loop {
+        match weft_service::migrate::connect(&config, tls.as_ref()).await {
+            Ok(pair) => break pair,
+            Err(e) if tokio::time::Instant::now() + delay < deadline => {
+                eprintln!("database not reachable yet ({e}); retrying in {delay:?}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e).context(format!("database not reachable within {WITHIN:?}")),
+        }
+    };
+    let roles = bootstrap(&client, &args.service, &passwords)
+        .await
+        .with_context(|| format!("bootstrapping {}", args.service))?;
+    drop(client);
+    driver.abort();
+    println!(
+        "{}: schema {} owned by {}; migrates as {}, serves as {}",
+        args.service, roles.schema, roles.owner, roles.migrator, roles.service
+    );
+    Ok(())
+}
