@@ -393,8 +393,14 @@ class Task:
         self._stage_bin()
         cluster.metadata.tasks[self.task_id] = {"TaskARN": self.arn, "AvailabilityZone": zone,
                                                 "Cluster": "weft-rehearsal", "LaunchType": "FARGATE"}
-        # Sidecars the service depends on start first (DependsOn START).
-        self.collectors = [Collector(self, c) for c in service.sidecars]
+        # What the service depends on goes first: containers that must exit
+        # successfully (DependsOn SUCCESS: the database bootstrap) run to
+        # completion, then those that must have started (the collector).
+        depends = {d["ContainerName"]: d["Condition"] for d in self.container.get("DependsOn", [])}
+        for c in service.sidecars:
+            if depends.get(c["Name"]) == "SUCCESS":
+                self._run_to_completion(c)
+        self.collectors = [Collector(self, c) for c in service.sidecars if depends.get(c["Name"]) == "START"]
         self.env = self._environment()
         self.command = [self.map_path(a) for a in self.container["Command"]]
         self.entrypoint = [self.map_path("/usr/local/bin/weft-entrypoint")]
@@ -425,13 +431,27 @@ class Task:
         (b / "weft-entrypoint").write_text(entry)
         os.chmod(b / "weft-entrypoint", 0o755)
 
-    def _environment(self):
+    def _run_to_completion(self, container):
+        """A container the service needs to have exited 0 before it starts."""
+        env = self._environment(container)
+        command = self.entrypoint_path() + [self.map_path(a) for a in container["Command"]]
+        out = subprocess.run(command, env=env, capture_output=True, text=True, cwd=self.root, timeout=180)
+        (self.root / f"{container['Name']}.log").write_text(out.stdout + out.stderr)
+        if out.returncode != 0:
+            raise AssertionError(f"{self.service.name} task's {container['Name']} container exited "
+                                 f"{out.returncode}: {out.stderr[-3000:]}")
+
+    def entrypoint_path(self):
+        return [self.map_path("/usr/local/bin/weft-entrypoint")]
+
+    def _environment(self, container=None):
+        container = container or self.container
         r = self.cluster.resolver
         env = {"PATH": "", "HOME": str(self.root)}
-        for item in self.container.get("Environment", []):
+        for item in container.get("Environment", []):
             value = str(r.resolve(localize(item["Value"], self.address)))
             env[item["Name"]] = self.map_path(value)
-        for item in self.container.get("Secrets", []):
+        for item in container.get("Secrets", []):
             env[item["Name"]] = self.cluster.resolve_secret(r.resolve(item["ValueFrom"]))
         env["PATH"] = f"{self.root / 'bin'}:/usr/bin:/bin"
         creds = self.cluster.role_credentials[self.service.task_role]
@@ -751,6 +771,15 @@ class Cluster:
         self.attributes[f"{db_name}.MasterUserSecret.SecretArn"] = out["ARN"]
         self.attributes[f"{db_name}.Endpoint.Address"] = "127.0.0.1"
         self.attributes[f"{db_name}.Endpoint.Port"] = str(self.rds.port)
+
+        # Secrets the template generates (the database roles' passwords).
+        for name, res in of_type(t, "AWS::SecretsManager::Secret").items():
+            generate = res["Properties"]["GenerateSecretString"]
+            value = json.loads(generate.get("SecretStringTemplate", "{}"))
+            value[generate["GenerateStringKey"]] = uuid.uuid4().hex + uuid.uuid4().hex[:8]
+            out = sm.create_secret(Name=f"weft-rehearsal/{name}", SecretString=json.dumps(value))
+            self.refs[name] = out["ARN"]
+            self.secret_arns[out["ARN"]] = out["ARN"]
 
         # Parameters (the collector's configuration) and the metrics log group.
         ssm = self.moto.client("ssm")

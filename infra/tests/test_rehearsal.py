@@ -15,6 +15,8 @@ as RDS does. Checks that:
 - a 30 s database outage fails no container health check, while calls that
   need the database answer UNAVAILABLE and recover by themselves;
 - a task stops within its stopTimeout even with Cloud Map unresponsive;
+- each task's bootstrap container makes its service's database roles, and
+  every service connects as its own role, which cannot read another's schema;
 - each task's metrics hold every series the collector's configuration sends
   to CloudWatch, with the dimensions it declares, and its traces reach the
   collector's endpoint;
@@ -349,6 +351,32 @@ class Rehearsal(unittest.TestCase):
                 self.assertTrue(any(service.name.encode() in e for e in task.collectors[0].exports))
         figure(f"telemetry: {len(series)} series scraped across {sum(len(s.tasks) for s in self.cluster.services.values())} "
                f"tasks hold every series the collector sends to CloudWatch; every task's traces reached its collector")
+
+    def psql(self, user, password, sql):
+        rds = self.cluster.rds
+        env = dict(os.environ, PGPASSWORD=password, PGSSLMODE="require")
+        return subprocess.run([rehearsal.pg_bin("psql"), "-h", "127.0.0.1", "-p", str(rds.port), "-U", user,
+                               "-d", rds.database, "-Atc", sql], capture_output=True, text=True, env=env, timeout=30)
+
+    def test_4b_each_service_serves_as_its_own_role_confined_to_its_schema(self):
+        rds = self.cluster.rds
+        sessions = self.psql(rds.user, rds.password,
+                             "SELECT DISTINCT usename FROM pg_stat_activity "
+                             "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        self.assertEqual(sessions.returncode, 0, sessions.stderr)
+        users = set(sessions.stdout.split())
+        self.assertEqual(users, {"weft_inventory", "weft_payments", "weft_orders"},
+                         "the services hold connections as their own roles, none as the master user")
+        # Inventory's role, with the password the bootstrap set from its secret.
+        secret = json.loads(self.cluster.moto.client("secretsmanager").get_secret_value(
+            SecretId=self.cluster.refs["InventoryDatabaseSecret"])["SecretString"])
+        own = self.psql("weft_inventory", secret["password"], "SELECT count(*) FROM inventory.products")
+        self.assertEqual(own.returncode, 0, own.stderr)
+        other = self.psql("weft_inventory", secret["password"], "SELECT count(*) FROM payments.accounts")
+        self.assertIn("permission denied", other.stderr)
+        ddl = self.psql("weft_inventory", secret["password"], "DROP TABLE inventory.products")
+        self.assertIn("must be owner", ddl.stderr)
+        figure(f"database sessions by role: {sorted(users)}; inventory's role is refused payments' schema")
 
     def test_5_every_aws_call_is_allowed_by_its_role(self):
         calls = self.cluster.calls()

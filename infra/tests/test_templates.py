@@ -56,14 +56,41 @@ class WeftTemplate(unittest.TestCase):
         service's registry names)."""
         for name, props in of_type(self.t, "AWS::ECS::TaskDefinition").items():
             for c in props["ContainerDefinitions"]:
-                if c["Name"] != "collector":
+                if c["Name"] in SERVICES:
                     yield name, props, c
 
-    def collectors(self):
+    def sidecar(self, kind):
+        """(task definition, service container, its `kind` container)."""
         for name, props in of_type(self.t, "AWS::ECS::TaskDefinition").items():
-            (service,) = [c for c in props["ContainerDefinitions"] if c["Name"] != "collector"]
-            (collector,) = [c for c in props["ContainerDefinitions"] if c["Name"] == "collector"]
-            yield name, service, collector
+            (service,) = [c for c in props["ContainerDefinitions"] if c["Name"] in SERVICES]
+            (other,) = [c for c in props["ContainerDefinitions"] if c["Name"] == kind]
+            yield name, service, other
+
+    def collectors(self):
+        return self.sidecar("collector")
+
+    def test_no_service_connects_as_the_master_user(self):
+        master = "Database.MasterUserSecret.SecretArn"
+        for name, service, bootstrap in self.sidecar("bootstrap"):
+            svc = service["Name"]
+            e = env(service)
+            self.assertRegex(e["DATABASE_URL"]["Fn::Sub"], rf"^postgres://weft_{svc}@", name)
+            self.assertEqual(e["WEFT_DB_MIGRATE_USER"], f"weft_{svc}_migrate", name)
+            secrets = {x["Name"]: x["ValueFrom"]["Fn::Sub"] for x in service["Secrets"]}
+            self.assertEqual(secrets["DATABASE_PASSWORD"], f"${{{svc.title()}DatabaseSecret}}:password::", name)
+            self.assertEqual(secrets["WEFT_DB_MIGRATE_PASSWORD"], f"${{{svc.title()}MigrateSecret}}:password::", name)
+            self.assertFalse(any(master in v for v in secrets.values()), f"{name}: the service sees the master password")
+            # Only the bootstrap, which runs to completion first, does.
+            self.assertEqual(bootstrap["Command"], ["weft", "db", "bootstrap", "--service", svc], name)
+            self.assertIs(bootstrap["Essential"], False, name)
+            self.assertIn({"ContainerName": "bootstrap", "Condition": "SUCCESS"}, service["DependsOn"], name)
+            boot = {x["Name"]: x["ValueFrom"]["Fn::Sub"] for x in bootstrap["Secrets"]}
+            self.assertIn(master, boot["DATABASE_PASSWORD"], name)
+            self.assertEqual(boot["WEFT_DB_SERVICE_PASSWORD"], secrets["DATABASE_PASSWORD"], name)
+            self.assertEqual(boot["WEFT_DB_MIGRATE_PASSWORD"], secrets["WEFT_DB_MIGRATE_PASSWORD"], name)
+            for kind in ("Database", "Migrate"):
+                generated = self.t["Resources"][f"{svc.title()}{kind}Secret"]["Properties"]["GenerateSecretString"]
+                self.assertEqual(generated["GenerateStringKey"], "password")
 
     def test_the_template_is_generated_from_its_source(self):
         # One definition of a service, rendered three times: a hand edit of
