@@ -14,6 +14,8 @@ as RDS does. Checks that:
 - a task killed with SIGKILL leaves no instance registered;
 - a 30 s database outage fails no container health check, while calls that
   need the database answer UNAVAILABLE and recover by themselves;
+- rotating every service's database password while orders flow, then ending
+  every connection, fails no call: the pools read the new password;
 - a task stops within its stopTimeout even with Cloud Map unresponsive;
 - each task's bootstrap container makes its service's database roles, and
   every service connects as its own role, which cannot read another's schema;
@@ -287,6 +289,56 @@ class Rehearsal(unittest.TestCase):
         figure(f"30 s database outage: 0 container health checks failed; orders confirm again "
                f"{time.monotonic() - back:.1f} s after it is back")
         self.assertEqual(order["status"], "ORDER_STATUS_CONFIRMED")
+
+    def test_3b_rotating_the_services_database_passwords_fails_no_call(self):
+        """Secrets Manager's single-user rotation of every service's role
+        password while orders flow (the new version AWSPENDING, the role's
+        password changed, then AWSCURRENT), then every service connection
+        ended so that the pools open new ones, which must find the new
+        password themselves."""
+        cluster, rds = self.cluster, self.cluster.rds
+        sm = cluster.moto.client("secretsmanager")
+        load = self.start_load()
+        time.sleep(2)
+        began = self.psql(rds.user, rds.password, "SELECT now()").stdout.strip()
+        passwords = {}
+        for svc in ("inventory", "payments", "orders"):
+            arn = cluster.refs[f"{svc.title()}DatabaseSecret"]
+            versions = sm.list_secret_version_ids(SecretId=arn)["Versions"]
+            (current,) = [v["VersionId"] for v in versions if "AWSCURRENT" in v.get("VersionStages", [])]
+            value = json.loads(sm.get_secret_value(SecretId=arn)["SecretString"])
+            value["password"] = uuid.uuid4().hex
+            pending = sm.put_secret_value(SecretId=arn, SecretString=json.dumps(value),
+                                          VersionStages=["AWSPENDING"])["VersionId"]
+            changed = self.psql(rds.user, rds.password, f"ALTER ROLE weft_{svc} PASSWORD '{value['password']}'")
+            self.assertEqual(changed.returncode, 0, changed.stderr)
+            time.sleep(1)  # new connections now meet the new password with the old one current
+            sm.update_secret_version_stage(SecretId=arn, VersionStage="AWSCURRENT", MoveToVersionId=pending,
+                                           RemoveFromVersionId=current)
+            passwords[svc] = value["password"]
+        time.sleep(2)
+        during, err = self.stop_load(load)
+        self.assertRegex(during, r" 0 rejected, 0 errors$", err[-3000:])
+        # Every service connection ends; the pools open new ones.
+        ended = self.psql(rds.user, rds.password,
+                          "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                          "WHERE usename IN ('weft_inventory', 'weft_payments', 'weft_orders')")
+        self.assertEqual(ended.returncode, 0, ended.stderr)
+        time.sleep(1)
+        load = self.start_load()
+        time.sleep(6)
+        after, err = self.stop_load(load)
+        self.assertRegex(after, r" 0 rejected, 0 errors$", err[-3000:])
+        self.assertNotRegex(after, r" 0 confirmed")
+        fresh = self.psql(rds.user, rds.password,
+                          f"SELECT DISTINCT usename FROM pg_stat_activity WHERE backend_start > '{began}' "
+                          "AND usename LIKE 'weft\\_%'")
+        self.assertEqual(set(fresh.stdout.split()), {"weft_inventory", "weft_payments", "weft_orders"},
+                         "every service opened connections since the rotation")
+        for svc, password in passwords.items():
+            self.assertEqual(self.psql(f"weft_{svc}", password, "SELECT 1").returncode, 0)
+        figure(f"database password rotation of every service under load: {during}; "
+               f"after ending every connection ({ended.stdout.strip()} ended): {after}")
 
     def test_4_a_task_stops_within_its_stop_timeout_with_cloud_map_unresponsive(self):
         cluster = self.cluster

@@ -77,7 +77,9 @@ class WeftTemplate(unittest.TestCase):
             self.assertRegex(e["DATABASE_URL"]["Fn::Sub"], rf"^postgres://weft_{svc}@", name)
             self.assertEqual(e["WEFT_DB_MIGRATE_USER"], f"weft_{svc}_migrate", name)
             secrets = {x["Name"]: x["ValueFrom"]["Fn::Sub"] for x in service["Secrets"]}
-            self.assertEqual(secrets["DATABASE_PASSWORD"], f"${{{svc.title()}DatabaseSecret}}:password::", name)
+            # The pool reads its password itself (and again after a rotation).
+            self.assertEqual(e["WEFT_DB_PASSWORD_SECRET"], {"Ref": f"{svc.title()}DatabaseSecret"}, name)
+            self.assertNotIn("DATABASE_PASSWORD", secrets, name)
             self.assertEqual(secrets["WEFT_DB_MIGRATE_PASSWORD"], f"${{{svc.title()}MigrateSecret}}:password::", name)
             self.assertFalse(any(master in v for v in secrets.values()), f"{name}: the service sees the master password")
             # Only the bootstrap, which runs to completion first, does.
@@ -86,7 +88,7 @@ class WeftTemplate(unittest.TestCase):
             self.assertIn({"ContainerName": "bootstrap", "Condition": "SUCCESS"}, service["DependsOn"], name)
             boot = {x["Name"]: x["ValueFrom"]["Fn::Sub"] for x in bootstrap["Secrets"]}
             self.assertIn(master, boot["DATABASE_PASSWORD"], name)
-            self.assertEqual(boot["WEFT_DB_SERVICE_PASSWORD"], secrets["DATABASE_PASSWORD"], name)
+            self.assertEqual(boot["WEFT_DB_SERVICE_PASSWORD"], f"${{{svc.title()}DatabaseSecret}}:password::", name)
             self.assertEqual(boot["WEFT_DB_MIGRATE_PASSWORD"], secrets["WEFT_DB_MIGRATE_PASSWORD"], name)
             for kind in ("Database", "Migrate"):
                 generated = self.t["Resources"][f"{svc.title()}{kind}Secret"]["Properties"]["GenerateSecretString"]
@@ -130,7 +132,11 @@ class WeftTemplate(unittest.TestCase):
     def test_no_secret_in_plain_settings(self):
         for name, _, c in self.containers():
             for key, value in env(c).items():
-                self.assertIsNone(SECRET_NAME.search(key), f"{name}: {key} is plain")
+                # Naming a secret (its ARN) is not holding one.
+                names_a_secret = key.endswith("_SECRET") and isinstance(value, dict) \
+                    and str(value.get("Ref", "")).endswith("Secret")
+                if not names_a_secret:
+                    self.assertIsNone(SECRET_NAME.search(key), f"{name}: {key} is plain")
                 text = str(value)
                 self.assertNotIn("BEGIN", text, f"{name}: {key} holds a PEM")
                 if key == "DATABASE_URL":
@@ -140,7 +146,7 @@ class WeftTemplate(unittest.TestCase):
             self.assertIn("WEFT_DB_CA", env(c), f"{name}: the database's certificate is verified")
             secrets = {s["Name"] for s in c.get("Secrets", [])}
             self.assertTrue(
-                {"DATABASE_PASSWORD", "WEFT_TLS_CERT_PEM", "WEFT_TLS_KEY_PEM", "WEFT_TLS_CA_PEM"} <= secrets,
+                {"WEFT_DB_MIGRATE_PASSWORD", "WEFT_TLS_CERT_PEM", "WEFT_TLS_KEY_PEM", "WEFT_TLS_CA_PEM"} <= secrets,
                 f"{name}: {secrets}",
             )
         for name, props in self.t["Parameters"].items():
@@ -193,7 +199,8 @@ class WeftTemplate(unittest.TestCase):
                     actions = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
                     self.assertEqual(st["Effect"], "Allow")
                     for a in actions:
-                        self.assertTrue(a.split(":")[0] in ("servicediscovery", "logs", "xray"), f"{name}: {a}")
+                        self.assertTrue(a.split(":")[0] in ("servicediscovery", "logs", "xray", "secretsmanager"),
+                                        f"{name}: {a}")
                         self.assertNotIn("*", a, f"{name}: {a}")
                     if st["Resource"] == "*":
                         self.assertIn(tuple(actions), allowed_star, f"{name}: {actions} on *")
@@ -202,6 +209,10 @@ class WeftTemplate(unittest.TestCase):
                                 st["Condition"]["StringEquals"]["servicediscovery:NamespaceName"],
                                 {"Ref": "NamespaceName"},
                             )
+                    elif actions[0].startswith("secretsmanager:"):
+                        # Its own database password only.
+                        self.assertEqual(actions, ["secretsmanager:GetSecretValue"], name)
+                        self.assertEqual(st["Resource"], {"Ref": name.replace("TaskRole", "DatabaseSecret")}, name)
                     elif actions[0].startswith("logs:"):
                         # The collectors' metrics log group only.
                         self.assertEqual(st["Resource"], {"Fn::GetAtt": ["MetricsLogGroup", "Arn"]}, name)

@@ -63,6 +63,10 @@ pub struct Config {
     /// the migrating role's credentials (`WEFT_DB_MIGRATE_USER`,
     /// `WEFT_DB_MIGRATE_PASSWORD`; see [`crate::roles`]).
     pub migrate_database: Option<tokio_postgres::Config>,
+    /// Where the pool reads the database password, again whenever the
+    /// server refuses it (a rotation): `WEFT_DB_PASSWORD_SECRET`, a Secrets
+    /// Manager secret. `None`: the password in `database`, fixed.
+    pub database_password: Option<std::sync::Arc<dyn crate::db_password::PasswordSource>>,
     /// Most database connections held at once.
     pub pool_size: usize,
     /// How long a call waits for a database connection before UNAVAILABLE.
@@ -111,6 +115,7 @@ impl Config {
             database,
             database_tls: None,
             migrate_database: None,
+            database_password: None,
             pool_size: 16,
             db_timeout: Duration::from_secs(5),
             startup_timeout: Duration::from_secs(60),
@@ -161,6 +166,11 @@ impl Config {
         };
         let mut config = Self::new(transport, database);
         config.migrate_database = migrate_database;
+        if let Ok(secret) = std::env::var("WEFT_DB_PASSWORD_SECRET") {
+            config.database_password = Some(std::sync::Arc::new(
+                crate::db_password::SecretsManagerPassword::new(secret),
+            ));
+        }
         if let Ok(ca) = std::env::var("WEFT_DB_CA") {
             config.database_tls =
                 Some(crate::pg_tls::PgTls::from_bundle(ca.as_ref()).map_err(|e| {

@@ -93,9 +93,15 @@ impl Db {
             recycling_method: RecyclingMethod::Fast,
         };
         let database = config.database.clone();
-        let manager = match &config.database_tls {
-            Some(tls) => Manager::from_config(database, tls.clone(), manager_config),
-            None => Manager::from_config(database, NoTls, manager_config),
+        let manager = match (&config.database_password, &config.database_tls) {
+            // A password that may rotate: each new connection finds the current one.
+            (Some(source), tls) => Manager::from_connect(
+                database,
+                crate::db_password::RotatingConnect::new(tls.clone(), source.clone()),
+                manager_config,
+            ),
+            (None, Some(tls)) => Manager::from_config(database, tls.clone(), manager_config),
+            (None, None) => Manager::from_config(database, NoTls, manager_config),
         };
         let wait_timeout = config.db_timeout;
         let pool = Pool::builder(manager)

@@ -6,6 +6,7 @@
 pub mod binary;
 pub mod config;
 pub mod db;
+pub mod db_password;
 pub mod ecs;
 pub mod keyed;
 pub mod metrics_endpoint;
