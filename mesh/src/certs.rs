@@ -72,13 +72,41 @@ fn file_error(path: &Path, reason: impl std::fmt::Display) -> LoadError {
 /// and the leaf's expiry.
 pub type Loaded = (Arc<CertifiedKey>, Arc<RootCertStore>, SpiffeId, SystemTime);
 
-/// The leaf's notAfter.
-fn not_after(leaf: &CertificateDer<'_>) -> Result<SystemTime, String> {
+/// The leaf's notBefore and notAfter.
+fn validity(leaf: &CertificateDer<'_>) -> Result<(SystemTime, SystemTime), String> {
     let (_, parsed) =
         x509_parser::parse_x509_certificate(leaf.as_ref()).map_err(|e| e.to_string())?;
-    let secs = parsed.validity().not_after.timestamp();
-    let secs = u64::try_from(secs).map_err(|_| "notAfter before 1970".to_owned())?;
-    Ok(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+    let at = |t: x509_parser::time::ASN1Time| {
+        u64::try_from(t.timestamp())
+            .map(|secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+            .map_err(|_| "a validity date before 1970".to_owned())
+    };
+    Ok((
+        at(parsed.validity().not_before)?,
+        at(parsed.validity().not_after)?,
+    ))
+}
+
+/// Why a reloaded identity must not replace the current one, if it must
+/// not: a certificate that is not valid now would fail every handshake, and
+/// one for another identity would make this process someone else.
+fn refuse_swap(
+    current: &SpiffeId,
+    id: &SpiffeId,
+    not_before: SystemTime,
+    not_after: SystemTime,
+) -> Option<String> {
+    let now = SystemTime::now();
+    if id != current {
+        return Some(format!("it names {id}, not {current}"));
+    }
+    if now < not_before {
+        return Some("it is not valid yet".into());
+    }
+    if now >= not_after {
+        return Some("it has expired".into());
+    }
+    None
 }
 
 /// Reads and checks the three files once.
@@ -91,7 +119,10 @@ pub fn load(paths: &IdentityPaths, provider: &CryptoProvider) -> Result<Loaded, 
         .first()
         .ok_or_else(|| file_error(&paths.cert, "holds no certificate"))?;
     let id = SpiffeId::from_certificate(leaf)?;
-    let expires = not_after(leaf).map_err(|e| file_error(&paths.cert, e))?;
+    let (not_before, expires) = validity(leaf).map_err(|e| file_error(&paths.cert, e))?;
+    if not_before > SystemTime::now() || expires <= SystemTime::now() {
+        tracing::error!(cert = %paths.cert.display(), "the certificate is not valid now: handshakes will fail");
+    }
     let key = PrivateKeyDer::from_pem_file(&paths.key).map_err(|e| file_error(&paths.key, e))?;
     let signing = provider
         .key_provider
@@ -205,8 +236,15 @@ async fn watch(
                 seen = now;
                 if let Ok(mut m) = current.write() {
                     let generation = m.generation + 1;
-                    if id != m.id {
-                        tracing::warn!(old = %m.id, new = %id, "the reloaded certificate names a different identity");
+                    let not_before = key
+                        .end_entity_cert()
+                        .ok()
+                        .and_then(|leaf| validity(leaf).ok())
+                        .map_or(SystemTime::UNIX_EPOCH, |(from, _)| from);
+                    if let Some(why) = refuse_swap(&m.id, &id, not_before, not_after) {
+                        // Said once per change of the files, not at every tick.
+                        tracing::error!(cert = %paths.cert.display(), "not using the new certificate: {why}; keeping the current one");
+                        continue;
                     }
                     *m = Material {
                         key,
