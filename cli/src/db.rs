@@ -3,7 +3,8 @@
 //! environment a one-off task gets: `DATABASE_URL` and `DATABASE_PASSWORD`
 //! (the administrator), `WEFT_DB_CA` (verify the server over TLS),
 //! `WEFT_DB_SERVICE_PASSWORD` and `WEFT_DB_MIGRATE_PASSWORD` (the passwords
-//! the service's two login roles get). Idempotent: safe at every start.
+//! the service's two login roles are created with; `--reset-passwords` sets
+//! them on existing roles too). Idempotent: safe at every start.
 
 use std::time::Duration;
 
@@ -20,6 +21,10 @@ pub struct BootstrapArgs {
     /// The service whose roles and schema to make (inventory, payments, orders).
     #[arg(long)]
     service: String,
+    /// Set the passwords of roles that exist too (by default only a role's
+    /// creation sets it; afterwards it belongs to its rotation).
+    #[arg(long)]
+    reset_passwords: bool,
 }
 
 /// Runs the bootstrap for one service.
@@ -45,6 +50,7 @@ pub async fn run(args: BootstrapArgs) -> Result<()> {
     let passwords = Passwords {
         service: std::env::var("WEFT_DB_SERVICE_PASSWORD").ok(),
         migrator: std::env::var("WEFT_DB_MIGRATE_PASSWORD").ok(),
+        reset: args.reset_passwords,
     };
     let deadline = tokio::time::Instant::now() + WITHIN;
     let mut delay = Duration::from_millis(200);

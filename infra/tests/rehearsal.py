@@ -844,7 +844,9 @@ class Cluster:
         creds = self.role_credentials["ExecutionRole"]
         sm = self.moto.client("secretsmanager", aws_access_key_id=creds["AccessKeyId"],
                               aws_secret_access_key=creds["SecretAccessKey"], aws_session_token=creds["SessionToken"])
-        text = sm.get_secret_value(SecretId=arn)["SecretString"]
+        # The current version, asked for by its stage: moto's default
+        # version does not follow UpdateSecretVersionStage (AWS's does).
+        text = sm.get_secret_value(SecretId=arn, VersionStage="AWSCURRENT")["SecretString"]
         return json.loads(text)[json_key] if json_key else text
 
     def load_balancer(self, group):

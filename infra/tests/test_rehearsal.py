@@ -306,7 +306,7 @@ class Rehearsal(unittest.TestCase):
             arn = cluster.refs[f"{svc.title()}DatabaseSecret"]
             versions = sm.list_secret_version_ids(SecretId=arn)["Versions"]
             (current,) = [v["VersionId"] for v in versions if "AWSCURRENT" in v.get("VersionStages", [])]
-            value = json.loads(sm.get_secret_value(SecretId=arn)["SecretString"])
+            value = json.loads(sm.get_secret_value(SecretId=arn, VersionStage="AWSCURRENT")["SecretString"])
             value["password"] = uuid.uuid4().hex
             pending = sm.put_secret_value(SecretId=arn, SecretString=json.dumps(value),
                                           VersionStages=["AWSPENDING"])["VersionId"]
@@ -337,6 +337,9 @@ class Rehearsal(unittest.TestCase):
                          "every service opened connections since the rotation")
         for svc, password in passwords.items():
             self.assertEqual(self.psql(f"weft_{svc}", password, "SELECT 1").returncode, 0)
+            current = sm.get_secret_value(SecretId=cluster.refs[f"{svc.title()}DatabaseSecret"],
+                                          VersionStage="AWSCURRENT")["SecretString"]
+            self.assertEqual(json.loads(current)["password"], password)
         figure(f"database password rotation of every service under load: {during}; "
                f"after ending every connection ({ended.stdout.strip()} ended): {after}")
 
@@ -421,7 +424,7 @@ class Rehearsal(unittest.TestCase):
                          "the services hold connections as their own roles, none as the master user")
         # Inventory's role, with the password the bootstrap set from its secret.
         secret = json.loads(self.cluster.moto.client("secretsmanager").get_secret_value(
-            SecretId=self.cluster.refs["InventoryDatabaseSecret"])["SecretString"])
+            SecretId=self.cluster.refs["InventoryDatabaseSecret"], VersionStage="AWSCURRENT")["SecretString"])
         own = self.psql("weft_inventory", secret["password"], "SELECT count(*) FROM inventory.products")
         self.assertEqual(own.returncode, 0, own.stderr)
         other = self.psql("weft_inventory", secret["password"], "SELECT count(*) FROM payments.accounts")

@@ -42,6 +42,7 @@ async fn a_service_migrates_as_its_owner_and_serves_as_a_role_confined_to_its_ro
     let passwords = Passwords {
         service: Some("serve-pw".into()),
         migrator: Some("migrate-pw".into()),
+        reset: false,
     };
 
     // Payments as an earlier version ran it: migrated by the administrator,

@@ -13,7 +13,7 @@
 //! No service connects as the database's administrator; a service's role
 //! cannot see another service's schema. The bootstrap runs as the
 //! administrator (the RDS master user) and may run again at any time: it
-//! creates what is missing, sets the passwords it is given, hands objects
+//! creates what is missing (a role with the password it is given), hands objects
 //! made by an earlier administrator-run migration to the owner, and moves a
 //! service's migration history into its schema.
 
@@ -50,14 +50,18 @@ impl Roles {
     }
 }
 
-/// The passwords to set (none: leave the role's password as it is, for
-/// servers that authenticate otherwise).
+/// The passwords a role is created with (none: no password, for servers
+/// that authenticate otherwise). An existing role keeps its password unless
+/// `reset`: after creation the password belongs to its rotation, and a
+/// task starting mid-rotation must not set it back.
 #[derive(Debug, Clone, Default)]
 pub struct Passwords {
     /// The serving role's.
     pub service: Option<String>,
     /// The migrating role's.
     pub migrator: Option<String>,
+    /// Set the passwords of roles that exist too.
+    pub reset: bool,
 }
 
 /// A SQL identifier, quoted.
@@ -85,13 +89,15 @@ async fn ensure_role(
     role: &str,
     create: &str,
     password: Option<&str>,
+    reset: bool,
 ) -> Result<(), tokio_postgres::Error> {
-    if !role_exists(client, role).await? {
+    let created = !role_exists(client, role).await?;
+    if created {
         client
             .batch_execute(&format!("CREATE ROLE {} {create}", ident(role)))
             .await?;
     }
-    if let Some(password) = password {
+    if let Some(password) = password.filter(|_| created || reset) {
         client
             .batch_execute(&format!(
                 "ALTER ROLE {} PASSWORD {}",
@@ -145,12 +151,13 @@ async fn bootstrap_locked(
         ident(&roles.migrator),
         ident(&roles.service),
     );
-    ensure_role(client, &roles.owner, "NOLOGIN", None).await?;
+    ensure_role(client, &roles.owner, "NOLOGIN", None, false).await?;
     ensure_role(
         client,
         &roles.migrator,
         "LOGIN",
         passwords.migrator.as_deref(),
+        passwords.reset,
     )
     .await?;
     ensure_role(
@@ -158,6 +165,7 @@ async fn bootstrap_locked(
         &roles.service,
         "LOGIN",
         passwords.service.as_deref(),
+        passwords.reset,
     )
     .await?;
     let db = ident(&database);
