@@ -2,8 +2,11 @@
 //! the caller's W3C trace), and the golden metrics per service, method and
 //! caller identity (requests, responses by gRPC status, latency to the end
 //! of the response). It sits outside authorization, so refused calls are
-//! seen too.
+//! seen too: label sets and span names come only from the methods the
+//! server serves, and every other path is `unknown`, so no caller can grow
+//! them (or a trace name) without bound.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -18,17 +21,54 @@ use crate::metrics::{Metrics, ServerCall, ServerResult, code_name, split_path};
 use crate::observed_body::observe_response;
 use crate::trace_context::{continue_trace, record_status};
 
+/// What a path that is not a served method is labelled as.
+pub const UNKNOWN: &str = "unknown";
+
 /// Observes every call to the services inside it.
 #[derive(Debug, Clone)]
 pub struct ObserveLayer {
     metrics: Arc<Metrics>,
+    /// The paths (`/package.Service/Method`) labelled as themselves.
+    served: Arc<HashSet<String>>,
 }
 
 impl ObserveLayer {
-    /// Records into `metrics`.
-    pub fn new(metrics: Arc<Metrics>) -> Self {
-        Self { metrics }
+    /// Records into `metrics`, labelling calls to `served` paths
+    /// (`/package.Service/Method`, see [`served_paths`]) by service and
+    /// method and every other call `unknown`.
+    pub fn new(metrics: Arc<Metrics>, served: HashSet<String>) -> Self {
+        Self {
+            metrics,
+            served: Arc::new(served),
+        }
     }
+}
+
+/// The paths of every method of `services` (full names, such as
+/// `weft.inventory.v1.InventoryService`) described in `descriptor_sets`
+/// (encoded `FileDescriptorSet`s); a set that does not decode adds nothing.
+pub fn served_paths(descriptor_sets: &[&[u8]], services: &[&str]) -> HashSet<String> {
+    use prost::Message;
+    let mut out = HashSet::new();
+    for set in descriptor_sets {
+        let Ok(set) = prost_types::FileDescriptorSet::decode(*set) else {
+            continue;
+        };
+        for file in &set.file {
+            for service in &file.service {
+                let full = format!("{}.{}", file.package(), service.name());
+                if services.contains(&full.as_str()) {
+                    out.extend(
+                        service
+                            .method
+                            .iter()
+                            .map(|m| format!("/{full}/{}", m.name())),
+                    );
+                }
+            }
+        }
+    }
+    out
 }
 
 impl<S> Layer<S> for ObserveLayer {
@@ -38,6 +78,7 @@ impl<S> Layer<S> for ObserveLayer {
         Observe {
             inner,
             metrics: self.metrics.clone(),
+            served: self.served.clone(),
         }
     }
 }
@@ -47,6 +88,7 @@ impl<S> Layer<S> for ObserveLayer {
 pub struct Observe<S> {
     inner: S,
     metrics: Arc<Metrics>,
+    served: Arc<HashSet<String>>,
 }
 
 impl<S, B> Service<http::Request<B>> for Observe<S>
@@ -64,7 +106,12 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let started = Instant::now();
-        let (grpc_service, grpc_method) = split_path(request.uri().path());
+        let path = request.uri().path();
+        let (name, (grpc_service, grpc_method)) = if self.served.contains(path) {
+            (path.trim_start_matches('/'), split_path(path))
+        } else {
+            (UNKNOWN, (UNKNOWN.to_owned(), UNKNOWN.to_owned()))
+        };
         let peer = request
             .extensions()
             .get::<PeerInfo>()
@@ -72,7 +119,7 @@ where
             .unwrap_or_else(|| "unauthenticated".to_owned());
         let span = tracing::info_span!(
             "grpc.server",
-            otel.name = %request.uri().path().trim_start_matches('/'),
+            otel.name = %name,
             otel.kind = "server",
             rpc.system = "grpc",
             rpc.service = %grpc_service,

@@ -220,7 +220,10 @@ pub async fn serve(
     };
     let router = Server::builder()
         .concurrency_limit_per_connection(config.concurrency_per_connection)
-        .layer(ObserveLayer::new(config.metrics.clone()))
+        .layer(ObserveLayer::new(
+            config.metrics.clone(),
+            served_paths(grpc_service),
+        ))
         .layer(AuthorizeLayer::new(policy))
         .layer(DeadlineLayer)
         .add_routes(routes)
@@ -284,6 +287,22 @@ pub async fn serve(
     drop(serving);
     served?;
     Ok(())
+}
+
+/// Every method this server answers: its own service's, grpc.health.v1's
+/// and reflection's (metrics label every other path `unknown`).
+fn served_paths(grpc_service: &str) -> std::collections::HashSet<String> {
+    let mut paths = weft_mesh::observe::served_paths(
+        &[
+            weft_proto::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+        ],
+        &[grpc_service, "grpc.health.v1.Health"],
+    );
+    // Reflection's two versions, one method each.
+    paths.insert("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo".to_owned());
+    paths.insert("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo".to_owned());
+    paths
 }
 
 /// Reports the time left on the served certificate at each scrape (the
