@@ -5,8 +5,9 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use tonic::Status;
 use tonic::codegen::http;
@@ -20,10 +21,62 @@ use crate::policy::Policy;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallerIdentity(pub SpiffeId);
 
+/// The most denials logged per second; the rest are counted and the count
+/// is logged with the next one (a flood of denied calls cannot flood the log).
+const DENIALS_LOGGED_PER_SECOND: u32 = 10;
+/// The longest path a denial log line carries (paths come from the caller).
+const LOGGED_PATH_CHARS: usize = 128;
+
+/// Decides which denials are logged: at most `per_second` in any second.
+#[derive(Debug)]
+struct DenialLog {
+    per_second: u32,
+    /// The current second's start, how many were logged in it, and how many
+    /// were left out since the last line.
+    state: Mutex<(Instant, u32, u64)>,
+}
+
+impl DenialLog {
+    fn new(per_second: u32) -> Self {
+        Self {
+            per_second,
+            state: Mutex::new((Instant::now(), 0, 0)),
+        }
+    }
+
+    /// `Some(left out since the last line)` if this denial is logged.
+    fn admit(&self, now: Instant) -> Option<u64> {
+        let Ok(mut state) = self.state.lock() else {
+            return None;
+        };
+        let (since, logged, left_out) = &mut *state;
+        if now.duration_since(*since) >= Duration::from_secs(1) {
+            *since = now;
+            *logged = 0;
+        }
+        if *logged < self.per_second {
+            *logged += 1;
+            Some(std::mem::take(left_out))
+        } else {
+            *left_out += 1;
+            None
+        }
+    }
+}
+
+/// At most `max` characters of `path`, marked when cut.
+fn cut(path: &str, max: usize) -> String {
+    match path.char_indices().nth(max) {
+        Some((at, _)) => format!("{}…", &path[..at]),
+        None => path.to_owned(),
+    }
+}
+
 /// Applies a policy (or, with none, only passes the identity along).
 #[derive(Debug, Clone)]
 pub struct AuthorizeLayer {
     policy: Option<Arc<Policy>>,
+    denials: Arc<DenialLog>,
 }
 
 impl AuthorizeLayer {
@@ -31,6 +84,7 @@ impl AuthorizeLayer {
     pub fn new(policy: Option<Policy>) -> Self {
         Self {
             policy: policy.map(Arc::new),
+            denials: Arc::new(DenialLog::new(DENIALS_LOGGED_PER_SECOND)),
         }
     }
 }
@@ -42,6 +96,7 @@ impl<S> Layer<S> for AuthorizeLayer {
         Authorize {
             inner,
             policy: self.policy.clone(),
+            denials: self.denials.clone(),
         }
     }
 }
@@ -51,6 +106,7 @@ impl<S> Layer<S> for AuthorizeLayer {
 pub struct Authorize<S> {
     inner: S,
     policy: Option<Arc<Policy>>,
+    denials: Arc<DenialLog>,
 }
 
 type Responding<E> =
@@ -83,7 +139,10 @@ where
             (Some(_), None) => Err(Status::unauthenticated("a client certificate is required")),
             (Some(policy), Some(id)) if policy.allows(id, request.uri().path()) => Ok(()),
             (Some(_), Some(id)) => {
-                tracing::info!(caller = %id, method = %request.uri().path(), "call denied by policy");
+                if let Some(left_out) = self.denials.admit(Instant::now()) {
+                    let method = cut(request.uri().path(), LOGGED_PATH_CHARS);
+                    tracing::info!(caller = %id, %method, left_out, "call denied by policy");
+                }
                 Err(Status::permission_denied(
                     "the caller is not allowed to call this method",
                 ))
@@ -195,5 +254,30 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(open.headers()["x-caller"], "spiffe://td/operator/alice");
+    }
+}
+
+#[cfg(test)]
+mod denial_log_tests {
+    use super::*;
+
+    #[test]
+    fn at_most_the_rate_is_logged_and_the_rest_is_counted() {
+        let log = DenialLog::new(3);
+        let t0 = Instant::now();
+        let admitted: Vec<_> = (0..10).map(|_| log.admit(t0)).collect();
+        assert_eq!(admitted.iter().filter(|a| a.is_some()).count(), 3);
+        // The next second's first line says how many were left out.
+        assert_eq!(log.admit(t0 + Duration::from_millis(1000)), Some(7));
+        assert_eq!(log.admit(t0 + Duration::from_millis(1001)), Some(0));
+    }
+
+    #[test]
+    fn long_paths_are_cut_on_a_character_boundary() {
+        assert_eq!(cut("/a.B/C", 128), "/a.B/C");
+        let long = "é".repeat(300);
+        let out = cut(&long, 128);
+        assert_eq!(out.chars().count(), 129);
+        assert!(out.ends_with('…'));
     }
 }
