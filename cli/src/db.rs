@@ -43,6 +43,8 @@ pub async fn run(args: BootstrapArgs) -> Result<()> {
     }
     let tls = match std::env::var("WEFT_DB_CA") {
         Ok(ca) => {
+            weft_service::pg_tls::require_tls(&mut config)
+                .map_err(|e| anyhow::anyhow!("DATABASE_URL: {e}"))?;
             Some(weft_service::pg_tls::PgTls::from_bundle(ca.as_ref()).context("WEFT_DB_CA")?)
         }
         Err(_) => None,

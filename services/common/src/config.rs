@@ -166,6 +166,18 @@ impl Config {
         };
         let mut config = Self::new(transport, database);
         config.migrate_database = migrate_database;
+        if std::env::var_os("WEFT_DB_CA").is_some() {
+            let require = |c: &mut tokio_postgres::Config| {
+                crate::pg_tls::require_tls(c).map_err(|reason| ConfigError::Invalid {
+                    name: "DATABASE_URL",
+                    reason,
+                })
+            };
+            require(&mut config.database)?;
+            if let Some(migrate) = config.migrate_database.as_mut() {
+                require(migrate)?;
+            }
+        }
         if let Ok(secret) = std::env::var("WEFT_DB_PASSWORD_SECRET") {
             config.database_password = Some(std::sync::Arc::new(
                 crate::db_password::SecretsManagerPassword::new(secret),

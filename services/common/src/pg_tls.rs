@@ -149,3 +149,45 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for PgTlsStream<S> {
         Pin::new(&mut self.0).poll_shutdown(cx)
     }
 }
+
+/// With a CA bundle configured, TLS is required: tokio-postgres's default
+/// (`sslmode=prefer`) would fall back to plaintext when the server offers no
+/// TLS, which a server impersonator can arrange. `sslmode=disable` next to
+/// a CA bundle is a contradiction and refused.
+pub fn require_tls(config: &mut tokio_postgres::Config) -> Result<(), String> {
+    use tokio_postgres::config::SslMode;
+    match config.get_ssl_mode() {
+        SslMode::Disable => Err("sslmode=disable while a CA bundle (WEFT_DB_CA) is set".into()),
+        _ => {
+            config.ssl_mode(SslMode::Require);
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod require_tests {
+    use tokio_postgres::config::SslMode;
+
+    use super::require_tls;
+
+    #[test]
+    fn a_ca_bundle_means_tls_is_required() {
+        for url in [
+            "postgres://u@h/db",
+            "postgres://u@h/db?sslmode=prefer",
+            "postgres://u@h/db?sslmode=require",
+        ] {
+            let mut config: tokio_postgres::Config = url.parse().unwrap();
+            require_tls(&mut config).unwrap();
+            assert_eq!(config.get_ssl_mode(), SslMode::Require, "{url}");
+        }
+        let mut config: tokio_postgres::Config =
+            "postgres://u@h/db?sslmode=disable".parse().unwrap();
+        assert!(
+            require_tls(&mut config)
+                .unwrap_err()
+                .contains("sslmode=disable")
+        );
+    }
+}
