@@ -119,6 +119,12 @@ impl Cluster {
         Ok(())
     }
 
+    /// Takes stand-in instance `id` out of the cluster's discovery.
+    pub async fn deregister(&self, id: &str) -> Result<()> {
+        self.stand_ins.deregister("inventory", id).await?;
+        Ok(())
+    }
+
     /// Stops instance `n` through the drain protocol and waits for it.
     pub async fn stop(&mut self, n: usize) -> Result<()> {
         if let Some(server) = self.instances.get_mut(n).and_then(Option::take) {

@@ -450,3 +450,64 @@ async fn with_retries_off_each_call_is_one_attempt() {
         "one attempt per call, the body streamed through"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_that_leaves_takes_its_metric_series_with_it() {
+    let cluster = Cluster::new().unwrap();
+    let store = CertStore::load(
+        cluster.pki().service("inventory", "inventory").unwrap(),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    let mut addrs = Vec::new();
+    let mut reporters = Vec::new();
+    for n in 0..2 {
+        let (reporter, health) = tonic_health::server::health_reporter();
+        let addr = serve_mtls(&store, Routes::new(health)).await.unwrap();
+        cluster.register(&format!("m-{n}"), addr).await.unwrap();
+        addrs.push(addr);
+        reporters.push(reporter);
+    }
+    let metrics = Arc::new(weft_mesh::Metrics::new());
+    let channel = cluster
+        .channel(ClientOptions {
+            metrics: metrics.clone(),
+            ..ClientOptions::default()
+        })
+        .await
+        .unwrap();
+    wait_for_endpoints(&channel, 2).await.unwrap();
+    let mut client = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    for _ in 0..40 {
+        client
+            .check(tonic_health::pb::HealthCheckRequest::default())
+            .await
+            .unwrap();
+    }
+    let peer = |a: std::net::SocketAddr| format!("peer=\"{a}\"");
+    // The balancer may have kept to one endpoint; that one leaves.
+    let text = metrics.render();
+    let called = (0..2)
+        .find(|&n| text.contains(&peer(addrs[n])))
+        .expect("an endpoint was called");
+    let stays = 1 - called;
+    cluster.deregister(&format!("m-{called}")).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while channel.endpoints().len() > 1 {
+        assert!(Instant::now() < deadline, "m-0 never left the pool");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Calls now go to the one that stays, which keeps its series.
+    for _ in 0..5 {
+        client
+            .check(tonic_health::pb::HealthCheckRequest::default())
+            .await
+            .unwrap();
+    }
+    let text = metrics.render();
+    assert!(
+        !text.contains(&peer(addrs[called])),
+        "the endpoint that left kept its series"
+    );
+    assert!(text.contains(&peer(addrs[stays])), "{text}");
+}

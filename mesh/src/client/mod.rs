@@ -90,7 +90,7 @@ struct Inner {
     budget: RetryBudget,
     options: ClientOptions,
     follower: JoinHandle<()>,
-    calls: CallCache,
+    calls: Arc<CallCache>,
 }
 
 impl Drop for Inner {
@@ -132,7 +132,8 @@ impl MeshChannel {
             options.connections_per_endpoint,
             events,
         );
-        report_pool(metrics, &service, &pool, snapshots);
+        let calls = Arc::new(CallCache::default());
+        report_pool(metrics, &service, &pool, snapshots, &calls);
         Self {
             inner: Arc::new(Inner {
                 service,
@@ -141,7 +142,7 @@ impl MeshChannel {
                 idempotency,
                 options,
                 follower,
-                calls: CallCache::default(),
+                calls,
             }),
         }
     }

@@ -26,8 +26,11 @@ pub(super) fn report_pool(
     upstream: &str,
     pool: &Arc<Pool>,
     snapshots: watch::Receiver<Snapshot>,
+    calls: &Arc<CallCache>,
 ) {
     let weak: Weak<Pool> = Arc::downgrade(pool);
+    let calls: Weak<CallCache> = Arc::downgrade(calls);
+    let registry = Arc::downgrade(metrics);
     let label = |state: &str| PoolState {
         upstream: upstream.to_owned(),
         state: state.to_owned(),
@@ -59,6 +62,10 @@ pub(super) fn report_pool(
         unavailable.set(i64::try_from(all.len() - up).unwrap_or(i64::MAX));
         let stale = snapshots.borrow().staleness();
         staleness.set(stale.map_or(f64::INFINITY, |d| d.as_secs_f64()));
+        if let (Some(calls), Some(metrics)) = (calls.upgrade(), registry.upgrade()) {
+            let present = all.iter().map(|e| e.addr).collect();
+            calls.keep_only(&metrics, &present);
+        }
         true
     });
 }
@@ -97,6 +104,64 @@ struct CallMetrics {
 /// Handles by endpoint and method, per channel.
 #[derive(Default)]
 pub(super) struct CallCache(RwLock<HashMap<SocketAddr, HashMap<String, Arc<CallMetrics>>>>);
+
+/// Every status code, for removing an endpoint's answers by code.
+const CODES: [Code; 17] = [
+    Code::Ok,
+    Code::Cancelled,
+    Code::Unknown,
+    Code::InvalidArgument,
+    Code::DeadlineExceeded,
+    Code::NotFound,
+    Code::AlreadyExists,
+    Code::PermissionDenied,
+    Code::ResourceExhausted,
+    Code::FailedPrecondition,
+    Code::Aborted,
+    Code::OutOfRange,
+    Code::Unimplemented,
+    Code::Internal,
+    Code::Unavailable,
+    Code::DataLoss,
+    Code::Unauthenticated,
+];
+
+impl CallCache {
+    /// Forgets the endpoints not in `present`, and their series: endpoints
+    /// come and go with every deployment, and a long-lived client must not
+    /// keep a label set for each one it ever called.
+    pub(super) fn keep_only(
+        &self,
+        metrics: &Metrics,
+        present: &std::collections::HashSet<SocketAddr>,
+    ) {
+        let Ok(mut cache) = self.0.write() else {
+            return;
+        };
+        let gone: Vec<SocketAddr> = cache
+            .keys()
+            .filter(|a| !present.contains(a))
+            .copied()
+            .collect();
+        for addr in gone {
+            let Some(methods) = cache.remove(&addr) else {
+                continue;
+            };
+            for entry in methods.values() {
+                metrics.client_requests.remove(&entry.call);
+                metrics.client_latency.remove(&entry.call);
+                for code in CODES {
+                    metrics.client_responses.remove(&ClientResult {
+                        upstream: entry.call.upstream.clone(),
+                        grpc_method: entry.call.grpc_method.clone(),
+                        peer: entry.call.peer.clone(),
+                        grpc_code: code_name(code).to_owned(),
+                    });
+                }
+            }
+        }
+    }
+}
 
 impl std::fmt::Debug for CallCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
