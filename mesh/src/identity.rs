@@ -100,7 +100,9 @@ impl SpiffeId {
         Self::new(td, kind, name).map_err(|_| malformed())
     }
 
-    /// Reads the single SPIFFE URI SAN of a certificate.
+    /// Reads the certificate's SPIFFE id: its one URI SAN, which must be a
+    /// SPIFFE id (the X.509-SVID rule; a second URI, of any scheme, or a
+    /// scheme in capitals, is refused).
     pub fn from_certificate(cert: &CertificateDer<'_>) -> Result<Self, IdentityError> {
         let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
             .map_err(|e| IdentityError::BadCertificate(e.to_string()))?;
@@ -111,9 +113,7 @@ impl SpiffeId {
             .iter()
             .flat_map(|ext| ext.value.general_names.iter())
             .filter_map(|name| match name {
-                x509_parser::extensions::GeneralName::URI(uri) if uri.starts_with("spiffe://") => {
-                    Some(*uri)
-                }
+                x509_parser::extensions::GeneralName::URI(uri) => Some(*uri),
                 _ => None,
             })
             .collect();
@@ -178,5 +178,50 @@ mod tests {
         ] {
             assert!(SpiffeId::parse(bad).is_err(), "{bad}");
         }
+    }
+}
+
+#[cfg(test)]
+mod san_tests {
+    use rcgen::{CertificateParams, KeyPair, SanType};
+    use rustls::pki_types::CertificateDer;
+
+    use super::*;
+
+    fn cert(uris: &[&str]) -> CertificateDer<'static> {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.subject_alt_names = uris
+            .iter()
+            .map(|u| SanType::URI((*u).try_into().unwrap()))
+            .collect();
+        params
+            .subject_alt_names
+            .push(SanType::DnsName("localhost".try_into().unwrap()));
+        let key = KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().clone()
+    }
+
+    #[test]
+    fn exactly_one_uri_san_and_it_is_a_spiffe_id() {
+        let ok = cert(&["spiffe://weft.local/service/inventory"]);
+        assert_eq!(SpiffeId::from_certificate(&ok).unwrap().name(), "inventory");
+        let two = cert(&[
+            "spiffe://weft.local/service/inventory",
+            "https://example.com/x",
+        ]);
+        assert!(matches!(
+            SpiffeId::from_certificate(&two),
+            Err(IdentityError::SanCount(2))
+        ));
+        let shouting = cert(&["SPIFFE://weft.local/service/inventory"]);
+        assert!(matches!(
+            SpiffeId::from_certificate(&shouting),
+            Err(IdentityError::Malformed(_))
+        ));
+        let none = cert(&[]);
+        assert!(matches!(
+            SpiffeId::from_certificate(&none),
+            Err(IdentityError::SanCount(0))
+        ));
     }
 }
