@@ -398,3 +398,34 @@ async fn the_database_refuses_an_unbalanced_or_edited_ledger() {
     mesh.check_invariants().await.unwrap();
     mesh.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_balance_that_would_pass_what_a_column_holds_is_out_of_range_not_internal() {
+    let mesh = Mesh::without_orders().await.unwrap();
+    let account = mesh.open_account("max", 100).await.unwrap();
+    // Where many large deposits would take it (each is at most
+    // MAX_AMOUNT_MINOR): a step below the largest balance kept.
+    let db = mesh.db.connect().await.unwrap();
+    db.execute(
+        "UPDATE payments.accounts SET balance_minor = 9223372036854775000 WHERE account_id = $1",
+        &[&account],
+    )
+    .await
+    .unwrap();
+    let mut payments = mesh.payments().await.unwrap();
+    let err = payments
+        .deposit(pb::DepositRequest {
+            idempotency_key: "too-much".into(),
+            account_id: account.clone(),
+            amount: Some(eur(1_000_000)),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
+    assert!(
+        !err.message().contains("bigint"),
+        "no database detail reaches the caller: {}",
+        err.message()
+    );
+    mesh.stop().await.unwrap();
+}

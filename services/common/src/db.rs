@@ -21,6 +21,11 @@ pub enum DbError {
     /// The idempotency key was used before with a different request.
     #[error("idempotency_key was already used with a different request")]
     IdempotencyConflict,
+    /// A sum or counter would pass what a column holds (PostgreSQL's
+    /// `numeric_value_out_of_range`): the caller's amounts are too large for
+    /// the record they add to, not a fault of the service.
+    #[error("an amount or balance would exceed the largest value that can be kept")]
+    OutOfRange(String),
     /// Anything else; details belong in logs, never in responses.
     #[error("database error: {0}")]
     Internal(String),
@@ -39,6 +44,10 @@ impl DbError {
             Self::Unavailable(detail) => {
                 tracing::warn!(%detail, "database unavailable");
                 Status::unavailable(format!("{service} is temporarily unavailable"))
+            }
+            Self::OutOfRange(detail) => {
+                tracing::info!(%detail, "value out of range");
+                Status::out_of_range(self.to_string())
             }
             Self::Internal(detail) => {
                 tracing::error!(%detail, "internal error");
@@ -62,6 +71,9 @@ impl From<tokio_postgres::Error> for DbError {
                 if *code == SqlState::ADMIN_SHUTDOWN || *code == SqlState::CANNOT_CONNECT_NOW =>
             {
                 Self::Unavailable(e.to_string())
+            }
+            Some(code) if *code == SqlState::NUMERIC_VALUE_OUT_OF_RANGE => {
+                Self::OutOfRange(e.to_string())
             }
             Some(_) => Self::Internal(e.to_string()),
             None if e.is_closed() => Self::Unavailable(e.to_string()),

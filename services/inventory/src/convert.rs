@@ -74,7 +74,9 @@ pub fn status(e: InventoryError) -> Status {
         | InventoryError::WriteOffTooLarge { .. }
         | InventoryError::InvalidState { .. }
         | InventoryError::IdempotencyConflict => Status::failed_precondition(e.to_string()),
-        InventoryError::Overflow { .. } => Status::out_of_range(e.to_string()),
+        InventoryError::Overflow { .. } | InventoryError::TooLarge => {
+            Status::out_of_range(e.to_string())
+        }
         InventoryError::Conflict(detail) => {
             tracing::info!(%detail, "transaction collided");
             Status::aborted("concurrent update; retry the call")

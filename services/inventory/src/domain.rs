@@ -183,6 +183,9 @@ pub enum InventoryError {
         /// Units available.
         available: i64,
     },
+    /// A quantity the database adds up would pass what it can keep.
+    #[error("a quantity would exceed the largest supported value")]
+    TooLarge,
     /// A counter would overflow.
     #[error("stock of {sku:?} would exceed the largest supported quantity")]
     Overflow {
@@ -220,6 +223,8 @@ impl From<DbError> for InventoryError {
             DbError::Conflict(detail) => Self::Conflict(detail),
             DbError::IdempotencyConflict => Self::IdempotencyConflict,
             DbError::Internal(detail) => Self::Internal(detail),
+            // A counter in SQL arithmetic (the checked paths name the SKU).
+            DbError::OutOfRange(_) => Self::TooLarge,
         }
     }
 }

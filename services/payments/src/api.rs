@@ -12,7 +12,8 @@ use crate::domain::{Money, NewAccount};
 use crate::store::Store;
 
 /// The largest amount one call may move or one account may be allowed to
-/// owe: far below `i64::MAX`, so sums of many cannot overflow.
+/// owe: far below `i64::MAX`, yet a balance or a ledger sum built from many
+/// of them can pass it; that answers OUT_OF_RANGE (see `DbError::OutOfRange`).
 pub const MAX_AMOUNT_MINOR: i64 = 1_000_000_000_000_000;
 
 /// Implements `weft.payments.v1.PaymentsService` over a [`Store`].
