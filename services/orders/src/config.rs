@@ -32,6 +32,15 @@ pub struct OrdersConfig {
     pub wait: Duration,
 }
 
+/// An instance id for an orders process that no registration names: its
+/// process id alone repeats across containers (every container's first
+/// process is 1), and two instances with one id would take each other's
+/// saga leases; a random part makes it this process's own. (A restart then
+/// resumes its sagas when their leases lapse, not at once.)
+fn unregistered_instance_id() -> String {
+    format!("orders-{}-{:08x}", std::process::id(), fastrand::u32(..))
+}
+
 impl OrdersConfig {
     /// Defaults for everything but these.
     pub fn new(service: Config, discovery: String, merchant_account_id: String) -> Self {
@@ -39,7 +48,7 @@ impl OrdersConfig {
             .registration
             .as_ref()
             .map(|r| r.instance_id.clone())
-            .unwrap_or_else(|| format!("orders-{}", std::process::id()));
+            .unwrap_or_else(unregistered_instance_id);
         Self {
             service,
             upstream: UpstreamConfig {
@@ -83,5 +92,21 @@ impl OrdersConfig {
             config.wait = Duration::from_millis(ms);
         }
         Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod instance_tests {
+    use super::unregistered_instance_id;
+
+    #[test]
+    fn unregistered_instances_do_not_share_an_id_even_with_the_same_pid() {
+        let ids: std::collections::HashSet<String> =
+            (0..100).map(|_| unregistered_instance_id()).collect();
+        assert_eq!(ids.len(), 100);
+        assert!(
+            ids.iter()
+                .all(|id| id.starts_with(&format!("orders-{}-", std::process::id())))
+        );
     }
 }
