@@ -57,7 +57,7 @@ pub async fn run(args: BootstrapArgs) -> Result<()> {
     let deadline = tokio::time::Instant::now() + WITHIN;
     let mut delay = Duration::from_millis(200);
     let (client, driver) = loop {
-        match weft_service::migrate::connect(&config, tls.as_ref()).await {
+        match weft_service::pg_tls::connect(&config, tls.as_ref()).await {
             Ok(pair) => break pair,
             Err(e) if tokio::time::Instant::now() + delay < deadline => {
                 eprintln!("database not reachable yet ({e}); retrying in {delay:?}");

@@ -105,14 +105,6 @@ async fn a_service_started_while_cloud_map_is_down_registers_once_it_is_back() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     // ...and clients find it, healthy.
-    let cloud_map = moto
-        .cloud_map(
-            "weft.test",
-            RegistrationMode::SelfRegister,
-            PollConfig::default(),
-        )
-        .await
-        .unwrap();
     let mut rx = cloud_map
         .watch("inventory", &weft_discovery::Filter::any())
         .unwrap();

@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use deadpool_postgres::Connect;
 use tokio::task::JoinHandle;
+use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, NoTls};
 
 use crate::pg_tls::PgTls;
 
@@ -149,21 +149,7 @@ impl RotatingConnect {
     ) -> Result<(Client, JoinHandle<()>), tokio_postgres::Error> {
         let mut config = config.clone();
         config.password(password);
-        let log = |result: Result<(), tokio_postgres::Error>| {
-            if let Err(e) = result {
-                tracing::warn!(error = %e, "database connection ended");
-            }
-        };
-        Ok(match &self.tls {
-            Some(tls) => {
-                let (client, connection) = config.connect(tls.clone()).await?;
-                (client, tokio::spawn(async move { log(connection.await) }))
-            }
-            None => {
-                let (client, connection) = config.connect(NoTls).await?;
-                (client, tokio::spawn(async move { log(connection.await) }))
-            }
-        })
+        crate::pg_tls::connect(&config, self.tls.as_ref()).await
     }
 
     fn remember(&self, password: &str) {

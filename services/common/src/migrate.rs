@@ -3,8 +3,6 @@
 
 use std::time::Duration;
 
-use tokio_postgres::NoTls;
-
 /// An arbitrary but fixed advisory-lock key, the same for every service:
 /// replicas starting at once queue on it, so only one applies the migrations
 /// and the others find them done (services sharing a database also take
@@ -23,28 +21,6 @@ pub enum MigrateError {
     /// A migration failed.
     #[error("migration failed: {0}")]
     Migration(#[from] refinery::Error),
-}
-
-/// One connection, with TLS when given, its driver running in a task.
-pub async fn connect(
-    config: &tokio_postgres::Config,
-    tls: Option<&crate::pg_tls::PgTls>,
-) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), tokio_postgres::Error> {
-    let log = |result: Result<(), tokio_postgres::Error>| {
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "migration connection ended");
-        }
-    };
-    Ok(match tls {
-        Some(tls) => {
-            let (client, connection) = config.connect(tls.clone()).await?;
-            (client, tokio::spawn(async move { log(connection.await) }))
-        }
-        None => {
-            let (client, connection) = config.connect(NoTls).await?;
-            (client, tokio::spawn(async move { log(connection.await) }))
-        }
-    })
 }
 
 /// Connects (retrying with backoff until `within` has passed, because the
@@ -67,7 +43,7 @@ pub async fn migrate(
     let deadline = tokio::time::Instant::now() + within;
     let mut delay = Duration::from_millis(100);
     let (mut client, driver) = loop {
-        match connect(config, service.database_tls.as_ref()).await {
+        match crate::pg_tls::connect(config, service.database_tls.as_ref()).await {
             Ok(pair) => break pair,
             Err(e) if tokio::time::Instant::now() + delay < deadline => {
                 tracing::warn!(error = %e, retry_in = ?delay, "database not reachable yet");
@@ -109,7 +85,8 @@ async fn prepare_schema(
     client: &tokio_postgres::Client,
     schema: &str,
 ) -> Result<(), tokio_postgres::Error> {
-    let quoted = format!("\"{}\"", schema.replace('"', "\"\""));
+    use crate::roles::{Roles, ident, relation_exists};
+    let quoted = ident(schema);
     let exists = client
         .query_opt("SELECT 1 FROM pg_namespace WHERE nspname = $1", &[&schema])
         .await?
@@ -119,21 +96,12 @@ async fn prepare_schema(
             .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {quoted}"))
             .await?;
     }
-    let old = format!("public.weft_{schema}_migrations");
-    let moved: Option<String> = client
-        .query_one(
-            "SELECT to_regclass($1)::text",
-            &[&crate::roles::Roles::migration_table(schema)],
-        )
-        .await?
-        .get(0);
-    let left: Option<String> = client
-        .query_one("SELECT to_regclass($1)::text", &[&old])
-        .await?
-        .get(0);
-    if moved.is_none() && left.is_some() {
+    let legacy = Roles::legacy_migration_table(schema);
+    if relation_exists(client, &legacy).await?
+        && !relation_exists(client, &Roles::migration_table(schema)).await?
+    {
         client
-            .batch_execute(&format!("ALTER TABLE {old} SET SCHEMA {quoted}"))
+            .batch_execute(&format!("ALTER TABLE {legacy} SET SCHEMA {quoted}"))
             .await?;
     }
     Ok(())

@@ -150,6 +150,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for PgTlsStream<S> {
     }
 }
 
+/// One connection, with TLS when given, its driver running in a task (the
+/// pool's connections, migrations and the roles bootstrap all open theirs
+/// here).
+pub async fn connect(
+    config: &tokio_postgres::Config,
+    tls: Option<&PgTls>,
+) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), tokio_postgres::Error> {
+    let log = |result: Result<(), tokio_postgres::Error>| {
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "database connection ended");
+        }
+    };
+    Ok(match tls {
+        Some(tls) => {
+            let (client, connection) = config.connect(tls.clone()).await?;
+            (client, tokio::spawn(async move { log(connection.await) }))
+        }
+        None => {
+            let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+            (client, tokio::spawn(async move { log(connection.await) }))
+        }
+    })
+}
+
 /// With a CA bundle configured, TLS is required: tokio-postgres's default
 /// (`sslmode=prefer`) would fall back to plaintext when the server offers no
 /// TLS, which a server impersonator can arrange. `sslmode=disable` next to

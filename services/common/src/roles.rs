@@ -48,6 +48,23 @@ impl Roles {
     pub fn migration_table(service: &str) -> String {
         format!("{service}.weft_{service}_migrations")
     }
+
+    /// Where versions before the roles kept that history.
+    pub fn legacy_migration_table(service: &str) -> String {
+        format!("public.weft_{service}_migrations")
+    }
+}
+
+/// Whether the relation `name` (schema-qualified) exists.
+pub(crate) async fn relation_exists(
+    client: &Client,
+    name: &str,
+) -> Result<bool, tokio_postgres::Error> {
+    let found: Option<String> = client
+        .query_one("SELECT to_regclass($1)::text", &[&name])
+        .await?
+        .get(0);
+    Ok(found.is_some())
 }
 
 /// The passwords a role is created with (none: no password, for servers
@@ -65,7 +82,7 @@ pub struct Passwords {
 }
 
 /// A SQL identifier, quoted.
-fn ident(name: &str) -> String {
+pub(crate) fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
@@ -233,26 +250,14 @@ async fn bootstrap_locked(
             .await?;
     }
     // The migration history moves into the schema it describes.
-    let table = format!("weft_{service}_migrations");
-    let in_public: Option<String> = client
-        .query_one(
-            "SELECT to_regclass($1)::text",
-            &[&format!("public.{table}")],
-        )
-        .await?
-        .get(0);
-    let in_schema: Option<String> = client
-        .query_one(
-            "SELECT to_regclass($1)::text",
-            &[&Roles::migration_table(service)],
-        )
-        .await?
-        .get(0);
-    if in_public.is_some() && in_schema.is_none() {
+    let legacy = Roles::legacy_migration_table(service);
+    if relation_exists(client, &legacy).await?
+        && !relation_exists(client, &Roles::migration_table(service)).await?
+    {
         client
             .batch_execute(&format!(
                 "ALTER TABLE public.{t} OWNER TO {owner}; ALTER TABLE public.{t} SET SCHEMA {schema};",
-                t = ident(&table)
+                t = ident(&format!("weft_{service}_migrations"))
             ))
             .await?;
     }
