@@ -316,7 +316,7 @@ async fn start(
         trust_bundle: certs.join("ca.pem"),
     };
     let transport = Transport::Mtls {
-        identity,
+        identity: weft_mesh::IdentitySource::Files(identity),
         policy: Some(Policy::from_toml(&policy_text)?),
         reload_every: Duration::from_secs(5),
     };

@@ -1,7 +1,9 @@
-//! Loads an identity (certificate chain, private key, trust bundle) from PEM
-//! files and keeps it current: a background task notices when the files
-//! change and swaps in the new material for new handshakes, while live
-//! connections carry on with what they negotiated.
+//! Holds a process's identity (certificate chain, private key, trust
+//! bundle) and keeps it current. From PEM files, a background task notices
+//! when the files change; from AWS Private CA, [`crate::private_ca`] renews.
+//! Either way new material serves new handshakes while live connections
+//! carry on with what they negotiated, and a certificate that is not valid
+//! now or names another identity is never swapped in.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -15,6 +17,7 @@ use rustls::sign::CertifiedKey;
 
 use crate::identity::SpiffeId;
 use crate::provider::provider;
+pub use crate::trust::Scopes;
 
 /// Where an identity's files are.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +47,57 @@ pub enum LoadError {
     /// The certificate carries no SPIFFE identity.
     #[error("certificate: {0}")]
     Identity(#[from] crate::identity::IdentityError),
+    /// Private CA did not issue a usable certificate in time.
+    #[error("Private CA: {0}")]
+    PrivateCa(#[from] crate::private_ca::PcaError),
+}
+
+/// Where a process's identity comes from.
+#[derive(Debug, Clone)]
+pub enum IdentitySource {
+    /// PEM files (`weft certs`, local use, `weft up`), watched for changes.
+    Files(IdentityPaths),
+    /// AWS Private CA. Every clone shares one store, so a process that
+    /// serves and calls holds one key and renews once.
+    PrivateCa(Arc<SharedPrivateCa>),
+}
+
+/// A Private CA identity and, once opened, its store.
+#[derive(Debug)]
+pub struct SharedPrivateCa {
+    /// What to ask for and from whom.
+    pub settings: crate::private_ca::Settings,
+    store: tokio::sync::OnceCell<CertStore>,
+}
+
+impl IdentitySource {
+    /// An identity from Private CA with `settings`.
+    pub fn private_ca(settings: crate::private_ca::Settings) -> Self {
+        Self::PrivateCa(Arc::new(SharedPrivateCa {
+            settings,
+            store: tokio::sync::OnceCell::new(),
+        }))
+    }
+
+    /// The store: files are read now (and checked every `reload_every`);
+    /// Private CA issues on the first call and every later call (from any
+    /// clone) gets the same store.
+    pub async fn open(&self, reload_every: Duration) -> Result<CertStore, LoadError> {
+        match self {
+            Self::Files(paths) => CertStore::load(paths.clone(), reload_every),
+            Self::PrivateCa(shared) => shared
+                .store
+                .get_or_try_init(|| async {
+                    let authority = Arc::new(
+                        crate::private_ca::aws::AwsAuthority::connect(&shared.settings).await,
+                    );
+                    crate::private_ca::open(authority, shared.settings.clone()).await
+                })
+                .await
+                .cloned()
+                .map_err(LoadError::from),
+        }
+    }
 }
 
 /// One loaded generation of identity material.
@@ -57,8 +111,19 @@ pub struct Material {
     pub id: SpiffeId,
     /// When the leaf certificate expires (its notAfter).
     pub not_after: SystemTime,
+    /// Which CAs may vouch for which identities (unscoped for files).
+    pub scopes: Arc<Scopes>,
     /// Counts reloads, starting at 1.
     pub generation: u64,
+}
+
+/// Where a store's material comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// PEM files, watched for changes.
+    Files(IdentityPaths),
+    /// AWS Private CA: the issuing CA's ARN.
+    PrivateCa(String),
 }
 
 fn file_error(path: &Path, reason: impl std::fmt::Display) -> LoadError {
@@ -73,7 +138,7 @@ fn file_error(path: &Path, reason: impl std::fmt::Display) -> LoadError {
 pub type Loaded = (Arc<CertifiedKey>, Arc<RootCertStore>, SpiffeId, SystemTime);
 
 /// The leaf's notBefore and notAfter.
-fn validity(leaf: &CertificateDer<'_>) -> Result<(SystemTime, SystemTime), String> {
+pub(crate) fn validity(leaf: &CertificateDer<'_>) -> Result<(SystemTime, SystemTime), String> {
     let (_, parsed) =
         x509_parser::parse_x509_certificate(leaf.as_ref()).map_err(|e| e.to_string())?;
     let at = |t: x509_parser::time::ASN1Time| {
@@ -90,7 +155,7 @@ fn validity(leaf: &CertificateDer<'_>) -> Result<(SystemTime, SystemTime), Strin
 /// Why a reloaded identity must not replace the current one, if it must
 /// not: a certificate that is not valid now would fail every handshake, and
 /// one for another identity would make this process someone else.
-fn refuse_swap(
+pub(crate) fn refuse_swap(
     current: &SpiffeId,
     id: &SpiffeId,
     not_before: SystemTime,
@@ -153,7 +218,7 @@ pub fn load(paths: &IdentityPaths, provider: &CryptoProvider) -> Result<Loaded, 
 #[derive(Debug, Clone)]
 pub struct CertStore {
     current: Arc<RwLock<Material>>,
-    paths: IdentityPaths,
+    origin: Arc<Origin>,
 }
 
 type Stamp = Vec<Option<(SystemTime, u64)>>;
@@ -177,25 +242,72 @@ impl CertStore {
         // Stamped before reading, so a change during the read is seen later.
         let seen = stamp(&paths);
         let (key, roots, id, not_after) = load(&paths, &provider)?;
-        let store = Self {
-            current: Arc::new(RwLock::new(Material {
+        let store = Self::from_material(
+            Material {
                 key,
                 roots,
                 id,
                 not_after,
+                scopes: Arc::new(Scopes::Unscoped),
                 generation: 1,
-            })),
-            paths,
-        };
+            },
+            Origin::Files(paths.clone()),
+        );
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(watch(
-                Arc::downgrade(&store.current),
-                store.paths.clone(),
-                seen,
-                interval,
-            ));
+            runtime.spawn(watch(Arc::downgrade(&store.current), paths, seen, interval));
         }
         Ok(store)
+    }
+
+    /// A store over material obtained elsewhere; whoever made it keeps it
+    /// current through [`CertStore::swap_key`] and [`CertStore::swap_trust`].
+    pub(crate) fn from_material(material: Material, origin: Origin) -> Self {
+        Self {
+            current: Arc::new(RwLock::new(material)),
+            origin: Arc::new(origin),
+        }
+    }
+
+    /// Serves `key` from now on, unless it is not valid now or names
+    /// another identity (then the reason, and the current key stays).
+    pub(crate) fn swap_key(&self, key: Arc<CertifiedKey>) -> Result<u64, String> {
+        let leaf = key
+            .end_entity_cert()
+            .map_err(|e| format!("no certificate: {e}"))?;
+        let id = SpiffeId::from_certificate(leaf).map_err(|e| e.to_string())?;
+        let (not_before, not_after) = validity(leaf)?;
+        let mut m = self
+            .current
+            .write()
+            .map_err(|_| "identity state poisoned".to_owned())?;
+        if let Some(why) = refuse_swap(&m.id, &id, not_before, not_after) {
+            return Err(why);
+        }
+        m.generation += 1;
+        m.key = key;
+        m.not_after = not_after;
+        Ok(m.generation)
+    }
+
+    /// Verifies peers against `roots` and `scopes` from now on.
+    pub(crate) fn swap_trust(&self, roots: Arc<RootCertStore>, scopes: Arc<Scopes>) -> u64 {
+        let mut m = match self.current.write() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        m.generation += 1;
+        m.roots = roots;
+        m.scopes = scopes;
+        m.generation
+    }
+
+    /// A handle that does not keep the store alive, for background tasks
+    /// that should stop when the last user drops it.
+    pub(crate) fn downgrade(&self) -> WeakCertStore {
+        WeakCertStore {
+            current: Arc::downgrade(&self.current),
+            origin: self.origin.clone(),
+        }
     }
 
     /// The material for a new handshake.
@@ -206,9 +318,26 @@ impl CertStore {
         }
     }
 
-    /// The files this store reads.
-    pub fn paths(&self) -> &IdentityPaths {
-        &self.paths
+    /// Where the material comes from.
+    pub fn origin(&self) -> &Origin {
+        &self.origin
+    }
+}
+
+/// A [`CertStore`] that background tasks hold without keeping it alive.
+#[derive(Debug, Clone)]
+pub(crate) struct WeakCertStore {
+    current: std::sync::Weak<RwLock<Material>>,
+    origin: Arc<Origin>,
+}
+
+impl WeakCertStore {
+    /// The store, while anyone else still holds it.
+    pub(crate) fn upgrade(&self) -> Option<CertStore> {
+        Some(CertStore {
+            current: self.current.upgrade()?,
+            origin: self.origin.clone(),
+        })
     }
 }
 
@@ -251,6 +380,7 @@ async fn watch(
                         roots,
                         id,
                         not_after,
+                        scopes: m.scopes.clone(),
                         generation,
                     };
                     tracing::info!(generation, cert = %paths.cert.display(), "reloaded certificates");

@@ -1,7 +1,9 @@
 //! The client side of mTLS: verify that the server's chain leads to the
 //! trust bundle and that its SPIFFE id is the service we meant to call. The
 //! DNS name or IP we dialled is not what is checked: endpoints come from
-//! discovery as IP addresses, and any certificate could name an IP.
+//! discovery as IP addresses, and any certificate could name an IP. Where
+//! the store scopes its CAs ([`crate::trust`]), the chain must also lead to
+//! a CA scoped to the server's identity.
 
 use std::sync::Arc;
 
@@ -16,6 +18,7 @@ use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, Error, Signa
 use crate::certs::CertStore;
 use crate::identity::SpiffeId;
 use crate::provider::provider;
+use crate::trust::Vouch;
 
 /// A rustls client configuration that presents our current certificate and
 /// accepts only a server whose identity is `expected`.
@@ -63,21 +66,33 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
-        let roots = self.store.current().roots;
+        let material = self.store.current();
         let parsed = ParsedCertificate::try_from(end_entity)?;
-        verify_server_cert_signed_by_trust_anchor(
-            &parsed,
-            &roots,
-            intermediates,
-            now,
-            self.provider.signature_verification_algorithms.all,
-        )?;
+        let chains_to = |roots: &rustls::RootCertStore| {
+            verify_server_cert_signed_by_trust_anchor(
+                &parsed,
+                roots,
+                intermediates,
+                now,
+                self.provider.signature_verification_algorithms.all,
+            )
+        };
+        chains_to(&material.roots)?;
         let actual = SpiffeId::from_certificate(end_entity).map_err(|e| {
             Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(e))))
         })?;
         if actual != self.expected {
             tracing::warn!(expected = %self.expected, %actual, "server presented another identity");
             return Err(Error::InvalidCertificate(CertificateError::NotValidForName));
+        }
+        match material.scopes.for_identity(&actual) {
+            Vouch::Any => {}
+            Vouch::Only(roots) => chains_to(&roots)?,
+            Vouch::Nobody => {
+                return Err(Error::InvalidCertificate(
+                    CertificateError::ApplicationVerificationFailure,
+                ));
+            }
         }
         Ok(ServerCertVerified::assertion())
     }

@@ -15,12 +15,14 @@ pub mod metrics;
 pub mod observe;
 pub mod observed_body;
 pub mod policy;
+pub mod private_ca;
 pub mod provider;
 pub mod server_tls;
 pub mod trace_context;
+pub mod trust;
 
 pub use authorize::{AuthorizeLayer, CallerIdentity};
-pub use certs::{CertStore, IdentityPaths, LoadError};
+pub use certs::{CertStore, IdentityPaths, IdentitySource, LoadError, Origin};
 pub use client::{ClientOptions, Idempotency, MeshChannel};
 pub use client_tls::client_config;
 pub use connector::{MtlsConnector, mtls_channel, plaintext_channel};

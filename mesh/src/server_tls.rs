@@ -1,6 +1,8 @@
 //! The server side of mTLS: a rustls configuration that requires a client
 //! certificate chaining to the current trust bundle and presents the current
-//! certificate, both read from a [`CertStore`] at each handshake.
+//! certificate, both read from a [`CertStore`] at each handshake. Where the
+//! store scopes its CAs ([`crate::trust`]), the client's chain must also
+//! lead to a CA scoped to the identity it claims.
 
 use std::sync::{Arc, Mutex};
 
@@ -10,10 +12,14 @@ use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
-use rustls::{DigitallySignedStruct, DistinguishedName, Error, ServerConfig, SignatureScheme};
+use rustls::{
+    DigitallySignedStruct, DistinguishedName, Error, RootCertStore, ServerConfig, SignatureScheme,
+};
 
 use crate::certs::CertStore;
+use crate::identity::SpiffeId;
 use crate::provider::provider;
+use crate::trust::Vouch;
 
 /// A rustls server configuration for the mesh: TLS 1.3, HTTP/2, client
 /// certificates required.
@@ -25,6 +31,7 @@ pub fn server_config(store: &CertStore) -> Result<Arc<ServerConfig>, Error> {
             store: store.clone(),
             provider,
             built: Mutex::new(None),
+            scoped: Mutex::new((0, Vec::new())),
         }))
         .with_cert_resolver(Arc::new(CurrentCert(store.clone())));
     config.alpn_protocols = vec![b"h2".to_vec()];
@@ -47,6 +54,16 @@ struct ReloadingClientVerifier {
     store: CertStore,
     provider: Arc<CryptoProvider>,
     built: Mutex<Option<(u64, Arc<dyn ClientCertVerifier>)>>,
+    /// Verifiers over scoped CA sets, for the generation they were built in.
+    scoped: Mutex<ScopedVerifiers>,
+}
+
+type ScopedVerifiers = (u64, Vec<(Arc<RootCertStore>, Arc<dyn ClientCertVerifier>)>);
+
+fn bad_identity(e: crate::identity::IdentityError) -> Error {
+    Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
+        Arc::new(e),
+    )))
 }
 
 impl ReloadingClientVerifier {
@@ -66,6 +83,30 @@ impl ReloadingClientVerifier {
                 .build()
                 .map_err(|e| Error::General(format!("client verifier: {e}")))?;
         *built = Some((material.generation, verifier.clone()));
+        Ok(verifier)
+    }
+
+    /// A verifier that accepts only chains to `roots`.
+    fn scoped(
+        &self,
+        generation: u64,
+        roots: Arc<RootCertStore>,
+    ) -> Result<Arc<dyn ClientCertVerifier>, Error> {
+        let mut cache = self
+            .scoped
+            .lock()
+            .map_err(|_| Error::General("verifier state poisoned".into()))?;
+        if cache.0 != generation {
+            *cache = (generation, Vec::new());
+        }
+        if let Some((_, verifier)) = cache.1.iter().find(|(r, _)| Arc::ptr_eq(r, &roots)) {
+            return Ok(verifier.clone());
+        }
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(roots.clone(), self.provider.clone())
+                .build()
+                .map_err(|e| Error::General(format!("client verifier: {e}")))?;
+        cache.1.push((roots, verifier.clone()));
         Ok(verifier)
     }
 }
@@ -90,8 +131,22 @@ impl ClientCertVerifier for ReloadingClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, Error> {
-        self.inner()?
-            .verify_client_cert(end_entity, intermediates, now)
+        let verified = self
+            .inner()?
+            .verify_client_cert(end_entity, intermediates, now)?;
+        let material = self.store.current();
+        let claimed = || SpiffeId::from_certificate(end_entity).map_err(bad_identity);
+        match material.scopes.for_identity(&claimed()?) {
+            Vouch::Any => Ok(verified),
+            Vouch::Only(roots) => self.scoped(material.generation, roots)?.verify_client_cert(
+                end_entity,
+                intermediates,
+                now,
+            ),
+            Vouch::Nobody => Err(Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            )),
+        }
     }
 
     fn verify_tls12_signature(

@@ -49,7 +49,7 @@ pub fn config(db: &TestDb, transport: Transport) -> Config {
 /// mTLS with `identity`, `policy`, and reloads every 100 ms.
 pub fn mtls(identity: IdentityPaths, policy: Option<Policy>) -> Transport {
     Transport::Mtls {
-        identity,
+        identity: weft_mesh::IdentitySource::Files(identity),
         policy,
         reload_every: Duration::from_millis(100),
     }

@@ -1,6 +1,8 @@
 //! Starts the moto server (an AWS API emulator) on 127.0.0.1 for Cloud Map
-//! tests, and builds Weft's Cloud Map discovery against it through the real
-//! AWS SDK.
+//! and Private CA tests, and builds Weft's Cloud Map discovery and Private
+//! CAs against it through the real AWS SDK. It runs moto through
+//! `infra/tests/moto_server.py`, which keeps Cloud Map's revision and
+//! Private CA's validity as AWS keeps them.
 
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -32,9 +34,10 @@ impl Moto {
     /// Starts moto on `port` (one a client was already pointed at, to test
     /// a backend that comes up late) and waits until it answers.
     pub async fn start_on(port: u16) -> Result<Self> {
-        let binary = tool("moto_server")?;
-        let child = Command::new(binary)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        let python = tool("python")?;
+        let wrapper = concat!(env!("CARGO_MANIFEST_DIR"), "/../infra/tests/moto_server.py");
+        let child = Command::new(python)
+            .args([wrapper, "-H", "127.0.0.1", "-p", &port.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -117,6 +120,98 @@ impl Moto {
                 .await
                 .with_context(|| format!("CreateService {service}"))?;
         }
+        Ok(())
+    }
+
+    /// A Private CA client for this emulator.
+    pub async fn private_ca(&self) -> aws_sdk_acmpca::Client {
+        let shared = weft_discovery::cloudmap::shared_config(&self.options()).await;
+        aws_sdk_acmpca::Client::new(&shared)
+    }
+
+    /// Creates an active root CA named `common_name`, as an operator (or
+    /// the deployment's template) would: create, sign its own CSR with the
+    /// root template, import the result. Returns its ARN.
+    pub async fn create_root_ca(&self, common_name: &str) -> Result<String> {
+        use aws_sdk_acmpca::types::{
+            Asn1Subject, CertificateAuthorityConfiguration, CertificateAuthorityType, KeyAlgorithm,
+            SigningAlgorithm,
+        };
+        let pca = self.private_ca().await;
+        let arn = pca
+            .create_certificate_authority()
+            .certificate_authority_type(CertificateAuthorityType::Root)
+            .certificate_authority_configuration(
+                CertificateAuthorityConfiguration::builder()
+                    .key_algorithm(KeyAlgorithm::Rsa2048)
+                    .signing_algorithm(SigningAlgorithm::Sha256Withrsa)
+                    .subject(Asn1Subject::builder().common_name(common_name).build())
+                    .build()?,
+            )
+            .send()
+            .await
+            .context("CreateCertificateAuthority")?
+            .certificate_authority_arn()
+            .context("no CA ARN")?
+            .to_owned();
+        self.sign_root_ca(&arn, 10).await?;
+        Ok(arn)
+    }
+
+    /// Renews the root CA `arn`'s own certificate (same key, a new
+    /// validity), as an operator renews a Private CA.
+    pub async fn renew_root_ca(&self, arn: &str) -> Result<()> {
+        self.sign_root_ca(arn, 11).await
+    }
+
+    /// Signs the root CA's CSR for `years` and imports the result.
+    async fn sign_root_ca(&self, arn: &str, years: i64) -> Result<()> {
+        use aws_sdk_acmpca::primitives::Blob;
+        use aws_sdk_acmpca::types::{SigningAlgorithm, Validity, ValidityPeriodType};
+        let pca = self.private_ca().await;
+        let csr = pca
+            .get_certificate_authority_csr()
+            .certificate_authority_arn(arn)
+            .send()
+            .await
+            .context("GetCertificateAuthorityCsr")?
+            .csr()
+            .context("no CSR")?
+            .to_owned();
+        let cert_arn = pca
+            .issue_certificate()
+            .certificate_authority_arn(arn)
+            .csr(Blob::new(csr.as_bytes()))
+            .signing_algorithm(SigningAlgorithm::Sha256Withrsa)
+            .template_arn("arn:aws:acm-pca:::template/RootCACertificate/V1")
+            .validity(
+                Validity::builder()
+                    .r#type(ValidityPeriodType::Years)
+                    .value(years)
+                    .build()?,
+            )
+            .send()
+            .await
+            .context("IssueCertificate (root)")?
+            .certificate_arn()
+            .context("no certificate ARN")?
+            .to_owned();
+        let cert = pca
+            .get_certificate()
+            .certificate_authority_arn(arn)
+            .certificate_arn(&cert_arn)
+            .send()
+            .await
+            .context("GetCertificate (root)")?
+            .certificate()
+            .context("no certificate")?
+            .to_owned();
+        pca.import_certificate_authority_certificate()
+            .certificate_authority_arn(arn)
+            .certificate(Blob::new(cert.as_bytes()))
+            .send()
+            .await
+            .context("ImportCertificateAuthorityCertificate")?;
         Ok(())
     }
 

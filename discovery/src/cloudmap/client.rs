@@ -1,4 +1,4 @@
-//! Builds the AWS SDK client for Cloud Map from the standard configuration
+//! Builds the AWS SDK configuration Weft's clients share and the client for Cloud Map from the standard configuration
 //! chain (environment, profile, ECS task role, instance metadata), with
 //! `AWS_ENDPOINT_URL` honoured, bounded timeouts, and the fix that lets the
 //! data plane reach a custom endpoint.
@@ -26,8 +26,10 @@ pub struct ClientOptions {
     pub static_credentials: Option<(String, String)>,
 }
 
-/// Builds a Cloud Map client.
-pub async fn build_client(options: &ClientOptions) -> Client {
+/// The SDK configuration for `options`: the standard chain with bounded
+/// timeouts and brief SDK retries (Weft's own loops back off), shared by
+/// every AWS client Weft builds.
+pub async fn shared_config(options: &ClientOptions) -> aws_config::SdkConfig {
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
         // Our pollers back off on their own; the SDK only retries briefly.
         .retry_config(RetryConfig::standard().with_max_attempts(2))
@@ -53,7 +55,12 @@ pub async fn build_client(options: &ClientOptions) -> Client {
             "weft-static",
         ));
     }
-    let shared = loader.load().await;
+    loader.load().await
+}
+
+/// Builds a Cloud Map client.
+pub async fn build_client(options: &ClientOptions) -> Client {
+    let shared = shared_config(options).await;
     let custom_endpoint = shared.endpoint_url().is_some()
         || std::env::var_os("AWS_ENDPOINT_URL_SERVICEDISCOVERY").is_some();
     let mut config = aws_sdk_servicediscovery::config::Builder::from(&shared);

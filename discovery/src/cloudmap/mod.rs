@@ -10,7 +10,7 @@ mod registry;
 mod resolver;
 
 pub use api::{CallCounts, DiscoverApi, MAX_RESULTS, SdkApi, endpoint_from_attributes};
-pub use client::{ClientOptions, build_client};
+pub use client::{ClientOptions, build_client, shared_config};
 pub use poller::PollConfig;
 pub use registry::{CloudMapRegistry, MAX_ATTRIBUTES, RegistrationMode};
 pub use resolver::CloudMapResolver;

@@ -46,15 +46,24 @@ pub async fn shutdown_signal() {
 /// start, whatever its database does now) or, with `--ready`, whether
 /// `grpc_service` is SERVING (ready now), over mTLS with the server's own
 /// certificate (or plaintext, as configured); exits 0 when it is, 1
-/// otherwise, within 3 s. Container health checks ask for liveness.
-pub async fn health(grpc_service: &str, default: &str) -> std::process::ExitCode {
+/// otherwise, within 3 s. Container health checks ask for liveness. With
+/// an identity from Private CA the check has no certificate of its own
+/// (issuing one per check would cost a CA call every few seconds), so it
+/// asks the metrics listener's `/live` or `/ready` instead, which answer
+/// the same.
+pub async fn health(name: &str, grpc_service: &str, default: &str) -> std::process::ExitCode {
     let ready = std::env::args().skip(2).any(|a| a == "--ready");
     let grpc_service = if ready {
         grpc_service
     } else {
         crate::serve::LIVENESS
     };
-    match check(grpc_service, default).await {
+    let outcome = if std::env::var_os("WEFT_PCA_ARN").is_some() {
+        check_http(name, ready).await
+    } else {
+        check(name, grpc_service, default).await
+    };
+    match outcome {
         Ok(()) => {
             println!("{grpc_service}: SERVING");
             std::process::ExitCode::SUCCESS
@@ -66,7 +75,22 @@ pub async fn health(grpc_service: &str, default: &str) -> std::process::ExitCode
     }
 }
 
-async fn check(grpc_service: &str, default: &str) -> Result<(), String> {
+/// `GET /live` (or `/ready`) on the metrics listener.
+async fn check_http(name: &str, ready: bool) -> Result<(), String> {
+    let mut addr = crate::config::metrics_addr_from_env(name)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| "WEFT_METRICS_ADDR is off: nothing to ask".to_owned())?;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let path = if ready { "/ready" } else { "/live" };
+    let uri = format!("http://{addr}");
+    tokio::task::spawn_blocking(move || crate::ecs::get(&uri, path).map(|_| ()))
+        .await
+        .map_err(|e| e.to_string())?
+}
+
+async fn check(name: &str, grpc_service: &str, default: &str) -> Result<(), String> {
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::health_client::HealthClient;
@@ -78,9 +102,11 @@ async fn check(grpc_service: &str, default: &str) -> Result<(), String> {
     if addr.ip().is_unspecified() {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
-    let channel = match crate::config::transport_from_env().map_err(|e| e.to_string())? {
+    let channel = match crate::config::transport_from_env(name).map_err(|e| e.to_string())? {
         crate::Transport::Mtls { identity, .. } => {
-            let store = weft_mesh::CertStore::load(identity, std::time::Duration::from_secs(3600))
+            let store = identity
+                .open(std::time::Duration::from_secs(3600))
+                .await
                 .map_err(|e| e.to_string())?;
             // The server is this service: it must prove the same identity.
             let own = store.current().id;

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use weft_mesh::{DrainConfig, IdentityPaths, Metrics, Policy};
+use weft_mesh::{DrainConfig, IdentityPaths, IdentitySource, Metrics, Policy};
 
 /// How this instance makes itself known to clients.
 #[derive(Debug, Clone)]
@@ -38,8 +38,9 @@ pub enum Transport {
     /// Mutual TLS: callers must present a certificate from the trust bundle;
     /// with a policy, only the identities it allows may call each method.
     Mtls {
-        /// This service's certificate, key and trust bundle.
-        identity: IdentityPaths,
+        /// Where this service's certificate, key and trust bundle come
+        /// from: files, or AWS Private CA.
+        identity: IdentitySource,
         /// Who may call what; `None` admits every authenticated caller.
         policy: Option<Policy>,
         /// How often to look for rotated certificates on disk.
@@ -137,7 +138,7 @@ impl Config {
     /// `service` (`WEFT_INSTANCE_ID`, `WEFT_ADVERTISE`, `WEFT_VERSION`,
     /// `WEFT_ZONE`).
     pub fn from_env(service: &str) -> Result<Self, ConfigError> {
-        let transport = transport_from_env()?;
+        let transport = transport_from_env(service)?;
         let url =
             std::env::var("DATABASE_URL").map_err(|_| ConfigError::Missing("DATABASE_URL"))?;
         let mut database: tokio_postgres::Config =
@@ -218,17 +219,7 @@ impl Config {
         if let Some(ms) = env_number("WEFT_DRAIN_NOTIFY_MS")? {
             config.drain.notify_budget = Duration::from_millis(ms);
         }
-        config.metrics_addr =
-            match std::env::var("WEFT_METRICS_ADDR").as_deref() {
-                Ok("off") => None,
-                Ok(addr) => Some(addr.parse().map_err(|e: std::net::AddrParseError| {
-                    ConfigError::Invalid {
-                        name: "WEFT_METRICS_ADDR",
-                        reason: e.to_string(),
-                    }
-                })?),
-                Err(_) => Some(default_metrics_addr(service)),
-            };
+        config.metrics_addr = metrics_addr_from_env(service)?;
         if let Ok(discovery) = std::env::var("WEFT_DISCOVERY") {
             let advertise = match std::env::var("WEFT_ADVERTISE") {
                 Err(_) => None,
@@ -278,6 +269,21 @@ impl Config {
 }
 
 /// Each service's own metrics port on one machine, next to its gRPC port.
+/// `WEFT_METRICS_ADDR` (`off` for none), else the service's default.
+pub fn metrics_addr_from_env(service: &str) -> Result<Option<SocketAddr>, ConfigError> {
+    match std::env::var("WEFT_METRICS_ADDR").as_deref() {
+        Ok("off") => Ok(None),
+        Ok(addr) => addr
+            .parse()
+            .map(Some)
+            .map_err(|e: std::net::AddrParseError| ConfigError::Invalid {
+                name: "WEFT_METRICS_ADDR",
+                reason: e.to_string(),
+            }),
+        Err(_) => Ok(Some(default_metrics_addr(service))),
+    }
+}
+
 fn default_metrics_addr(service: &str) -> SocketAddr {
     let port = match service {
         "inventory" => 9101,
@@ -312,16 +318,21 @@ pub fn env_number(name: &'static str) -> Result<Option<u64>, ConfigError> {
     }
 }
 
-/// mTLS from `WEFT_TLS_CERT`, `WEFT_TLS_KEY`, `WEFT_TLS_CA` (all three), an
-/// optional `WEFT_POLICY` file and `WEFT_TLS_RELOAD_MS`; or plaintext when
-/// `WEFT_DEV_PLAINTEXT=1` and no TLS variable is set. Anything else is an
-/// error: a service never falls back to plaintext silently.
-pub fn transport_from_env() -> Result<Transport, ConfigError> {
-    transport_from(|name| std::env::var(name).ok())
+/// mTLS with an identity from AWS Private CA (`WEFT_PCA_ARN` and the
+/// variables [`weft_mesh::private_ca::Settings`] reads) or from
+/// `WEFT_TLS_CERT`, `WEFT_TLS_KEY`, `WEFT_TLS_CA` (all three, reloaded every
+/// `WEFT_TLS_RELOAD_MS`), with an optional `WEFT_POLICY` file; or plaintext
+/// when `WEFT_DEV_PLAINTEXT=1` and no TLS variable is set. Anything else is
+/// an error: a service never falls back to plaintext silently.
+pub fn transport_from_env(service: &str) -> Result<Transport, ConfigError> {
+    transport_from(service, |name| std::env::var(name).ok())
 }
 
 /// [`transport_from_env`] over any variable lookup.
-pub fn transport_from(lookup: impl Fn(&str) -> Option<String>) -> Result<Transport, ConfigError> {
+pub fn transport_from(
+    service: &str,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<Transport, ConfigError> {
     let var = |name| lookup(name).filter(|v| !v.is_empty()).map(PathBuf::from);
     let (cert, key, ca) = (
         var("WEFT_TLS_CERT"),
@@ -330,15 +341,37 @@ pub fn transport_from(lookup: impl Fn(&str) -> Option<String>) -> Result<Transpo
     );
     let plaintext = lookup("WEFT_DEV_PLAINTEXT").is_some_and(|v| v == "1" || v == "true");
     let policy_path = var("WEFT_POLICY");
+    let policy = || match &policy_path {
+        None => Ok(None),
+        Some(path) => Policy::load(path)
+            .map(Some)
+            .map_err(|e| ConfigError::Invalid {
+                name: "WEFT_POLICY",
+                reason: e.to_string(),
+            }),
+    };
+    let private_ca =
+        weft_mesh::private_ca::Settings::from_lookup(service, &lookup).map_err(|e| {
+            ConfigError::Invalid {
+                name: e.name,
+                reason: e.reason,
+            }
+        })?;
+    if let Some(settings) = private_ca {
+        if cert.is_some() || key.is_some() || ca.is_some() || plaintext {
+            return Err(ConfigError::Invalid {
+                name: "WEFT_PCA_ARN",
+                reason: "set either WEFT_PCA_ARN or the WEFT_TLS_* variables (or WEFT_DEV_PLAINTEXT), not both".into(),
+            });
+        }
+        return Ok(Transport::Mtls {
+            identity: IdentitySource::private_ca(settings),
+            policy: policy()?,
+            reload_every: Duration::from_secs(5),
+        });
+    }
     match (cert, key, ca, plaintext) {
         (Some(cert), Some(key), Some(trust_bundle), false) => {
-            let policy = match policy_path {
-                None => None,
-                Some(path) => Some(Policy::load(&path).map_err(|e| ConfigError::Invalid {
-                    name: "WEFT_POLICY",
-                    reason: e.to_string(),
-                })?),
-            };
             let reload_every = match lookup("WEFT_TLS_RELOAD_MS") {
                 None => Duration::from_secs(5),
                 Some(v) => Duration::from_millis(v.trim().parse::<u64>().map_err(|e| {
@@ -350,12 +383,12 @@ pub fn transport_from(lookup: impl Fn(&str) -> Option<String>) -> Result<Transpo
                 .max(Duration::from_millis(50)),
             };
             Ok(Transport::Mtls {
-                identity: IdentityPaths {
+                identity: IdentitySource::Files(IdentityPaths {
                     cert,
                     key,
                     trust_bundle,
-                },
-                policy,
+                }),
+                policy: policy()?,
                 reload_every,
             })
         }
@@ -369,7 +402,7 @@ pub fn transport_from(lookup: impl Fn(&str) -> Option<String>) -> Result<Transpo
             reason: "set either the WEFT_TLS_* variables or WEFT_DEV_PLAINTEXT, not both".into(),
         }),
         _ => Err(ConfigError::Missing(
-            "WEFT_TLS_CERT, WEFT_TLS_KEY and WEFT_TLS_CA (mTLS is required; make development certificates with `weft certs`, or set WEFT_DEV_PLAINTEXT=1)",
+            "WEFT_TLS_CERT, WEFT_TLS_KEY and WEFT_TLS_CA, or WEFT_PCA_ARN (mTLS is required; make development certificates with `weft certs`, or set WEFT_DEV_PLAINTEXT=1)",
         )),
     }
 }
@@ -385,7 +418,7 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        transport_from(|name| vars.get(name).cloned())
+        transport_from("inventory", |name| vars.get(name).cloned())
     }
 
     #[test]

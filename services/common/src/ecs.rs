@@ -47,10 +47,12 @@ pub fn task(uri: &str) -> Result<EcsTask, MetadataError> {
     Err(error(last))
 }
 
-/// One HTTP/1.0 GET against the endpoint, which is plain HTTP on a
-/// link-local address: a request line and a close-delimited body are all
-/// it takes, so no HTTP client library is pulled into every service.
-fn get(uri: &str, path: &str) -> Result<String, String> {
+/// One HTTP/1.0 GET against a plain HTTP endpoint on this host or a
+/// link-local address (the metadata endpoint, the metrics listener): a
+/// request line and a close-delimited body are all it takes, so no HTTP
+/// client library is pulled into every service. Anything but 200 is an
+/// error.
+pub(crate) fn get(uri: &str, path: &str) -> Result<String, String> {
     let rest = uri
         .strip_prefix("http://")
         .ok_or_else(|| "only http:// endpoints are served by ECS".to_owned())?;

@@ -1,8 +1,9 @@
 //! The Prometheus endpoint: `GET /metrics` on its own listener answers the
 //! process's metrics in the text format (OpenMetrics); `GET /ready` answers
 //! 200 while the service is ready (what grpc.health.v1 says of it) and 503
-//! otherwise, for load balancers that cannot speak gRPC over mTLS; anything
-//! else 404. Kept off the gRPC port so scrapers and load balancer health
+//! otherwise, for load balancers that cannot speak gRPC over mTLS; `GET
+//! /live` answers the liveness entry the same way, for container health
+//! checks that hold no certificate; anything else 404. Kept off the gRPC port so scrapers and load balancer health
 //! checks need no client certificate.
 
 use std::convert::Infallible;
@@ -20,9 +21,17 @@ use weft_mesh::Metrics;
 /// The content type of the OpenMetrics text format, which Prometheus reads.
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// Answers scrapes and readiness checks on `listener` until the task is
-/// aborted; `ready` is the service's readiness, kept by its server.
-pub async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) {
+/// What the probes answer, kept by the server.
+#[derive(Debug, Default)]
+pub struct Probes {
+    /// Ready now (false once the drain begins).
+    pub ready: AtomicBool,
+    /// Ready at least once since start.
+    pub alive: AtomicBool,
+}
+
+/// Answers scrapes and probes on `listener` until the task is aborted.
+pub async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>, probes: Arc<Probes>) {
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -33,12 +42,15 @@ pub async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>, ready: 
             }
         };
         let metrics = metrics.clone();
-        let ready = ready.clone();
+        let probes = probes.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
                 let metrics = metrics.clone();
-                let ready = ready.load(Ordering::Relaxed);
-                async move { Ok::<_, Infallible>(answer(&request, &metrics, ready)) }
+                let state = (
+                    probes.ready.load(Ordering::Relaxed),
+                    probes.alive.load(Ordering::Relaxed),
+                );
+                async move { Ok::<_, Infallible>(answer(&request, &metrics, state)) }
             });
             if let Err(e) = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -53,7 +65,7 @@ pub async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>, ready: 
 fn answer<B>(
     request: &hyper::Request<B>,
     metrics: &Metrics,
-    ready: bool,
+    (ready, alive): (bool, bool),
 ) -> hyper::Response<Full<Bytes>> {
     let text = |status, body: &'static [u8]| {
         let mut r = hyper::Response::new(Full::new(Bytes::from_static(body)));
@@ -71,6 +83,8 @@ fn answer<B>(
         }
         "/ready" if get && ready => text(hyper::StatusCode::OK, b"SERVING\n"),
         "/ready" if get => text(hyper::StatusCode::SERVICE_UNAVAILABLE, b"NOT_SERVING\n"),
+        "/live" if get && alive => text(hyper::StatusCode::OK, b"SERVING\n"),
+        "/live" if get => text(hyper::StatusCode::SERVICE_UNAVAILABLE, b"NOT_SERVING\n"),
         _ => text(hyper::StatusCode::NOT_FOUND, b"not found\n"),
     };
     response.headers_mut().insert(
@@ -89,21 +103,33 @@ mod tests {
     }
 
     #[test]
-    fn ready_answers_the_services_readiness() {
+    fn ready_and_live_answer_the_services_state() {
         let metrics = Metrics::new();
-        assert_eq!(answer(&get("/ready"), &metrics, true).status(), 200);
-        assert_eq!(answer(&get("/ready"), &metrics, false).status(), 503);
+        assert_eq!(answer(&get("/ready"), &metrics, (true, true)).status(), 200);
+        assert_eq!(
+            answer(&get("/ready"), &metrics, (false, true)).status(),
+            503
+        );
+        // Alive while not ready now (a database failover): still live.
+        assert_eq!(answer(&get("/live"), &metrics, (false, true)).status(), 200);
+        assert_eq!(
+            answer(&get("/live"), &metrics, (false, false)).status(),
+            503
+        );
         let post = hyper::Request::post("/ready").body(()).unwrap();
-        assert_eq!(answer(&post, &metrics, true).status(), 404);
+        assert_eq!(answer(&post, &metrics, (true, true)).status(), 404);
     }
 
     #[test]
     fn metrics_are_served_and_other_paths_are_not() {
         let metrics = Metrics::new();
-        let r = answer(&get("/metrics"), &metrics, false);
+        let r = answer(&get("/metrics"), &metrics, (false, false));
         assert_eq!(r.status(), 200);
         assert_eq!(r.headers()[hyper::header::CONTENT_TYPE], CONTENT_TYPE);
-        assert_eq!(answer(&get("/"), &metrics, true).status(), 404);
-        assert_eq!(answer(&get("/metrics/x"), &metrics, true).status(), 404);
+        assert_eq!(answer(&get("/"), &metrics, (true, true)).status(), 404);
+        assert_eq!(
+            answer(&get("/metrics/x"), &metrics, (true, true)).status(),
+            404
+        );
     }
 }

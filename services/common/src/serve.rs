@@ -6,7 +6,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -139,9 +139,9 @@ pub async fn serve(
     if let Some(db) = db {
         report_pool(&config.metrics, db, Arc::downgrade(&serving));
     }
-    // What /ready on the metrics listener answers: readiness, false once
-    // the drain begins.
-    let ready = Arc::new(AtomicBool::new(false));
+    // What /ready and /live on the metrics listener answer (ready turns false once
+    // the drain begins).
+    let probes = Arc::new(crate::metrics_endpoint::Probes::default());
     let _metrics_endpoint = match config.metrics_addr {
         None => None,
         Some(addr) => {
@@ -153,7 +153,7 @@ pub async fn serve(
                 crate::metrics_endpoint::serve_metrics(
                     listener,
                     config.metrics.clone(),
-                    ready.clone(),
+                    probes.clone(),
                 ),
             )))
         }
@@ -177,7 +177,7 @@ pub async fn serve(
         config.health_interval,
         pending,
         registered.clone(),
-        ready.clone(),
+        probes.clone(),
     )));
 
     // Advertise only what this server serves: the shared descriptor set also
@@ -201,7 +201,7 @@ pub async fn serve(
             policy,
             reload_every,
         } => {
-            let store = CertStore::load(identity.clone(), *reload_every)?;
+            let store = identity.open(*reload_every).await?;
             let id = store.current().id;
             if id.name() != name {
                 tracing::warn!(%id, "serving {name} with a certificate for another identity");
@@ -237,7 +237,7 @@ pub async fn serve(
     let mut closing_reporter = reporter.clone();
     let on_drain = async move {
         health_abort.abort();
-        ready.store(false, Ordering::Relaxed);
+        probes.ready.store(false, Ordering::Relaxed);
         set_health(&reporter, grpc_service, ServingStatus::NotServing).await;
         if let Some(r) = registered.get() {
             r.set_health(Health::Unhealthy).await;
@@ -365,7 +365,7 @@ async fn watch_readiness(
     every: Duration,
     pending: Option<Pending>,
     registered: Arc<OnceLock<Registered>>,
-    ready: Arc<AtomicBool>,
+    probes: Arc<crate::metrics_endpoint::Probes>,
 ) {
     if let Some(pending) = pending {
         set_health(&reporter, grpc_service, ServingStatus::NotServing).await;
@@ -411,9 +411,12 @@ async fn watch_readiness(
             reporter
                 .set_service_status(LIVENESS, ServingStatus::Serving)
                 .await;
+            probes.alive.store(true, Ordering::Relaxed);
             live = true;
         }
-        ready.store(status == ServingStatus::Serving, Ordering::Relaxed);
+        probes
+            .ready
+            .store(status == ServingStatus::Serving, Ordering::Relaxed);
         if last != Some(status) {
             tracing::info!(?status, "health changed");
             set_health(&reporter, grpc_service, status).await;

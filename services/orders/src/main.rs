@@ -9,7 +9,7 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
     // `weft-orders health`: the container health check.
     if std::env::args().nth(1).as_deref() == Some("health") {
         use weft_proto::orders::v1::orders_service_server::SERVICE_NAME;
-        return Ok(binary::health(SERVICE_NAME, "127.0.0.1:7003").await);
+        return Ok(binary::health(weft_orders::NAME, SERVICE_NAME, "127.0.0.1:7003").await);
     }
     let _telemetry = weft_service::telemetry::init(weft_orders::NAME)?;
     let config = weft_orders::OrdersConfig::from_env()?;

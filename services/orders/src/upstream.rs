@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use weft_discovery::{Discovery, Filter, Resolver};
-use weft_mesh::{CertStore, ClientOptions, Idempotency, MeshChannel, SpiffeId};
+use weft_mesh::{ClientOptions, Idempotency, MeshChannel, SpiffeId};
 use weft_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
 use weft_proto::payments::v1::payments_service_client::PaymentsServiceClient;
 use weft_service::Transport;
@@ -69,7 +69,7 @@ impl Upstreams {
                 identity,
                 reload_every,
                 ..
-            } => Some(CertStore::load(identity.clone(), *reload_every)?),
+            } => Some(identity.open(*reload_every).await?),
             Transport::Plaintext => None,
         };
         let channel = |service: &'static str| -> Result<MeshChannel, UpstreamError> {
