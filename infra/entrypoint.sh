@@ -2,6 +2,8 @@
 # Turns secrets that ECS injects as environment variables into the files the
 # services read, readable only by this user, then runs the command:
 #   WEFT_TLS_CERT_PEM, WEFT_TLS_KEY_PEM, WEFT_TLS_CA_PEM -> /run/weft/tls/*.pem
+#   WEFT_OPERATOR_CA_PEM (the CA of operators' certificates, trusted beside
+#     Private CA)                                       -> /run/weft/tls/operator-ca.pem
 #   WEFT_POLICY_NAME (inventory, payments, orders)       -> /run/weft/policy.toml,
 #     the shipped policy with its trust domain set to WEFT_TRUST_DOMAIN.
 set -eu
@@ -23,6 +25,14 @@ if [ -n "${WEFT_TLS_CERT_PEM:-}" ]; then
   fi
   unset WEFT_TLS_CERT_PEM WEFT_TLS_KEY_PEM WEFT_TLS_CA_PEM
   export WEFT_TLS_CERT=/run/weft/tls/cert.pem WEFT_TLS_KEY=/run/weft/tls/key.pem WEFT_TLS_CA=/run/weft/tls/ca.pem
+fi
+if [ -n "${WEFT_OPERATOR_CA_PEM:-}" ]; then
+  if [ ! -f /run/weft/tls/operator-ca.pem ]; then
+    mkdir -p /run/weft/tls
+    printf '%s\n' "$WEFT_OPERATOR_CA_PEM" > "/run/weft/tls/operator-ca.$$"
+    mv "/run/weft/tls/operator-ca.$$" /run/weft/tls/operator-ca.pem
+  fi
+  unset WEFT_OPERATOR_CA_PEM
 fi
 if [ -n "${WEFT_POLICY_NAME:-}" ]; then
   if [ ! -f /run/weft/policy.toml ]; then

@@ -38,12 +38,20 @@ impl MeshArgs {
         }
     }
 
-    /// The operator's certificate, key and trust bundle.
+    /// The operator's certificate, key and trust bundle: `mesh-ca.pem`
+    /// where the services' certificates come from CAs other than the one
+    /// that issued the operator's (Private CA; `scripts/deploy` writes it),
+    /// else the operators' `ca.pem`.
     pub fn identity(&self) -> IdentityPaths {
+        let mesh_ca = self.certs.join("mesh-ca.pem");
         IdentityPaths {
             cert: self.certs.join(format!("operator-{}.pem", self.operator)),
             key: self.certs.join(format!("operator-{}.key", self.operator)),
-            trust_bundle: self.certs.join("ca.pem"),
+            trust_bundle: if mesh_ca.is_file() {
+                mesh_ca
+            } else {
+                self.certs.join("ca.pem")
+            },
         }
     }
 }

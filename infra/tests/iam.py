@@ -26,6 +26,8 @@ SERVICE_SCOPED = {"RegisterInstance", "DeregisterInstance", "UpdateInstanceCusto
                   "GetInstance", "ListInstances", "GetInstancesHealthStatus", "GetService"}
 UNSCOPED = {"ListNamespaces", "ListServices", "GetOperation", "ListOperations"}
 NAMESPACE_KEYED = {"DiscoverInstances", "DiscoverInstancesRevision"}
+# acm-pca: these act on the certificate authority.
+PCA_CA_SCOPED = {"IssueCertificate", "GetCertificate", "GetCertificateAuthorityCertificate"}
 
 
 class Call:
@@ -91,6 +93,11 @@ def describe(entry, service_arns, secret_arns, region="us-east-1", account="1234
         # one resource per parameter asked for.
         names = data.get("Names") or [data.get("Name", "")]
         return [Call(key, f"ssm:{op}", parameter_arn(n, region, account), {}, f"{op} {n}") for n in names]
+    if prefix == "ACMPrivateCA" and op in PCA_CA_SCOPED:
+        # Each acts on the CA; IssueCertificate carries the template as a
+        # condition key.
+        context = {"acm-pca:TemplateArn": data.get("TemplateArn")} if op == "IssueCertificate" else {}
+        return Call(key, f"acm-pca:{op}", data.get("CertificateAuthorityArn", ""), context, op)
     raise ValueError(f"the IAM check does not know {target}; add it to iam.py")
 
 

@@ -781,6 +781,36 @@ class Cluster:
             self.refs[name] = out["ARN"]
             self.secret_arns[out["ARN"]] = out["ARN"]
 
+        # Private CAs, as CloudFormation makes them: the CA, its own
+        # certificate signed with the root template, the activation.
+        pca = self.moto.client("acm-pca")
+        for name, res in of_type(t, "AWS::ACMPCA::CertificateAuthority").items():
+            props = r.resolve(res["Properties"])
+            arn = pca.create_certificate_authority(
+                CertificateAuthorityType=props["Type"], UsageMode=props["UsageMode"],
+                CertificateAuthorityConfiguration={k: props[k] for k in ("KeyAlgorithm", "SigningAlgorithm", "Subject")},
+            )["CertificateAuthorityArn"]
+            self.refs[name] = arn
+            self.attributes[f"{name}.Arn"] = arn
+            self.attributes[f"{name}.CertificateSigningRequest"] = pca.get_certificate_authority_csr(
+                CertificateAuthorityArn=arn)["Csr"]
+        for name, res in of_type(t, "AWS::ACMPCA::Certificate").items():
+            props = r.resolve(res["Properties"])
+            ca = props["CertificateAuthorityArn"]
+            cert_arn = pca.issue_certificate(
+                CertificateAuthorityArn=ca, Csr=props["CertificateSigningRequest"].encode(),
+                SigningAlgorithm=props["SigningAlgorithm"], TemplateArn=props["TemplateArn"],
+                Validity={"Type": props["Validity"]["Type"], "Value": int(props["Validity"]["Value"])},
+            )["CertificateArn"]
+            self.refs[name] = cert_arn
+            self.attributes[f"{name}.Certificate"] = pca.get_certificate(
+                CertificateAuthorityArn=ca, CertificateArn=cert_arn)["Certificate"]
+        for name, res in of_type(t, "AWS::ACMPCA::CertificateAuthorityActivation").items():
+            props = r.resolve(res["Properties"])
+            pca.import_certificate_authority_certificate(
+                CertificateAuthorityArn=props["CertificateAuthorityArn"], Certificate=props["Certificate"].encode())
+            self.refs[name] = props["CertificateAuthorityArn"]
+
         # Parameters (the collector's configuration) and the metrics log group.
         ssm = self.moto.client("ssm")
         for name, res in of_type(t, "AWS::SSM::Parameter").items():
@@ -967,6 +997,12 @@ class Cluster:
         return {i["InstanceId"]: i.get("HealthStatus") for i in out["Instances"]}
 
     # -- checks
+
+    def ca_certificate(self, logical):
+        """The PEM certificate of the template's CA `logical`, as
+        `aws acm-pca get-certificate-authority-certificate` returns it."""
+        return self.moto.client("acm-pca").get_certificate_authority_certificate(
+            CertificateAuthorityArn=self.refs[logical])["Certificate"]
 
     def calls(self):
         import iam

@@ -41,6 +41,7 @@ import time
 import unittest
 import uuid
 
+import iam
 import rehearsal
 from rehearsal import Cluster, tempdir, wait_for, weft
 
@@ -66,28 +67,26 @@ class Rehearsal(unittest.TestCase):
     @classmethod
     def _bring_up(cls):
         root = cls.root
-        # The development-CA path of docs/deploy.md: a CA for the stack's
-        # trust domain, certificates issued from it without repeating it.
+        # docs/deploy.md's operator CA: made locally for the stack's trust
+        # domain; the tasks trust it for operator identities only and get
+        # their own certificates from the template's Private CAs.
         certs = root / "certs"
         weft("certs", "init", "--dir", str(certs), "--trust-domain", TRUST_DOMAIN)
-        secrets = {}
+        secrets = {"OperatorCaSecretArn": {"ca": (certs / "ca.pem").read_text()}}
         # Clients of the ingress check orders' certificate against this name.
         namespace = rehearsal.load_template()["Parameters"]["NamespaceName"]["Default"]
         cls.ingress_name = f"orders.{namespace}"
-        for service in ("inventory", "payments", "orders"):
-            sans = ["--san", cls.ingress_name] if service == "orders" else []
-            weft("certs", "issue", "--dir", str(certs), "--service", service, *sans)
-            secrets[f"{service.title()}TlsSecretArn"] = {
-                "cert": (certs / f"{service}.pem").read_text(),
-                "key": (certs / f"{service}.key").read_text(),
-                "ca": (certs / "ca.pem").read_text(),
-            }
         weft("certs", "issue", "--dir", str(certs), "--operator", "admin")
         cls.certs = certs
         cluster = Cluster(root, {"TrustDomain": TRUST_DOMAIN, "VpcId": "vpc-1", "PrivateSubnetIds": ["s-1", "s-2"],
                                  "ImageUri": "weft:rehearsal"})
         cls.cluster = cluster
         cluster.create(secrets)
+        # What scripts/deploy writes for operators: the services' CAs, which
+        # `weft` and clients of the ingress verify the services against.
+        (certs / "mesh-ca.pem").write_text("".join(
+            cluster.ca_certificate(f"{s.title()}CertificateAuthority").strip() + "\n"
+            for s in ("inventory", "payments", "orders")))
         # ECS starts each service's desired count at once, all services together.
         desired = int(cluster.parameters["DesiredCount"])
         tasks = [cluster.start_task(s) for s in cluster.services.values() for _ in range(desired)]
@@ -112,8 +111,16 @@ class Rehearsal(unittest.TestCase):
     def _seed(cls):
         def until_served(target, data):
             # The operator's first calls can race the first health reports.
-            return wait_for(target, lambda: (lambda r: r if isinstance(r, dict) else None)(
-                cls.call(target, data, check=False)), 60, every=1)
+            last = []
+
+            def attempt():
+                r = cls.call(target, data, check=False)
+                last[:] = [r]
+                return r if isinstance(r, dict) else None
+            try:
+                return wait_for(target, attempt, 60, every=1)
+            except AssertionError as e:
+                raise AssertionError(f"{e}; last answer: {getattr(last[0], 'stderr', last[0])[-2000:]}") from None
 
         for sku in ("WIDGET-1", "GADGET-1"):
             until_served("inventory/CreateProduct", {
@@ -158,7 +165,7 @@ class Rehearsal(unittest.TestCase):
 
     def grpcurl(self, *args, client_cert=True):
         certs = self.certs
-        tls = ["-cacert", str(certs / "ca.pem")]
+        tls = ["-cacert", str(certs / "mesh-ca.pem")]
         if client_cert:
             tls += ["-cert", str(certs / "operator-admin.pem"), "-key", str(certs / "operator-admin.key")]
         return subprocess.run([shutil.which("grpcurl") or "grpcurl", *tls, "-authority", self.ingress_name,
@@ -170,7 +177,7 @@ class Rehearsal(unittest.TestCase):
         from weft.orders.v1 import orders_pb2, orders_pb2_grpc
 
         channel = weft_sdk.channel(self.ingress(), certs=str(self.certs), operator="admin",
-                                   server_name=self.ingress_name)
+                                   server_name=self.ingress_name, ca=str(self.certs / "mesh-ca.pem"))
         return channel, orders_pb2_grpc.OrdersServiceStub(channel), orders_pb2
 
     def sdk_load(self, stop, outcome):
@@ -397,8 +404,9 @@ class Rehearsal(unittest.TestCase):
                                     f"{selector}: no series carries the dimensions {dims}")
         for service in self.cluster.services:
             self.assertIn(service, expiry, f"{service} reports its certificate's expiry")
-            # weft certs issue: 30 days.
-            self.assertTrue(29 * 86400 < expiry[service] <= 30 * 86400, expiry)
+            # Private CA, for the template's CertificateLifetimeSeconds.
+            lifetime = int(self.cluster.parameters["CertificateLifetimeSeconds"])
+            self.assertTrue(lifetime - 600 < expiry[service] <= lifetime, expiry)
         # Traces: each task exported to the collector in its own task.
         for service in self.cluster.services.values():
             for task in service.tasks:
@@ -442,6 +450,9 @@ class Rehearsal(unittest.TestCase):
         self.assertIn(("OrdersTaskRole", "servicediscovery:DiscoverInstances"), made)
         self.assertIn(("ExecutionRole", "secretsmanager:GetSecretValue"), made)
         self.assertIn(("ExecutionRole", "ssm:GetParameters"), made)
+        for role in ("InventoryTaskRole", "PaymentsTaskRole", "OrdersTaskRole"):
+            self.assertIn((role, "acm-pca:IssueCertificate"), made)
+            self.assertIn((role, "acm-pca:GetCertificateAuthorityCertificate"), made)
         denied = self.cluster.denied()
         self.assertEqual(denied, [], "calls the template's policies would deny")
         # The check can fail: without the action that reports health, the
@@ -456,6 +467,20 @@ class Rehearsal(unittest.TestCase):
                 documents[role] = trimmed
         denied = self.cluster.denied(documents)
         self.assertTrue(denied)
+        # Its own identity only: inventory's role may not issue from
+        # payments' CA (where IAM is the part that stops it; peers' scoped
+        # trust is the other, tested in tests/tests/private_ca.rs).
+        (inventory_key, (_, inventory_docs)), = [
+            (k, v) for k, v in self.cluster.role_documents.items() if v[0] == "InventoryTaskRole"]
+        payments_ca = self.cluster.refs["PaymentsCertificateAuthority"]
+        own_ca = self.cluster.refs["InventoryCertificateAuthority"]
+        end_entity = "arn:aws:acm-pca:::template/EndEntityCertificate/V1"
+        issue = lambda ca, template: iam.Call(inventory_key, "acm-pca:IssueCertificate", ca,  # noqa: E731
+                                              {"acm-pca:TemplateArn": template}, "IssueCertificate")
+        self.assertTrue(iam.allowed(inventory_docs, issue(own_ca, end_entity)))
+        self.assertFalse(iam.allowed(inventory_docs, issue(payments_ca, end_entity)))
+        # Nor a CA certificate of its own from its CA.
+        self.assertFalse(iam.allowed(inventory_docs, issue(own_ca, "arn:aws:acm-pca:::template/SubordinateCACertificate_PathLen0/V1")))
         self.assertTrue(all(role == "InventoryTaskRole" and c.action.endswith("UpdateInstanceCustomHealthStatus")
                             for role, c in denied), denied)
 

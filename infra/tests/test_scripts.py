@@ -46,7 +46,7 @@ class DeployScript(unittest.TestCase):
             outputs = (self.network if stack else self.weft)["Outputs"]
             self.assertIn(name, outputs, f"deploy reads output {name} of the {'network' if stack else 'mesh'} stack")
 
-    def test_it_waits_for_every_service_and_stores_each_services_certificate(self):
+    def test_it_waits_for_every_service_and_writes_each_services_ca(self):
         services = sorted(p["Properties"]["ServiceName"] for p in self.weft["Resources"].values()
                           if p["Type"] == "AWS::ECS::Service")
         m = re.search(r"aws ecs wait services-stable .* --services ([a-z ]+)\n", DEPLOY)
@@ -54,9 +54,16 @@ class DeployScript(unittest.TestCase):
         for script in (DEPLOY, REMOVE):
             (loop,) = set(re.findall(r"for s in ([a-z ]+); do", script))
             self.assertEqual(sorted(loop.split()), services)
-        # Through the ingress, orders is verified under the name the stack outputs.
-        self.assertIn('sans=(--san "orders.$namespace")', DEPLOY)
+        # Through the ingress, orders is verified under the name the stack
+        # outputs, which its task asks Private CA for.
         self.assertEqual(self.weft["Outputs"]["IngressServerName"]["Value"], {"Fn::Sub": "orders.${NamespaceName}"})
+        env = {e["Name"]: e["Value"] for e in self.weft["Resources"]["OrdersTaskDefinition"]["Properties"]
+               ["ContainerDefinitions"][0]["Environment"]}
+        self.assertEqual(env["WEFT_PCA_DNS_NAMES"], {"Fn::Sub": "orders.${NamespaceName}"})
+        # mesh-ca.pem holds each service's CA, read from the outputs.
+        self.assertIn('"${s^}CertificateAuthorityArn"', DEPLOY)
+        for s in services:
+            self.assertIn(f"{s.title()}CertificateAuthorityArn", self.weft["Outputs"])
 
     def test_remove_lifts_the_protection_it_needs_to_delete(self):
         self.assertIn("Database", self.weft["Resources"])

@@ -146,7 +146,7 @@ class WeftTemplate(unittest.TestCase):
             self.assertIn("WEFT_DB_CA", env(c), f"{name}: the database's certificate is verified")
             secrets = {s["Name"] for s in c.get("Secrets", [])}
             self.assertTrue(
-                {"WEFT_DB_MIGRATE_PASSWORD", "WEFT_TLS_CERT_PEM", "WEFT_TLS_KEY_PEM", "WEFT_TLS_CA_PEM"} <= secrets,
+                {"WEFT_DB_MIGRATE_PASSWORD", "WEFT_OPERATOR_CA_PEM"} <= secrets,
                 f"{name}: {secrets}",
             )
         for name, props in self.t["Parameters"].items():
@@ -199,8 +199,9 @@ class WeftTemplate(unittest.TestCase):
                     actions = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
                     self.assertEqual(st["Effect"], "Allow")
                     for a in actions:
-                        self.assertTrue(a.split(":")[0] in ("servicediscovery", "logs", "xray", "secretsmanager"),
-                                        f"{name}: {a}")
+                        self.assertTrue(
+                            a.split(":")[0] in ("servicediscovery", "logs", "xray", "secretsmanager", "acm-pca"),
+                            f"{name}: {a}")
                         self.assertNotIn("*", a, f"{name}: {a}")
                     if st["Resource"] == "*":
                         self.assertIn(tuple(actions), allowed_star, f"{name}: {actions} on *")
@@ -209,6 +210,19 @@ class WeftTemplate(unittest.TestCase):
                                 st["Condition"]["StringEquals"]["servicediscovery:NamespaceName"],
                                 {"Ref": "NamespaceName"},
                             )
+                    elif actions[0].startswith("acm-pca:"):
+                        own = {"Ref": name.replace("TaskRole", "CertificateAuthority")}
+                        if actions == ["acm-pca:GetCertificateAuthorityCertificate"]:
+                            # Every service's CA certificate: the trust bundle.
+                            self.assertEqual(len(st["Resource"]), 3, name)
+                        else:
+                            # Issue from (and read back from) its own CA only,
+                            # end-entity certificates only.
+                            self.assertIn(actions, (["acm-pca:IssueCertificate"], ["acm-pca:GetCertificate"]), name)
+                            self.assertEqual(st["Resource"], own, name)
+                        if actions == ["acm-pca:IssueCertificate"]:
+                            self.assertIn("EndEntityCertificate/V1", str(
+                                st["Condition"]["StringEquals"]["acm-pca:TemplateArn"]), name)
                     elif actions[0].startswith("secretsmanager:"):
                         # Its own database password only.
                         self.assertEqual(actions, ["secretsmanager:GetSecretValue"], name)

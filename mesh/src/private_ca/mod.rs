@@ -2,9 +2,9 @@
 //! task makes its key pair in memory (the key never leaves the process),
 //! asks its CA to sign a CSR carrying its SPIFFE id, serves with the result,
 //! and renews at a fraction of the lifetime with backoff and jitter. The
-//! trust bundle is the listed CAs' own certificates, fetched again every
-//! refresh period, so a CA added to the list (a rotation) or a CA whose
-//! certificate was renewed is trusted without a restart of its peers.
+//! trust bundle is the listed CAs' own certificates (and any listed PEM
+//! files, such as the operators' CA), fetched again every refresh period,
+//! so a CA whose certificate was renewed is trusted without a restart.
 //!
 //! The CA is behind [`Authority`], so the schedule is tested on a paused
 //! clock with a stand-in; [`aws::AwsAuthority`] is the real one.
@@ -191,7 +191,13 @@ async fn fetch_trust<A: Authority>(
         if fetched.contains_key(ca) {
             continue;
         }
-        let certs = match authority.ca_certificate(ca).await {
+        let pem = if ca.starts_with('/') {
+            // A few kilobytes on local disk, once per refresh.
+            std::fs::read_to_string(ca).map_err(|e| PcaError::Other(format!("{ca}: {e}")))
+        } else {
+            authority.ca_certificate(ca).await
+        };
+        let certs = match pem {
             Ok(pem) => CertificateDer::pem_slice_iter(pem.as_bytes())
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| PcaError::Unusable(format!("{ca}: {e}")))?,

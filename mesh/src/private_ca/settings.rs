@@ -18,9 +18,11 @@ pub struct Settings {
     pub identity: SpiffeId,
     /// DNS names for callers outside the mesh (`WEFT_PCA_DNS_NAMES`).
     pub dns_names: Vec<String>,
-    /// Which CAs vouch for which identities, as (scope key, CA ARN) pairs
-    /// (`WEFT_PCA_TRUST`, `key=arn,…`; default `*=` the issuing CA). See
-    /// [`Scopes`] for the keys.
+    /// Which CAs vouch for which identities, as (scope key, CA) pairs
+    /// (`WEFT_PCA_TRUST`, `key=ca,…`; default `*=` the issuing CA). A CA is
+    /// a Private CA ARN, or the path of a PEM file of CA certificates (read
+    /// again at every refresh), such as the CA of operators' certificates.
+    /// See [`Scopes`] for the keys.
     pub trust: Vec<(String, String)>,
     /// How long each certificate is asked to be valid
     /// (`WEFT_CERT_LIFETIME_S`, default a day).
@@ -174,10 +176,11 @@ fn parse_trust(list: &str) -> Result<Vec<(String, String)>, SettingsError> {
                 format!("{key:?} is not service/<name>, operator/<name>, <kind>/* or *"),
             ));
         }
-        if !ca.starts_with("arn:") || !ca.contains(":certificate-authority/") {
+        let arn = ca.starts_with("arn:") && ca.contains(":certificate-authority/");
+        if !arn && !ca.starts_with('/') {
             return Err(invalid(
                 "WEFT_PCA_TRUST",
-                format!("{ca:?} is not a Private CA ARN"),
+                format!("{ca:?} is neither a Private CA ARN nor an absolute path"),
             ));
         }
         trust.push((key.to_owned(), ca.to_owned()));
@@ -232,6 +235,7 @@ mod tests {
             ("WEFT_PCA_TRUST_REFRESH_S", "-1"),
             ("WEFT_PCA_DNS_NAMES", "a b"),
             ("WEFT_PCA_TRUST", "inventory=arn:x"),
+            ("WEFT_PCA_TRUST", "service/inventory=relative/ca.pem"),
             ("WEFT_PCA_TRUST", "service/inventory"),
             (
                 "WEFT_PCA_TRUST",
@@ -256,7 +260,9 @@ mod tests {
 
     #[test]
     fn a_rotation_lists_two_cas_for_one_identity() {
-        let trust = format!("service/inventory={CA},service/inventory={OTHER},operator/*={OTHER}");
+        let trust = format!(
+            "service/inventory={CA},service/inventory={OTHER},operator/*=/run/weft/operators.pem"
+        );
         let s = settings(&[
             ("WEFT_PCA_ARN", CA),
             ("WEFT_TRUST_DOMAIN", "td"),
