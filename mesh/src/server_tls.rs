@@ -35,6 +35,13 @@ pub fn server_config(store: &CertStore) -> Result<Arc<ServerConfig>, Error> {
         }))
         .with_cert_resolver(Arc::new(CurrentCert(store.clone())));
     config.alpn_protocols = vec![b"h2".to_vec()];
+    // No resumption: a resumed session restores the client's identity
+    // without verifying its certificate again, so a client whose
+    // certificate expired or whose CA left the bundle would keep its
+    // identity for the ticket's lifetime. Connections are long-lived; a
+    // full handshake each costs little (BENCHMARKS.md).
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     Ok(Arc::new(config))
 }
 

@@ -1,6 +1,8 @@
 //! The cost of mTLS, printed: full handshakes per second (session resumption
-//! off) against plain TCP connects, and unary calls over one long-lived
-//! connection with mTLS against plaintext, in the same process and run.
+//! off) against plain TCP connects; a new connection and its first call
+//! with a full handshake (what Weft does: it never resumes) against a
+//! resumed one; and unary calls over one long-lived connection with mTLS
+//! against plaintext, in the same process and run.
 //! Run: `cargo bench -p weft-tests --bench mtls`.
 
 // Bench code: a panic is a failed run with its location.
@@ -85,6 +87,37 @@ async fn run() {
         (1.0 / tls_rate - 1.0 / classical_rate) * 1e6
     );
 
+    // What not resuming costs: a new connection and its first call, with a
+    // full handshake (Weft's server and client, which never resume)
+    // against a resumed one (the same server configuration with rustls's
+    // session cache and tickets back on, and a client that keeps sessions).
+    let mut resuming_server = (*weft_mesh::server_config(&server_store).unwrap()).clone();
+    resuming_server.session_storage = rustls::server::ServerSessionMemoryCache::new(256);
+    resuming_server.send_tls13_tickets = 2;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let resuming_addr = listener.local_addr().unwrap();
+    let limits = weft_mesh::ServerLimits::default();
+    let (_r, resuming_health) = tonic_health::server::health_reporter();
+    tokio::spawn(
+        limits
+            .server()
+            .add_service(resuming_health)
+            .serve_with_incoming(weft_mesh::tls_incoming(
+                listener,
+                Arc::new(resuming_server),
+                &limits,
+            )),
+    );
+    let mut resuming_client = (*client_tls).clone();
+    resuming_client.resumption = rustls::client::Resumption::in_memory_sessions(256);
+    let full = first_calls_per_second(tls_addr, client_tls.clone()).await;
+    let resumed = first_calls_per_second(resuming_addr, Arc::new(resuming_client)).await;
+    println!(
+        "resumption: new connection + first call {full:.0}/s with a full handshake (Weft), {resumed:.0}/s resumed; ratio {:.3}, {:+.0} µs per new connection",
+        full / resumed,
+        (1.0 / full - 1.0 / resumed) * 1e6
+    );
+
     // Unary calls on one long-lived connection.
     let plain = Channel::from_shared(format!("http://{plain_addr}"))
         .unwrap()
@@ -118,6 +151,20 @@ async fn connects_per_second(addr: SocketAddr, tls: Option<Arc<rustls::ClientCon
         }
     }
     HANDSHAKES as f64 / started.elapsed().as_secs_f64()
+}
+
+/// New connections per second, each carrying one health check.
+async fn first_calls_per_second(addr: SocketAddr, tls: Arc<rustls::ClientConfig>) -> f64 {
+    let n = HANDSHAKES / 2;
+    let started = Instant::now();
+    for _ in 0..n {
+        let channel = mtls_channel(addr, tls.clone()).unwrap();
+        HealthClient::new(channel)
+            .check(HealthCheckRequest::default())
+            .await
+            .unwrap();
+    }
+    n as f64 / started.elapsed().as_secs_f64()
 }
 
 /// Mean wall time per call (µs) with `concurrency` callers sharing `channel`.

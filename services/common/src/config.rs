@@ -78,6 +78,9 @@ pub struct Config {
     pub health_interval: Duration,
     /// Most calls in flight per connection.
     pub concurrency_per_connection: usize,
+    /// HTTP/2 and connection limits (`WEFT_MAX_STREAMS` and the rest; see
+    /// [`weft_mesh::ServerLimits`]).
+    pub limits: weft_mesh::ServerLimits,
     /// Largest request message accepted, in bytes.
     pub max_message_bytes: usize,
     /// Registration in discovery; `None` serves without registering.
@@ -122,6 +125,7 @@ impl Config {
             startup_timeout: Duration::from_secs(60),
             health_interval: Duration::from_secs(1),
             concurrency_per_connection: 256,
+            limits: weft_mesh::ServerLimits::default(),
             max_message_bytes: 4 * 1024 * 1024,
             registration: None,
             drain: DrainConfig::default(),
@@ -220,6 +224,11 @@ impl Config {
             config.drain.notify_budget = Duration::from_millis(ms);
         }
         config.metrics_addr = metrics_addr_from_env(service)?;
+        config.limits = weft_mesh::ServerLimits::from_lookup(|name| std::env::var(name).ok())
+            .map_err(|e| ConfigError::Invalid {
+                name: e.name,
+                reason: e.reason,
+            })?;
         if let Ok(discovery) = std::env::var("WEFT_DISCOVERY") {
             let advertise = match std::env::var("WEFT_ADVERTISE") {
                 Err(_) => None,

@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tonic::service::Routes;
-use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
@@ -218,7 +217,9 @@ pub async fn serve(
             (None, None)
         }
     };
-    let router = Server::builder()
+    let router = config
+        .limits
+        .server()
         .concurrency_limit_per_connection(config.concurrency_per_connection)
         .layer(ObserveLayer::new(
             config.metrics.clone(),
@@ -269,7 +270,10 @@ pub async fn serve(
             match tls {
                 Some(tls) => {
                     router
-                        .serve_with_incoming_shutdown(tls_incoming(listener, tls), stop_accepting)
+                        .serve_with_incoming_shutdown(
+                            tls_incoming(listener, tls, &config.limits),
+                            stop_accepting,
+                        )
                         .await
                 }
                 None => {
