@@ -350,7 +350,17 @@ pub fn transport_from(
     );
     let plaintext = lookup("WEFT_DEV_PLAINTEXT").is_some_and(|v| v == "1" || v == "true");
     let policy_path = var("WEFT_POLICY");
+    // Without a policy a service does not start, unless told that every
+    // caller of its trust domain may call everything.
+    let open = lookup("WEFT_ALLOW_TRUST_DOMAIN").is_some_and(|v| v == "1" || v == "true");
     let policy = || match &policy_path {
+        None if !open => Err(ConfigError::Missing(
+            "WEFT_POLICY (or WEFT_ALLOW_TRUST_DOMAIN=1 to let every caller of this service's trust domain call everything)",
+        )),
+        Some(_) if open => Err(ConfigError::Invalid {
+            name: "WEFT_ALLOW_TRUST_DOMAIN",
+            reason: "set either WEFT_POLICY or WEFT_ALLOW_TRUST_DOMAIN, not both".into(),
+        }),
         None => Ok(None),
         Some(path) => Policy::load(path)
             .map(Some)
@@ -431,6 +441,29 @@ mod tests {
     }
 
     #[test]
+    fn a_policy_pattern_mistake_stops_the_start_naming_the_pattern() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("policy.toml");
+        std::fs::write(
+            &path,
+            "[[allow]]\nmethods = [\"weft.inventory.v1.InventoryService*\"]\ncallers = [\"*\"]\n",
+        )
+        .unwrap();
+        let err = transport(&[
+            ("WEFT_TLS_CERT", "/c"),
+            ("WEFT_TLS_KEY", "/k"),
+            ("WEFT_TLS_CA", "/ca"),
+            ("WEFT_POLICY", path.to_str().unwrap()),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("WEFT_POLICY") && err.contains("weft.inventory.v1.InventoryService*"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn mtls_is_required_unless_plaintext_is_asked_for() {
         let err = transport(&[]).unwrap_err().to_string();
         assert!(
@@ -442,8 +475,15 @@ mod tests {
             ("WEFT_TLS_KEY", "/k"),
             ("WEFT_TLS_CA", "/ca"),
         ];
+        // No policy: refused, unless the trust domain is opened explicitly.
+        let err = transport(&tls).unwrap_err().to_string();
+        assert!(
+            err.contains("WEFT_POLICY") && err.contains("WEFT_ALLOW_TRUST_DOMAIN"),
+            "{err}"
+        );
+        let open = [tls[0], tls[1], tls[2], ("WEFT_ALLOW_TRUST_DOMAIN", "1")];
         assert!(matches!(
-            transport(&tls).unwrap(),
+            transport(&open).unwrap(),
             Transport::Mtls { policy: None, .. }
         ));
         // Two of three is not enough, and never falls back to plaintext.
