@@ -14,7 +14,7 @@
 //! callers = ["spiffe://weft.local/service/orders"]
 //!
 //! [[allow]]
-//! methods = ["weft.inventory.v1.InventoryService/Get*", "grpc.reflection.*"]
+//! methods = ["weft.inventory.v1.InventoryService/GetStock", "grpc.reflection.*"]
 //! callers = ["spiffe://weft.local/operator/*"]
 //! ```
 
