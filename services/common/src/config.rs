@@ -78,6 +78,10 @@ pub struct Config {
     pub health_interval: Duration,
     /// Most calls in flight per connection.
     pub concurrency_per_connection: usize,
+    /// How long idempotency records are kept, the replay window: a retry
+    /// with the same key within it gets the first answer
+    /// (`WEFT_IDEMPOTENCY_RETENTION_DAYS`, 7).
+    pub idempotency_retention: Duration,
     /// HTTP/2 and connection limits (`WEFT_MAX_STREAMS` and the rest; see
     /// [`weft_mesh::ServerLimits`]).
     pub limits: weft_mesh::ServerLimits,
@@ -126,6 +130,7 @@ impl Config {
             health_interval: Duration::from_secs(1),
             concurrency_per_connection: 256,
             limits: weft_mesh::ServerLimits::default(),
+            idempotency_retention: Duration::from_secs(7 * 86_400),
             max_message_bytes: 4 * 1024 * 1024,
             registration: None,
             drain: DrainConfig::default(),
@@ -224,6 +229,16 @@ impl Config {
             config.drain.notify_budget = Duration::from_millis(ms);
         }
         config.metrics_addr = metrics_addr_from_env(service)?;
+        if let Some(days) = env_number("WEFT_IDEMPOTENCY_RETENTION_DAYS")? {
+            if days == 0 {
+                return Err(ConfigError::Invalid {
+                    name: "WEFT_IDEMPOTENCY_RETENTION_DAYS",
+                    reason: "must be at least 1 (it is the window in which retries are recognised)"
+                        .into(),
+                });
+            }
+            config.idempotency_retention = Duration::from_secs(days.saturating_mul(86_400));
+        }
         config.limits = weft_mesh::ServerLimits::from_lookup(|name| std::env::var(name).ok())
             .map_err(|e| ConfigError::Invalid {
                 name: e.name,
