@@ -314,3 +314,64 @@ mod tests {
         assert!(!p.allows(TD, &alice, "/weft.inventory.v1.InventoryServiceX/GetStock"));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const TD: &str = "weft.local";
+
+    fn label() -> impl Strategy<Value = String> {
+        "[a-z][a-z0-9-]{0,12}"
+    }
+
+    proptest! {
+        #[test]
+        fn parsing_any_text_never_panics(text in "\\PC{0,400}") {
+            let _ = Policy::from_toml(&text);
+        }
+
+        #[test]
+        fn a_service_pattern_matches_its_methods_and_no_other_service(
+            service in "[A-Z][A-Za-z]{0,12}", suffix in "[A-Za-z0-9]{1,6}",
+            method in "[A-Z][A-Za-z]{0,12}", caller in label(),
+        ) {
+            let p = Policy::from_toml(&format!(
+                "[[allow]]\nmethods = [\"pkg.v1.{service}/*\"]\ncallers = [\"spiffe://{TD}/service/*\"]"
+            )).unwrap();
+            let id = SpiffeId::service(TD, &caller).unwrap();
+            let path = format!("/pkg.v1.{service}/{method}");
+            prop_assert!(p.allows(TD, &id, &path));
+            // A longer service name is another service, never matched.
+            let other = format!("/pkg.v1.{service}{suffix}/{method}");
+            prop_assert!(!p.allows(TD, &id, &other));
+        }
+
+        #[test]
+        fn a_pattern_with_a_star_not_after_a_separator_is_refused_by_name(
+            prefix in "[a-z][a-z.]{0,10}[a-z]", tail in "[A-Za-z]{1,8}",
+        ) {
+            let pattern = format!("{prefix}/{tail}*");
+            let err = Policy::from_toml(&format!("[[allow]]\nmethods = [\"{pattern}\"]\ncallers = [\"*\"]"))
+                .unwrap_err()
+                .to_string();
+            prop_assert!(err.contains(&pattern), "{}", err);
+        }
+
+        #[test]
+        fn a_caller_of_another_trust_domain_is_never_let_in_by_star(
+            td in label(), name in label(), method in "[A-Z][a-z]{0,8}",
+        ) {
+            prop_assume!(td != TD);
+            let p = Policy::from_toml("[[allow]]\nmethods = [\"*\"]\ncallers = [\"*\"]").unwrap();
+            let stranger = SpiffeId::service(&td, &name).unwrap();
+            let path = format!("/pkg.S/{method}");
+            prop_assert!(!p.allows(TD, &stranger, &path));
+            prop_assert!(!p.allows(TD, &stranger, "/grpc.health.v1.Health/Check"));
+            let ours = SpiffeId::service(TD, &name).unwrap();
+            prop_assert!(p.allows(TD, &ours, &path));
+        }
+    }
+}

@@ -59,3 +59,53 @@ pub fn caller_of<T>(request: &tonic::Request<T>) -> String {
         .map(|c| c.0.to_string())
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+    use weft_proto::inventory::v1::AdjustStockRequest;
+
+    use super::*;
+
+    fn request(key: &str, sku: &str, delta: i64, reason: &str) -> AdjustStockRequest {
+        AdjustStockRequest {
+            idempotency_key: key.into(),
+            sku: sku.into(),
+            delta,
+            reason: reason.into(),
+        }
+    }
+
+    fn fingerprint(method: &str, r: &AdjustStockRequest) -> Vec<u8> {
+        IdempotencyKey::of(
+            "spiffe://td/operator/a",
+            method,
+            r,
+            &r.idempotency_key.clone(),
+            |r| r.idempotency_key.clear(),
+        )
+        .map(|k| k.fingerprint)
+        .unwrap_or_default()
+    }
+
+    proptest! {
+        #[test]
+        fn the_fingerprint_ignores_the_key_and_sees_every_other_field(
+            k1 in "[a-z0-9]{1,32}", k2 in "[a-z0-9]{1,32}",
+            sku in "[A-Z0-9]{1,16}", delta in any::<i64>(), reason in ".{0,40}",
+            other_delta in any::<i64>(),
+        ) {
+            let a = request(&k1, &sku, delta, &reason);
+            // The same request under another key: the same fingerprint.
+            prop_assert_eq!(fingerprint("AdjustStock", &a), fingerprint("AdjustStock", &request(&k2, &sku, delta, &reason)));
+            // Another value of any field, or another method: another one.
+            if other_delta != delta {
+                prop_assert_ne!(fingerprint("AdjustStock", &a), fingerprint("AdjustStock", &request(&k1, &sku, other_delta, &reason)));
+            }
+            prop_assert_ne!(fingerprint("AdjustStock", &a), fingerprint("AdjustStock", &request(&k1, &format!("{sku}X"), delta, &reason)));
+            prop_assert_ne!(fingerprint("AdjustStock", &a), fingerprint("CreateProduct", &a));
+            // It is a SHA-256 digest, whatever the request's size.
+            prop_assert_eq!(fingerprint("AdjustStock", &a).len(), 32);
+        }
+    }
+}
