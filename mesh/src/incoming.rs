@@ -14,7 +14,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use rustls::ServerConfig;
-use rustls::pki_types::CertificateDer;
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::server::danger::ClientCertVerifier;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -24,8 +25,10 @@ use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 
+use crate::certs::CertStore;
 use crate::identity::SpiffeId;
 use crate::limits::ServerLimits;
+use crate::server_tls::client_verifier;
 
 /// Who is on the other end of a connection, as verified by mTLS. tonic puts
 /// it in every request's extensions.
@@ -103,12 +106,14 @@ impl AsyncWrite for MeshConn {
 pub fn tls_incoming(
     listener: TcpListener,
     config: Arc<ServerConfig>,
+    store: &CertStore,
     limits: &ServerLimits,
 ) -> ReceiverStream<Result<MeshConn, io::Error>> {
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(accept_loop(
         listener,
         TlsAcceptor::from(config),
+        client_verifier(store),
         tx,
         limits.clone(),
     ));
@@ -153,6 +158,7 @@ impl Refusals {
 async fn accept_loop(
     listener: TcpListener,
     acceptor: TlsAcceptor,
+    verifier: Arc<dyn ClientCertVerifier>,
     tx: mpsc::Sender<Result<MeshConn, io::Error>>,
     limits: ServerLimits,
 ) {
@@ -180,7 +186,12 @@ async fn accept_loop(
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        let (acceptor, tx, timeout) = (acceptor.clone(), tx.clone(), limits.handshake_timeout);
+        let (acceptor, verifier, tx, timeout) = (
+            acceptor.clone(),
+            verifier.clone(),
+            tx.clone(),
+            limits.handshake_timeout,
+        );
         let Ok(mut running) = handshakes.lock() else {
             return;
         };
@@ -196,7 +207,7 @@ async fn accept_loop(
         // Spawned while the registry is locked, so the task's own removal
         // (which needs the lock) always follows its insertion.
         let task = tokio::spawn(async move {
-            let conn = handshake(acceptor, tcp, remote, timeout, slot).await;
+            let conn = handshake(acceptor, verifier.as_ref(), tcp, remote, timeout, slot).await;
             if let Ok(mut running) = registry.lock() {
                 running.running.remove(&id);
             }
@@ -212,6 +223,7 @@ async fn accept_loop(
 /// level: a peer's failure is not the server's).
 async fn handshake(
     acceptor: TlsAcceptor,
+    verifier: &dyn ClientCertVerifier,
     tcp: TcpStream,
     remote: SocketAddr,
     timeout: Duration,
@@ -228,16 +240,24 @@ async fn handshake(
             return None;
         }
     };
-    let leaf = stream
-        .get_ref()
-        .1
+    let (_, session) = stream.get_ref();
+    let chain: Vec<CertificateDer<'static>> = session
         .peer_certificates()
-        .and_then(|chain| chain.first())
-        .map(|c| c.clone().into_owned());
-    let Some(leaf) = leaf else {
+        .map(|chain| chain.iter().map(|c| c.clone().into_owned()).collect())
+        .unwrap_or_default();
+    let Some((leaf, intermediates)) = chain.split_first() else {
         tracing::info!(%remote, "peer presented no certificate");
         return None;
     };
+    // A resumed session skipped verification: the chain it restored is
+    // checked against the bundle and the time now, as a full handshake's is.
+    if session.handshake_kind() == Some(rustls::HandshakeKind::Resumed)
+        && let Err(e) = verifier.verify_client_cert(leaf, intermediates, UnixTime::now())
+    {
+        tracing::info!(%remote, error = %e, "resumed session refused: its certificate no longer verifies");
+        return None;
+    }
+    let leaf = leaf.clone();
     let identity = match SpiffeId::from_certificate(&leaf) {
         Ok(id) => id,
         Err(e) => {

@@ -26,7 +26,7 @@ pub async fn serve_mtls_limited(
         limits
             .server()
             .add_routes(routes)
-            .serve_with_incoming(tls_incoming(listener, tls, limits)),
+            .serve_with_incoming(tls_incoming(listener, tls, store, limits)),
     );
     Ok(addr)
 }

@@ -146,6 +146,7 @@ where
         .serve_with_incoming(tls_incoming(
             listener,
             server_config(store).unwrap(),
+            store,
             &Default::default(),
         ));
     tokio::spawn(server);

@@ -361,10 +361,8 @@ async fn a_client_whose_ca_left_the_bundle_cannot_come_back_by_resuming() {
         Duration::from_secs(60),
     )
     .unwrap();
-    // Weft's clients no longer offer to resume; a hostile one would.
-    let mut resuming = (*client_config(&client_store, inventory_id().unwrap()).unwrap()).clone();
-    resuming.resumption = rustls::client::Resumption::in_memory_sessions(16);
-    let tls = Arc::new(resuming);
+    // Weft's clients keep sessions and offer to resume them.
+    let tls = client_config(&client_store, inventory_id().unwrap()).unwrap();
     let call = || {
         let channel = mtls_channel(addr, tls.clone()).unwrap();
         async move { health_calls(channel, 1).await }
@@ -373,6 +371,19 @@ async fn a_client_whose_ca_left_the_bundle_cannot_come_back_by_resuming() {
         call().await,
         Vec::<String>::new(),
         "the first call, trusted"
+    );
+    // Resumed while the chain still verifies (so the refusal below is the
+    // check of the restored chain, not a full handshake failing).
+    let resumed = tls_connect(addr, tls.clone()).await.unwrap();
+    assert_eq!(
+        resumed.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed)
+    );
+    drop(resumed);
+    assert_eq!(
+        call().await,
+        Vec::<String>::new(),
+        "a resumed call, trusted"
     );
 
     // The other CA leaves the server's bundle.

@@ -213,7 +213,7 @@ pub async fn serve(
             (
                 policy.clone(),
                 id.trust_domain().to_owned(),
-                Some(server_config(&store)?),
+                Some((server_config(&store)?, store.clone())),
             )
         }
         Transport::Plaintext => {
@@ -275,10 +275,10 @@ pub async fn serve(
                 }
             };
             match tls {
-                Some(tls) => {
+                Some((tls, store)) => {
                     router
                         .serve_with_incoming_shutdown(
-                            tls_incoming(listener, tls, &config.limits),
+                            tls_incoming(listener, tls, &store, &config.limits),
                             stop_accepting,
                         )
                         .await
