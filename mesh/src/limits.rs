@@ -1,43 +1,45 @@
-//! What one caller can hold of a server: HTTP/2 settings (streams per
-//! connection, the guards against floods of reset streams, header list
-//! size), keepalive, a maximum connection age (which also rebalances
-//! long-lived clients), and caps on handshakes in progress and on
-//! connections. Each has a default a busy mesh does not reach and is a
-//! setting (`WEFT_*`, read by [`ServerLimits::from_lookup`]).
+//! What one caller can hold of a server: caps on handshakes in progress and
+//! on connections and a handshake timeout (on by default), and HTTP/2
+//! settings (streams per connection, the guards against floods of reset
+//! streams, header list size), keepalive and a maximum connection age
+//! (which also rebalances long-lived clients). Each is a setting (`WEFT_*`,
+//! read by [`ServerLimits::from_lookup`]). The HTTP/2 ones are off unless
+//! set: with them on by default, the rehearsal's rolling deployment saw
+//! calls to payments stall until their deadline, a cause not yet found.
 
 use std::time::Duration;
 
 use tonic::transport::Server;
 
-/// The server's limits. Every field is positive.
+/// The server's limits; `None` leaves tonic's behaviour. Every value is positive.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerLimits {
     /// SETTINGS_MAX_CONCURRENT_STREAMS: streams one connection may have
-    /// open (`WEFT_MAX_STREAMS`, 256).
-    pub max_concurrent_streams: u32,
+    /// open (`WEFT_MAX_STREAMS`).
+    pub max_concurrent_streams: Option<u32>,
     /// Streams a client may open and reset before the server has accepted
     /// them, the "rapid reset" guard; past it the connection gets GOAWAY
-    /// (`WEFT_MAX_PENDING_RESETS`, 20).
-    pub max_pending_accept_reset_streams: usize,
+    /// (`WEFT_MAX_PENDING_RESETS`; h2's own default, 20, when unset).
+    pub max_pending_accept_reset_streams: Option<usize>,
     /// Streams the server may reset because the client misbehaved on them
-    /// before the connection gets GOAWAY (`WEFT_MAX_LOCAL_RESETS`, 1024).
-    pub max_local_error_reset_streams: usize,
-    /// How often the server pings a connection (`WEFT_KEEPALIVE_MS`, 30 s)
+    /// before the connection gets GOAWAY (`WEFT_MAX_LOCAL_RESETS`).
+    pub max_local_error_reset_streams: Option<usize>,
+    /// How often the server pings a connection (`WEFT_KEEPALIVE_MS`)
     /// and how long it waits for the answer before closing it
-    /// (`WEFT_KEEPALIVE_TIMEOUT_MS`, 10 s): a peer that vanished does not
+    /// (`WEFT_KEEPALIVE_TIMEOUT_MS`): a peer that vanished does not
     /// hold a connection.
-    pub keepalive_interval: Duration,
+    pub keepalive_interval: Option<Duration>,
     /// See `keepalive_interval`.
-    pub keepalive_timeout: Duration,
+    pub keepalive_timeout: Option<Duration>,
     /// After this long a connection gets GOAWAY and its client reconnects,
-    /// possibly to another instance (`WEFT_MAX_CONNECTION_AGE_S`, 15 min).
-    pub max_connection_age: Duration,
+    /// possibly to another instance (`WEFT_MAX_CONNECTION_AGE_S`).
+    pub max_connection_age: Option<Duration>,
     /// How long calls on an aged connection may take to finish
-    /// (`WEFT_MAX_CONNECTION_AGE_GRACE_S`, 30 s).
-    pub max_connection_age_grace: Duration,
-    /// SETTINGS_MAX_HEADER_LIST_SIZE, bytes (`WEFT_MAX_HEADER_LIST_BYTES`,
-    /// 16 KiB; gRPC's own default for metadata is 8 KiB).
-    pub max_header_list_size: u32,
+    /// (`WEFT_MAX_CONNECTION_AGE_GRACE_S`; with it, tonic closes an aged connection after the grace instead of sending GOAWAY at the age).
+    pub max_connection_age_grace: Option<Duration>,
+    /// SETTINGS_MAX_HEADER_LIST_SIZE, bytes (`WEFT_MAX_HEADER_LIST_BYTES`;
+    /// gRPC's own default for metadata is 8 KiB).
+    pub max_header_list_size: Option<u32>,
     /// TLS handshakes in progress; a new connection past it takes the
     /// place of the oldest, so stalled connections cannot lock real
     /// callers out (`WEFT_MAX_HANDSHAKES`, 128).
@@ -53,14 +55,14 @@ pub struct ServerLimits {
 impl Default for ServerLimits {
     fn default() -> Self {
         Self {
-            max_concurrent_streams: 256,
-            max_pending_accept_reset_streams: 20,
-            max_local_error_reset_streams: 1024,
-            keepalive_interval: Duration::from_secs(30),
-            keepalive_timeout: Duration::from_secs(10),
-            max_connection_age: Duration::from_secs(15 * 60),
-            max_connection_age_grace: Duration::from_secs(30),
-            max_header_list_size: 16 * 1024,
+            max_concurrent_streams: None,
+            max_pending_accept_reset_streams: None,
+            max_local_error_reset_streams: None,
+            keepalive_interval: None,
+            keepalive_timeout: None,
+            max_connection_age: None,
+            max_connection_age_grace: None,
+            max_header_list_size: None,
             max_handshakes: 128,
             max_connections: 4096,
             handshake_timeout: Duration::from_secs(3),
@@ -109,28 +111,28 @@ impl ServerLimits {
         let count = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
         let mut l = Self::default();
         if let Some(n) = number("WEFT_MAX_STREAMS")? {
-            l.max_concurrent_streams = small("WEFT_MAX_STREAMS", n)?;
+            l.max_concurrent_streams = Some(small("WEFT_MAX_STREAMS", n)?);
         }
         if let Some(n) = number("WEFT_MAX_PENDING_RESETS")? {
-            l.max_pending_accept_reset_streams = count(n);
+            l.max_pending_accept_reset_streams = Some(count(n));
         }
         if let Some(n) = number("WEFT_MAX_LOCAL_RESETS")? {
-            l.max_local_error_reset_streams = count(n);
+            l.max_local_error_reset_streams = Some(count(n));
         }
         if let Some(n) = number("WEFT_KEEPALIVE_MS")? {
-            l.keepalive_interval = Duration::from_millis(n);
+            l.keepalive_interval = Some(Duration::from_millis(n));
         }
         if let Some(n) = number("WEFT_KEEPALIVE_TIMEOUT_MS")? {
-            l.keepalive_timeout = Duration::from_millis(n);
+            l.keepalive_timeout = Some(Duration::from_millis(n));
         }
         if let Some(n) = number("WEFT_MAX_CONNECTION_AGE_S")? {
-            l.max_connection_age = Duration::from_secs(n);
+            l.max_connection_age = Some(Duration::from_secs(n));
         }
         if let Some(n) = number("WEFT_MAX_CONNECTION_AGE_GRACE_S")? {
-            l.max_connection_age_grace = Duration::from_secs(n);
+            l.max_connection_age_grace = Some(Duration::from_secs(n));
         }
         if let Some(n) = number("WEFT_MAX_HEADER_LIST_BYTES")? {
-            l.max_header_list_size = small("WEFT_MAX_HEADER_LIST_BYTES", n)?;
+            l.max_header_list_size = Some(small("WEFT_MAX_HEADER_LIST_BYTES", n)?);
         }
         if let Some(n) = number("WEFT_MAX_HANDSHAKES")? {
             l.max_handshakes = count(n);
@@ -148,15 +150,25 @@ impl ServerLimits {
     /// reset guards and the stream limit unset otherwise, which turns
     /// hyper's own guards off).
     pub fn server(&self) -> Server {
-        Server::builder()
+        let mut server = Server::builder()
             .max_concurrent_streams(self.max_concurrent_streams)
-            .http2_max_pending_accept_reset_streams(Some(self.max_pending_accept_reset_streams))
-            .http2_max_local_error_reset_streams(Some(self.max_local_error_reset_streams))
-            .http2_keepalive_interval(Some(self.keepalive_interval))
-            .http2_keepalive_timeout(Some(self.keepalive_timeout))
-            .max_connection_age(self.max_connection_age)
-            .max_connection_age_grace(self.max_connection_age_grace)
             .http2_max_header_list_size(self.max_header_list_size)
+            .http2_keepalive_interval(self.keepalive_interval)
+            .http2_keepalive_timeout(self.keepalive_timeout);
+        if self.max_pending_accept_reset_streams.is_some() {
+            server = server
+                .http2_max_pending_accept_reset_streams(self.max_pending_accept_reset_streams);
+        }
+        if self.max_local_error_reset_streams.is_some() {
+            server = server.http2_max_local_error_reset_streams(self.max_local_error_reset_streams);
+        }
+        if let Some(age) = self.max_connection_age {
+            server = server.max_connection_age(age);
+        }
+        if let Some(grace) = self.max_connection_age_grace {
+            server = server.max_connection_age_grace(grace);
+        }
+        server
     }
 }
 
@@ -184,10 +196,10 @@ mod tests {
             ("WEFT_MAX_CONNECTION_AGE_S", "60"),
         ])
         .unwrap();
-        assert_eq!(l.max_concurrent_streams, 8);
+        assert_eq!(l.max_concurrent_streams, Some(8));
         assert_eq!(l.max_connections, 10);
         assert_eq!(l.handshake_timeout, Duration::from_millis(500));
-        assert_eq!(l.max_connection_age, Duration::from_secs(60));
+        assert_eq!(l.max_connection_age, Some(Duration::from_secs(60)));
     }
 
     #[test]

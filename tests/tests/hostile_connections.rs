@@ -178,7 +178,8 @@ async fn health_calls(channel: tonic::transport::Channel, n: usize) -> Vec<Strin
 async fn streams_past_the_advertised_cap_are_refused_and_a_reset_flood_gets_goaway() {
     let db = TestDb::create().await.unwrap();
     let limits = ServerLimits {
-        max_concurrent_streams: 8,
+        max_concurrent_streams: Some(8),
+        max_pending_accept_reset_streams: Some(20),
         ..ServerLimits::default()
     };
     let (server, tls) = server(&db, limits).await;
