@@ -143,12 +143,7 @@ where
         .layer(DeadlineLayer)
         .add_service(health)
         .add_service(InventoryServiceServer::new(service))
-        .serve_with_incoming(tls_incoming(
-            listener,
-            server_config(store).unwrap(),
-            store,
-            &Default::default(),
-        ));
+        .serve_with_incoming(tls_incoming(listener, server_config(store).unwrap()));
     tokio::spawn(server);
     addr
 }

@@ -9,7 +9,7 @@ use crate::convert;
 use crate::domain::{NewProduct, Transition};
 use crate::store::Store;
 use crate::validate;
-use weft_service::{IdempotencyKey, caller_of};
+use weft_service::IdempotencyKey;
 
 /// Implements `weft.inventory.v1.InventoryService` over a [`Store`].
 #[derive(Debug, Clone)]
@@ -26,13 +26,12 @@ impl InventoryApi {
 
 /// The key and a digest of everything else in the request.
 fn keyed<M: prost::Message + Clone>(
-    caller: &str,
     method: &str,
     request: &M,
     key: &str,
     clear_key: impl FnOnce(&mut M),
 ) -> Result<IdempotencyKey, Status> {
-    IdempotencyKey::of(caller, method, request, key, clear_key)
+    IdempotencyKey::of(method, request, key, clear_key)
 }
 
 #[tonic::async_trait]
@@ -41,9 +40,8 @@ impl InventoryService for InventoryApi {
         &self,
         request: Request<pb::CreateProductRequest>,
     ) -> Result<Response<pb::CreateProductResponse>, Status> {
-        let caller = caller_of(&request);
         let req = request.into_inner();
-        let key = keyed(&caller, "CreateProduct", &req, &req.idempotency_key, |r| {
+        let key = keyed("CreateProduct", &req, &req.idempotency_key, |r| {
             r.idempotency_key.clear()
         })?;
         validate::sku("sku", &req.sku)?;
@@ -151,9 +149,8 @@ impl InventoryService for InventoryApi {
         &self,
         request: Request<pb::AdjustStockRequest>,
     ) -> Result<Response<pb::AdjustStockResponse>, Status> {
-        let caller = caller_of(&request);
         let req = request.into_inner();
-        let key = keyed(&caller, "AdjustStock", &req, &req.idempotency_key, |r| {
+        let key = keyed("AdjustStock", &req, &req.idempotency_key, |r| {
             r.idempotency_key.clear()
         })?;
         validate::sku("sku", &req.sku)?;
@@ -181,9 +178,8 @@ impl InventoryService for InventoryApi {
         &self,
         request: Request<pb::ReserveStockRequest>,
     ) -> Result<Response<pb::ReserveStockResponse>, Status> {
-        let caller = caller_of(&request);
         let req = request.into_inner();
-        let key = keyed(&caller, "ReserveStock", &req, &req.idempotency_key, |r| {
+        let key = keyed("ReserveStock", &req, &req.idempotency_key, |r| {
             r.idempotency_key.clear()
         })?;
         validate::text("order_id", &req.order_id, 128)?;
@@ -205,11 +201,9 @@ impl InventoryService for InventoryApi {
         &self,
         request: Request<pb::CommitReservationRequest>,
     ) -> Result<Response<pb::CommitReservationResponse>, Status> {
-        let caller = caller_of(&request);
         let req = request.into_inner();
         let reservation = self
             .transition(
-                &caller,
                 "CommitReservation",
                 &req.idempotency_key,
                 &req.reservation_id,
@@ -225,11 +219,9 @@ impl InventoryService for InventoryApi {
         &self,
         request: Request<pb::ReleaseReservationRequest>,
     ) -> Result<Response<pb::ReleaseReservationResponse>, Status> {
-        let caller = caller_of(&request);
         let req = request.into_inner();
         let reservation = self
             .transition(
-                &caller,
                 "ReleaseReservation",
                 &req.idempotency_key,
                 &req.reservation_id,
@@ -245,11 +237,9 @@ impl InventoryService for InventoryApi {
         &self,
         request: Request<pb::ReturnReservationRequest>,
     ) -> Result<Response<pb::ReturnReservationResponse>, Status> {
-        let caller = caller_of(&request);
         let req = request.into_inner();
         let reservation = self
             .transition(
-                &caller,
                 "ReturnReservation",
                 &req.idempotency_key,
                 &req.reservation_id,
@@ -282,20 +272,13 @@ impl InventoryApi {
     /// The three reservation transitions share their request shape.
     async fn transition(
         &self,
-        caller: &str,
         method: &str,
         idempotency_key: &str,
         reservation_id: &str,
         t: Transition,
     ) -> Result<pb::Reservation, Status> {
         // The fingerprint covers the method and the reservation id.
-        let key = keyed(
-            caller,
-            method,
-            &reservation_id.to_owned(),
-            idempotency_key,
-            |_| {},
-        )?;
+        let key = keyed(method, &reservation_id.to_owned(), idempotency_key, |_| {})?;
         validate::id("reservation_id", reservation_id)?;
         self.store
             .idempotent(&key, async |tx| {
