@@ -72,18 +72,23 @@ fn cut(path: &str, max: usize) -> String {
     }
 }
 
-/// Applies a policy (or, with none, only passes the identity along).
+/// Applies a policy (or, with none, lets every caller of the server's own
+/// trust domain through), and passes the caller's identity along.
 #[derive(Debug, Clone)]
 pub struct AuthorizeLayer {
     policy: Option<Arc<Policy>>,
+    trust_domain: Arc<str>,
     denials: Arc<DenialLog>,
 }
 
 impl AuthorizeLayer {
-    /// Enforces `policy`; `None` lets every authenticated caller through.
-    pub fn new(policy: Option<Policy>) -> Self {
+    /// Enforces `policy` for a server of `trust_domain`; `None` lets every
+    /// authenticated caller of `trust_domain` through (services refuse to
+    /// start that way unless told to: see the service configuration).
+    pub fn new(policy: Option<Policy>, trust_domain: &str) -> Self {
         Self {
             policy: policy.map(Arc::new),
+            trust_domain: trust_domain.into(),
             denials: Arc::new(DenialLog::new(DENIALS_LOGGED_PER_SECOND)),
         }
     }
@@ -96,6 +101,7 @@ impl<S> Layer<S> for AuthorizeLayer {
         Authorize {
             inner,
             policy: self.policy.clone(),
+            trust_domain: self.trust_domain.clone(),
             denials: self.denials.clone(),
         }
     }
@@ -106,6 +112,7 @@ impl<S> Layer<S> for AuthorizeLayer {
 pub struct Authorize<S> {
     inner: S,
     policy: Option<Arc<Policy>>,
+    trust_domain: Arc<str>,
     denials: Arc<DenialLog>,
 }
 
@@ -134,11 +141,16 @@ where
             .extensions()
             .get::<PeerInfo>()
             .map(|p| p.identity.clone());
-        let verdict = match (&self.policy, &caller) {
-            (None, _) => Ok(()),
-            (Some(_), None) => Err(Status::unauthenticated("a client certificate is required")),
-            (Some(policy), Some(id)) if policy.allows(id, request.uri().path()) => Ok(()),
-            (Some(_), Some(id)) => {
+        let allowed = |id: &crate::SpiffeId| match &self.policy {
+            None => id.trust_domain() == &*self.trust_domain,
+            Some(policy) => policy.allows(&self.trust_domain, id, request.uri().path()),
+        };
+        let verdict = match &caller {
+            // Plaintext (development): nobody is authenticated, nothing to apply.
+            None if self.policy.is_none() => Ok(()),
+            None => Err(Status::unauthenticated("a client certificate is required")),
+            Some(id) if allowed(id) => Ok(()),
+            Some(id) => {
                 if let Some(left_out) = self.denials.admit(Instant::now()) {
                     let method = cut(request.uri().path(), LOGGED_PATH_CHARS);
                     tracing::info!(caller = %id, %method, left_out, "call denied by policy");
@@ -210,7 +222,7 @@ mod tests {
             "[[allow]]\nmethods = [\"pkg.Svc/Read\"]\ncallers = [\"spiffe://td/service/orders\"]",
         )
         .unwrap();
-        let service = AuthorizeLayer::new(Some(policy)).layer(tower::service_fn(echo_caller));
+        let service = AuthorizeLayer::new(Some(policy), "td").layer(tower::service_fn(echo_caller));
 
         let ok = service
             .clone()
@@ -244,16 +256,26 @@ mod tests {
             "UNAUTHENTICATED"
         );
 
-        // Without a policy every authenticated caller passes, identity attached.
-        let open = AuthorizeLayer::new(None)
-            .layer(tower::service_fn(echo_caller))
+        // Without a policy every authenticated caller of the trust domain
+        // passes, identity attached; one of another trust domain does not.
+        let open = AuthorizeLayer::new(None, "td").layer(tower::service_fn(echo_caller));
+        let ours = open
+            .clone()
             .oneshot(request(
                 "/pkg.Svc/Write",
                 Some("spiffe://td/operator/alice"),
             ))
             .await
             .unwrap();
-        assert_eq!(open.headers()["x-caller"], "spiffe://td/operator/alice");
+        assert_eq!(ours.headers()["x-caller"], "spiffe://td/operator/alice");
+        let foreign = open
+            .oneshot(request(
+                "/pkg.Svc/Write",
+                Some("spiffe://elsewhere/operator/alice"),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(grpc_status(&foreign).as_deref(), Some("7"));
     }
 }
 

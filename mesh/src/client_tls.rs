@@ -34,6 +34,8 @@ pub fn client_config(store: &CertStore, expected: SpiffeId) -> Result<Arc<Client
         }))
         .with_client_cert_resolver(Arc::new(CurrentClientCert(store.clone())));
     config.alpn_protocols = vec![b"h2".to_vec()];
+    // Sessions are resumed (the server verifies a resumed client's chain
+    // again; see `crate::incoming`).
     Ok(Arc::new(config))
 }
 

@@ -1,28 +1,34 @@
 //! Accepts TCP connections, completes the mTLS handshake off the accept loop
 //! (a slow or hostile peer cannot hold up others), and hands tonic streams
-//! that carry the peer's verified identity as connect info.
+//! that carry the peer's verified identity as connect info. Handshakes are
+//! bounded in time and in number (a new one past the cap takes the place of
+//! the oldest, so stalled connections cannot lock real callers out), and
+//! connections in number ([`ServerLimits`]).
 
+use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use rustls::ServerConfig;
-use rustls::pki_types::CertificateDer;
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::server::danger::ClientCertVerifier;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::task::AbortHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 
+use crate::certs::CertStore;
 use crate::identity::SpiffeId;
-
-/// How long a peer may take to complete the handshake.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::limits::ServerLimits;
+use crate::server_tls::client_verifier;
 
 /// Who is on the other end of a connection, as verified by mTLS. tonic puts
 /// it in every request's extensions.
@@ -41,6 +47,9 @@ pub struct PeerInfo {
 pub struct MeshConn {
     stream: TlsStream<TcpStream>,
     info: PeerInfo,
+    /// This connection's place under the connection cap, given back when
+    /// the server drops it.
+    _slot: OwnedSemaphorePermit,
 }
 
 impl Connected for MeshConn {
@@ -92,21 +101,71 @@ impl AsyncWrite for MeshConn {
 }
 
 /// The stream of authenticated connections on `listener`, for
-/// `serve_with_incoming`. Accepting stops when the stream is dropped.
+/// `serve_with_incoming`, within `limits`. Accepting stops when the stream
+/// is dropped.
 pub fn tls_incoming(
     listener: TcpListener,
     config: Arc<ServerConfig>,
+    store: &CertStore,
+    limits: &ServerLimits,
 ) -> ReceiverStream<Result<MeshConn, io::Error>> {
     let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(accept_loop(listener, TlsAcceptor::from(config), tx));
+    tokio::spawn(accept_loop(
+        listener,
+        TlsAcceptor::from(config),
+        client_verifier(store),
+        tx,
+        limits.clone(),
+    ));
     ReceiverStream::new(rx)
+}
+
+/// The handshakes in progress, oldest first, so the oldest can be ended to
+/// make room.
+#[derive(Debug, Default)]
+struct Handshakes {
+    next: u64,
+    running: BTreeMap<u64, AbortHandle>,
+}
+
+/// Says how many connections a cap turned away, at most once a second.
+#[derive(Debug)]
+struct Refusals {
+    what: &'static str,
+    count: u64,
+    since: tokio::time::Instant,
+}
+
+impl Refusals {
+    fn new(what: &'static str) -> Self {
+        Self {
+            what,
+            count: 0,
+            since: tokio::time::Instant::now(),
+        }
+    }
+
+    fn note(&mut self) {
+        self.count += 1;
+        if self.since.elapsed() >= Duration::from_secs(1) {
+            tracing::warn!(count = self.count, "{}", self.what);
+            self.count = 0;
+            self.since = tokio::time::Instant::now();
+        }
+    }
 }
 
 async fn accept_loop(
     listener: TcpListener,
     acceptor: TlsAcceptor,
+    verifier: Arc<dyn ClientCertVerifier>,
     tx: mpsc::Sender<Result<MeshConn, io::Error>>,
+    limits: ServerLimits,
 ) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let handshakes = Arc::new(Mutex::new(Handshakes::default()));
+    let mut full = Refusals::new("connections refused: the connection cap is reached");
+    let mut evicted = Refusals::new("handshakes ended early to make room for new connections");
     loop {
         let accepted = tokio::select! {
             () = tx.closed() => return,
@@ -121,46 +180,98 @@ async fn accept_loop(
                 continue;
             }
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            full.note();
+            drop(tcp);
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
-        let (acceptor, tx) = (acceptor.clone(), tx.clone());
-        tokio::spawn(async move {
-            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(e)) => {
-                    tracing::info!(%remote, error = %e, "TLS handshake refused");
-                    return;
-                }
-                Err(_) => {
-                    tracing::info!(%remote, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let leaf = stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|chain| chain.first())
-                .map(|c| c.clone().into_owned());
-            let Some(leaf) = leaf else {
-                tracing::info!(%remote, "peer presented no certificate");
-                return;
-            };
-            let identity = match SpiffeId::from_certificate(&leaf) {
-                Ok(id) => id,
-                Err(e) => {
-                    tracing::info!(%remote, error = %e, "peer certificate carries no usable identity");
-                    return;
-                }
-            };
-            let conn = MeshConn {
-                stream,
-                info: PeerInfo {
-                    remote_addr: Some(remote),
-                    identity,
-                    leaf,
-                },
-            };
-            let _ = tx.send(Ok(conn)).await;
+        let (acceptor, verifier, tx, timeout) = (
+            acceptor.clone(),
+            verifier.clone(),
+            tx.clone(),
+            limits.handshake_timeout,
+        );
+        let Ok(mut running) = handshakes.lock() else {
+            return;
+        };
+        if running.running.len() >= limits.max_handshakes
+            && let Some((_, oldest)) = running.running.pop_first()
+        {
+            oldest.abort();
+            evicted.note();
+        }
+        let id = running.next;
+        running.next += 1;
+        let registry = handshakes.clone();
+        // Spawned while the registry is locked, so the task's own removal
+        // (which needs the lock) always follows its insertion.
+        let task = tokio::spawn(async move {
+            let conn = handshake(acceptor, verifier.as_ref(), tcp, remote, timeout, slot).await;
+            if let Ok(mut running) = registry.lock() {
+                running.running.remove(&id);
+            }
+            if let Some(conn) = conn {
+                let _ = tx.send(Ok(conn)).await;
+            }
         });
+        running.running.insert(id, task.abort_handle());
     }
+}
+
+/// The TLS handshake and the peer's identity, or `None` (said at info
+/// level: a peer's failure is not the server's).
+async fn handshake(
+    acceptor: TlsAcceptor,
+    verifier: &dyn ClientCertVerifier,
+    tcp: TcpStream,
+    remote: SocketAddr,
+    timeout: Duration,
+    slot: OwnedSemaphorePermit,
+) -> Option<MeshConn> {
+    let stream = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            tracing::info!(%remote, error = %e, "TLS handshake refused");
+            return None;
+        }
+        Err(_) => {
+            tracing::info!(%remote, "TLS handshake timed out");
+            return None;
+        }
+    };
+    let (_, session) = stream.get_ref();
+    let chain: Vec<CertificateDer<'static>> = session
+        .peer_certificates()
+        .map(|chain| chain.iter().map(|c| c.clone().into_owned()).collect())
+        .unwrap_or_default();
+    let Some((leaf, intermediates)) = chain.split_first() else {
+        tracing::info!(%remote, "peer presented no certificate");
+        return None;
+    };
+    // A resumed session skipped verification: the chain it restored is
+    // checked against the bundle and the time now, as a full handshake's is.
+    if session.handshake_kind() == Some(rustls::HandshakeKind::Resumed)
+        && let Err(e) = verifier.verify_client_cert(leaf, intermediates, UnixTime::now())
+    {
+        tracing::info!(%remote, error = %e, "resumed session refused: its certificate no longer verifies");
+        return None;
+    }
+    let leaf = leaf.clone();
+    let identity = match SpiffeId::from_certificate(&leaf) {
+        Ok(id) => id,
+        Err(e) => {
+            tracing::info!(%remote, error = %e, "peer certificate carries no usable identity");
+            return None;
+        }
+    };
+    Some(MeshConn {
+        stream,
+        info: PeerInfo {
+            remote_addr: Some(remote),
+            identity,
+            leaf,
+        },
+        _slot: slot,
+    })
 }

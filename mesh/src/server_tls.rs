@@ -25,17 +25,26 @@ use crate::trust::Vouch;
 /// certificates required.
 pub fn server_config(store: &CertStore) -> Result<Arc<ServerConfig>, Error> {
     let provider = provider();
-    let mut config = ServerConfig::builder_with_provider(provider.clone())
+    let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(Arc::new(ReloadingClientVerifier {
-            store: store.clone(),
-            provider,
-            built: Mutex::new(None),
-            scoped: Mutex::new((0, Vec::new())),
-        }))
+        .with_client_cert_verifier(client_verifier(store))
         .with_cert_resolver(Arc::new(CurrentCert(store.clone())));
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// The verifier of client certificates against `store`'s current bundle
+/// and scopes. rustls does not call it for a resumed session, which
+/// restores the client's chain from the session: [`crate::incoming`] calls
+/// it again then, so a client whose certificate expired or whose CA left
+/// the bundle cannot come back by resuming.
+pub fn client_verifier(store: &CertStore) -> Arc<dyn ClientCertVerifier> {
+    Arc::new(ReloadingClientVerifier {
+        store: store.clone(),
+        provider: provider(),
+        built: Mutex::new(None),
+        scoped: Mutex::new((0, Vec::new())),
+    })
 }
 
 #[derive(Debug)]

@@ -1,6 +1,8 @@
 //! The cost of mTLS, printed: full handshakes per second (session resumption
-//! off) against plain TCP connects, and unary calls over one long-lived
-//! connection with mTLS against plaintext, in the same process and run.
+//! off) against plain TCP connects; a new connection and its first call
+//! with a full handshake against a resumed one (which Weft verifies
+//! again); and unary calls over one long-lived connection with mTLS
+//! against plaintext, in the same process and run.
 //! Run: `cargo bench -p weft-tests --bench mtls`.
 
 // Bench code: a panic is a failed run with its location.
@@ -85,6 +87,20 @@ async fn run() {
         (1.0 / tls_rate - 1.0 / classical_rate) * 1e6
     );
 
+    // Resumption: a new connection and its first call with a full
+    // handshake against a resumed one. Weft resumes, and verifies the
+    // restored client chain against the current bundle and time (a full
+    // handshake's check, without its signatures and key exchange).
+    let mut full_client = (*client_tls).clone();
+    full_client.resumption = rustls::client::Resumption::disabled();
+    let full = first_calls_per_second(tls_addr, Arc::new(full_client)).await;
+    let resumed = first_calls_per_second(tls_addr, client_tls.clone()).await;
+    println!(
+        "resumption: new connection + first call {full:.0}/s with a full handshake, {resumed:.0}/s resumed and re-verified (Weft); ratio {:.3}, {:+.0} µs per new connection",
+        resumed / full,
+        (1.0 / resumed - 1.0 / full) * 1e6
+    );
+
     // Unary calls on one long-lived connection.
     let plain = Channel::from_shared(format!("http://{plain_addr}"))
         .unwrap()
@@ -118,6 +134,20 @@ async fn connects_per_second(addr: SocketAddr, tls: Option<Arc<rustls::ClientCon
         }
     }
     HANDSHAKES as f64 / started.elapsed().as_secs_f64()
+}
+
+/// New connections per second, each carrying one health check.
+async fn first_calls_per_second(addr: SocketAddr, tls: Arc<rustls::ClientConfig>) -> f64 {
+    let n = HANDSHAKES / 2;
+    let started = Instant::now();
+    for _ in 0..n {
+        let channel = mtls_channel(addr, tls.clone()).unwrap();
+        HealthClient::new(channel)
+            .check(HealthCheckRequest::default())
+            .await
+            .unwrap();
+    }
+    n as f64 / started.elapsed().as_secs_f64()
 }
 
 /// Mean wall time per call (µs) with `concurrency` callers sharing `channel`.

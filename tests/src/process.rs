@@ -9,7 +9,8 @@ use anyhow::{Context, Result, bail};
 
 /// The environment of a service process on the database at `database_url`
 /// over mTLS with `identity`: listening on 127.0.0.1 port 0, metrics on a
-/// port of their own, no drain wait; then `extra`, which overrides.
+/// port of their own, no drain wait, every caller of the trust domain
+/// allowed unless `extra` names a policy; then `extra`, which overrides.
 pub fn service_env(
     database_url: String,
     identity: &weft_mesh::IdentityPaths,
@@ -27,6 +28,10 @@ pub fn service_env(
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
+    // Tests that give no policy mean the trust domain to be open.
+    if !extra.iter().any(|(k, _)| *k == "WEFT_POLICY") {
+        env.insert("WEFT_ALLOW_TRUST_DOMAIN".into(), "1".into());
+    }
     for (k, v) in extra {
         env.insert((*k).to_owned(), v.clone());
     }

@@ -143,7 +143,12 @@ where
         .layer(DeadlineLayer)
         .add_service(health)
         .add_service(InventoryServiceServer::new(service))
-        .serve_with_incoming(tls_incoming(listener, server_config(store).unwrap()));
+        .serve_with_incoming(tls_incoming(
+            listener,
+            server_config(store).unwrap(),
+            store,
+            &Default::default(),
+        ));
     tokio::spawn(server);
     addr
 }

@@ -188,7 +188,7 @@ methods = ["weft.inventory.v1.InventoryService/*"]
 callers = ["spiffe://weft.test/service/orders"]
 
 [[allow]]
-methods = ["weft.inventory.v1.InventoryService/Get*", "grpc.reflection.*"]
+methods = ["weft.inventory.v1.InventoryService/GetProduct", "weft.inventory.v1.InventoryService/GetStock", "weft.inventory.v1.InventoryService/ListProducts", "grpc.reflection.*"]
 callers = ["spiffe://weft.test/operator/*"]
 "#;
 

@@ -468,3 +468,68 @@ async fn a_refused_capture_after_the_sale_voids_and_returns_the_stock() {
     mesh.check_invariants().await.unwrap();
     mesh.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_callers_use_of_a_saga_key_breaks_neither_the_order_nor_its_cancellation() {
+    let mesh = Mesh::start().await.unwrap();
+    mesh.product("LAMP-1", 1500, 5).await.unwrap();
+    let account = mesh.open_account("gina", 10_000).await.unwrap();
+    let own = mesh.open_account("mallory", 0).await.unwrap();
+    let mut orders = mesh.orders().await.unwrap();
+    let order = placed(
+        &mut orders,
+        order_request("h-1", "gina", &account, &[("LAMP-1", 1)]),
+    )
+    .await;
+    assert_eq!(status(&order), pb::OrderStatus::Confirmed);
+
+    // An operator who may deposit and adjust stock reads the order's id and
+    // takes the keys the cancellation's steps will use, on other methods.
+    let id = &order.order_id;
+    let mut payments = mesh.payments().await.unwrap();
+    payments
+        .deposit(payments_pb::DepositRequest {
+            idempotency_key: format!("order/{id}/refund"),
+            account_id: own.clone(),
+            amount: Some(eur(1)),
+        })
+        .await
+        .unwrap();
+    let mut inventory = mesh.inventory().await.unwrap();
+    inventory
+        .adjust_stock(inventory_pb::AdjustStockRequest {
+            idempotency_key: format!("order/{id}/restock"),
+            sku: "LAMP-1".into(),
+            delta: 1,
+            reason: "taking the key".into(),
+        })
+        .await
+        .unwrap();
+
+    // The cancellation still refunds and restocks, and finishes.
+    let cancelled = tokio::time::timeout(
+        Duration::from_secs(30),
+        orders.cancel_order(pb::CancelOrderRequest {
+            idempotency_key: "cancel-h-1".into(),
+            order_id: id.clone(),
+            reason: String::new(),
+        }),
+    )
+    .await
+    .expect("the cancellation did not finish")
+    .unwrap()
+    .into_inner()
+    .order
+    .unwrap();
+    assert_eq!(
+        status(&cancelled),
+        pb::OrderStatus::Cancelled,
+        "{cancelled:?}"
+    );
+    assert_eq!(mesh.balance(&account).await.unwrap(), (10_000, 0));
+    assert_eq!(mesh.balance(&own).await.unwrap(), (1, 0));
+    // 5 on hand, one sold and returned, one added by the operator.
+    assert_eq!(mesh.stock("LAMP-1").await.unwrap(), (6, 0, 0));
+    mesh.check_invariants().await.unwrap();
+    mesh.stop().await.unwrap();
+}

@@ -78,6 +78,13 @@ pub struct Config {
     pub health_interval: Duration,
     /// Most calls in flight per connection.
     pub concurrency_per_connection: usize,
+    /// How long idempotency records are kept, the replay window: a retry
+    /// with the same key within it gets the first answer
+    /// (`WEFT_IDEMPOTENCY_RETENTION_DAYS`, 7).
+    pub idempotency_retention: Duration,
+    /// HTTP/2 and connection limits (`WEFT_MAX_STREAMS` and the rest; see
+    /// [`weft_mesh::ServerLimits`]).
+    pub limits: weft_mesh::ServerLimits,
     /// Largest request message accepted, in bytes.
     pub max_message_bytes: usize,
     /// Registration in discovery; `None` serves without registering.
@@ -122,6 +129,8 @@ impl Config {
             startup_timeout: Duration::from_secs(60),
             health_interval: Duration::from_secs(1),
             concurrency_per_connection: 256,
+            limits: weft_mesh::ServerLimits::default(),
+            idempotency_retention: Duration::from_secs(7 * 86_400),
             max_message_bytes: 4 * 1024 * 1024,
             registration: None,
             drain: DrainConfig::default(),
@@ -220,6 +229,21 @@ impl Config {
             config.drain.notify_budget = Duration::from_millis(ms);
         }
         config.metrics_addr = metrics_addr_from_env(service)?;
+        if let Some(days) = env_number("WEFT_IDEMPOTENCY_RETENTION_DAYS")? {
+            if days == 0 {
+                return Err(ConfigError::Invalid {
+                    name: "WEFT_IDEMPOTENCY_RETENTION_DAYS",
+                    reason: "must be at least 1 (it is the window in which retries are recognised)"
+                        .into(),
+                });
+            }
+            config.idempotency_retention = Duration::from_secs(days.saturating_mul(86_400));
+        }
+        config.limits = weft_mesh::ServerLimits::from_lookup(|name| std::env::var(name).ok())
+            .map_err(|e| ConfigError::Invalid {
+                name: e.name,
+                reason: e.reason,
+            })?;
         if let Ok(discovery) = std::env::var("WEFT_DISCOVERY") {
             let advertise = match std::env::var("WEFT_ADVERTISE") {
                 Err(_) => None,
@@ -341,7 +365,17 @@ pub fn transport_from(
     );
     let plaintext = lookup("WEFT_DEV_PLAINTEXT").is_some_and(|v| v == "1" || v == "true");
     let policy_path = var("WEFT_POLICY");
+    // Without a policy a service does not start, unless told that every
+    // caller of its trust domain may call everything.
+    let open = lookup("WEFT_ALLOW_TRUST_DOMAIN").is_some_and(|v| v == "1" || v == "true");
     let policy = || match &policy_path {
+        None if !open => Err(ConfigError::Missing(
+            "WEFT_POLICY (or WEFT_ALLOW_TRUST_DOMAIN=1 to let every caller of this service's trust domain call everything)",
+        )),
+        Some(_) if open => Err(ConfigError::Invalid {
+            name: "WEFT_ALLOW_TRUST_DOMAIN",
+            reason: "set either WEFT_POLICY or WEFT_ALLOW_TRUST_DOMAIN, not both".into(),
+        }),
         None => Ok(None),
         Some(path) => Policy::load(path)
             .map(Some)
@@ -422,6 +456,29 @@ mod tests {
     }
 
     #[test]
+    fn a_policy_pattern_mistake_stops_the_start_naming_the_pattern() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("policy.toml");
+        std::fs::write(
+            &path,
+            "[[allow]]\nmethods = [\"weft.inventory.v1.InventoryService*\"]\ncallers = [\"*\"]\n",
+        )
+        .unwrap();
+        let err = transport(&[
+            ("WEFT_TLS_CERT", "/c"),
+            ("WEFT_TLS_KEY", "/k"),
+            ("WEFT_TLS_CA", "/ca"),
+            ("WEFT_POLICY", path.to_str().unwrap()),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("WEFT_POLICY") && err.contains("weft.inventory.v1.InventoryService*"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn mtls_is_required_unless_plaintext_is_asked_for() {
         let err = transport(&[]).unwrap_err().to_string();
         assert!(
@@ -433,8 +490,15 @@ mod tests {
             ("WEFT_TLS_KEY", "/k"),
             ("WEFT_TLS_CA", "/ca"),
         ];
+        // No policy: refused, unless the trust domain is opened explicitly.
+        let err = transport(&tls).unwrap_err().to_string();
+        assert!(
+            err.contains("WEFT_POLICY") && err.contains("WEFT_ALLOW_TRUST_DOMAIN"),
+            "{err}"
+        );
+        let open = [tls[0], tls[1], tls[2], ("WEFT_ALLOW_TRUST_DOMAIN", "1")];
         assert!(matches!(
-            transport(&tls).unwrap(),
+            transport(&open).unwrap(),
             Transport::Mtls { policy: None, .. }
         ));
         // Two of three is not enough, and never falls back to plaintext.

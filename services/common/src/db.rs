@@ -148,13 +148,19 @@ impl Db {
     }
 
     /// Runs `op` in a transaction guarded by `key`, whose record lives in
-    /// `table` (`schema.idempotency_keys`, with columns `idempotency_key`,
-    /// `fingerprint` and `response`): the first call with a key runs `op` and
-    /// stores its response in the same transaction as its effect; later
-    /// calls with the same key and fingerprint get that response back
-    /// without running `op`; calls with another fingerprint fail with
-    /// [`DbError::IdempotencyConflict`]. A failed `op` stores nothing, so the
-    /// key can be used again.
+    /// `table` (`schema.idempotency_keys`, keyed by `caller`, `method` and
+    /// `idempotency_key`, with `fingerprint` and `response`): the first
+    /// call with a key runs `op` and stores its response in the same
+    /// transaction as its effect; later calls by the same caller to the same
+    /// method with the same key and fingerprint get that response back
+    /// without running `op`; with another fingerprint they fail with
+    /// [`DbError::IdempotencyConflict`]. Another caller's key, or the same
+    /// key on another method, is another record. A failed `op` stores
+    /// nothing, so the key can be used again.
+    ///
+    /// Records from before keys were scoped (caller and method empty) still
+    /// answer a true retry (same key and fingerprint, which covers the
+    /// method) until the sweeper ages them out; they block nobody.
     pub async fn idempotent<T, E, F>(
         &self,
         table: &'static str,
@@ -168,15 +174,31 @@ impl Db {
     {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(DbError::from)?;
+        let legacy = tx
+            .query_opt(
+                &format!(
+                    "SELECT response FROM {table} WHERE caller = '' AND method = '' \
+                     AND idempotency_key = $1 AND fingerprint = $2 AND response IS NOT NULL"
+                ),
+                &[&key.key, &key.fingerprint],
+            )
+            .await
+            .map_err(DbError::from)?;
+        if let Some(row) = legacy {
+            let response: Vec<u8> = row.get(0);
+            return T::decode(response.as_slice())
+                .map_err(|e| DbError::Internal(format!("stored response: {e}")).into());
+        }
         // The insert blocks on a concurrent holder of the same key until it
         // commits or rolls back, so two racing calls cannot both run `op`.
         let claimed = tx
             .execute(
                 &format!(
-                    "INSERT INTO {table} (idempotency_key, fingerprint) \
-                     VALUES ($1, $2) ON CONFLICT (idempotency_key) DO NOTHING"
+                    "INSERT INTO {table} (caller, method, idempotency_key, fingerprint) \
+                     VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (caller, method, idempotency_key) DO NOTHING"
                 ),
-                &[&key.key, &key.fingerprint],
+                &[&key.caller, &key.method, &key.key, &key.fingerprint],
             )
             .await
             .map_err(DbError::from)?;
@@ -184,9 +206,10 @@ impl Db {
             let row = tx
                 .query_one(
                     &format!(
-                        "SELECT fingerprint, response FROM {table} WHERE idempotency_key = $1"
+                        "SELECT fingerprint, response FROM {table} \
+                         WHERE caller = $1 AND method = $2 AND idempotency_key = $3"
                     ),
-                    &[&key.key],
+                    &[&key.caller, &key.method, &key.key],
                 )
                 .await
                 .map_err(DbError::from)?;
@@ -202,12 +225,73 @@ impl Db {
         }
         let response = op(&tx).await?;
         tx.execute(
-            &format!("UPDATE {table} SET response = $2 WHERE idempotency_key = $1"),
-            &[&key.key, &response.encode_to_vec()],
+            &format!(
+                "UPDATE {table} SET response = $4 \
+                 WHERE caller = $1 AND method = $2 AND idempotency_key = $3"
+            ),
+            &[
+                &key.caller,
+                &key.method,
+                &key.key,
+                &response.encode_to_vec(),
+            ],
         )
         .await
         .map_err(DbError::from)?;
         tx.commit().await.map_err(DbError::from)?;
         Ok(response)
     }
+
+    /// Deletes idempotency records in `table` older than `retention`, a
+    /// batch at a time (short transactions, no long lock); returns how many.
+    pub async fn sweep_idempotency(
+        &self,
+        table: &'static str,
+        retention: std::time::Duration,
+    ) -> Result<u64, DbError> {
+        let client = self.client().await?;
+        let seconds = retention.as_secs_f64();
+        let mut swept = 0;
+        loop {
+            let n = client
+                .execute(
+                    &format!(
+                        "DELETE FROM {table} WHERE ctid IN (SELECT ctid FROM {table} \
+                         WHERE create_time < now() - $1::float8 * interval '1 second' LIMIT 1000)"
+                    ),
+                    &[&seconds],
+                )
+                .await?;
+            swept += n;
+            if n < 1000 {
+                return Ok(swept);
+            }
+        }
+    }
+}
+
+/// Sweeps `table` every hour (with jitter) for as long as the returned
+/// handle lives: idempotency records older than `retention`, the replay
+/// window, are deleted. Every replica sweeps; deletes of the same rows do
+/// not conflict.
+pub fn spawn_sweeper(
+    db: Db,
+    table: &'static str,
+    retention: std::time::Duration,
+) -> crate::AbortOnDrop {
+    crate::AbortOnDrop(tokio::spawn(async move {
+        loop {
+            match db.sweep_idempotency(table, retention).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(swept = n, %table, "idempotency records past the replay window deleted")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, %table, "sweeping idempotency records failed; trying again later")
+                }
+            }
+            let hour = std::time::Duration::from_secs(3600);
+            tokio::time::sleep(weft_discovery::backoff::jittered(hour, 0.1)).await;
+        }
+    }))
 }

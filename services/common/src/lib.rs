@@ -21,7 +21,7 @@ pub mod validate;
 
 pub use config::{Advertise, Config, ConfigError, RegistrationConfig, Transport};
 pub use db::{Db, DbError};
-pub use keyed::IdempotencyKey;
+pub use keyed::{IdempotencyKey, caller_of};
 pub use migrate::{MigrateError, migrate};
 pub use money::Money;
 pub use serve::{AbortOnDrop, ServeError, Served, serve};

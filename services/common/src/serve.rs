@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tonic::service::Routes;
-use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
@@ -195,7 +194,7 @@ pub async fn serve(
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
     let addr = listener.local_addr().ok();
-    let (policy, tls) = match &config.transport {
+    let (policy, trust_domain, tls) = match &config.transport {
         Transport::Mtls {
             identity,
             policy,
@@ -206,25 +205,34 @@ pub async fn serve(
             if id.name() != name {
                 tracing::warn!(%id, "serving {name} with a certificate for another identity");
             }
+            if policy.is_none() {
+                tracing::warn!(%id, "no policy: every caller of trust domain {} may call everything", id.trust_domain());
+            }
             tracing::info!(?addr, %id, policy = policy.is_some(), "{name} serving mTLS");
             report_certificate(&config.metrics, store.clone(), Arc::downgrade(&serving));
-            (policy.clone(), Some(server_config(&store)?))
+            (
+                policy.clone(),
+                id.trust_domain().to_owned(),
+                Some((server_config(&store)?, store.clone())),
+            )
         }
         Transport::Plaintext => {
             tracing::warn!(
                 ?addr,
                 "{name} serving PLAINTEXT: no caller is authenticated; for development only"
             );
-            (None, None)
+            (None, String::new(), None)
         }
     };
-    let router = Server::builder()
+    let router = config
+        .limits
+        .server()
         .concurrency_limit_per_connection(config.concurrency_per_connection)
         .layer(ObserveLayer::new(
             config.metrics.clone(),
             served_paths(grpc_service),
         ))
-        .layer(AuthorizeLayer::new(policy))
+        .layer(AuthorizeLayer::new(policy, &trust_domain))
         .layer(DeadlineLayer)
         .add_routes(routes)
         .add_service(health_service)
@@ -267,9 +275,12 @@ pub async fn serve(
                 }
             };
             match tls {
-                Some(tls) => {
+                Some((tls, store)) => {
                     router
-                        .serve_with_incoming_shutdown(tls_incoming(listener, tls), stop_accepting)
+                        .serve_with_incoming_shutdown(
+                            tls_incoming(listener, tls, &store, &config.limits),
+                            stop_accepting,
+                        )
                         .await
                 }
                 None => {

@@ -264,3 +264,56 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// An error names its field and is INVALID_ARGUMENT.
+    fn names(status: &Status, field: &str) -> bool {
+        status.code() == tonic::Code::InvalidArgument
+            && status.message().starts_with(&format!("{field}: "))
+    }
+
+    proptest! {
+        #[test]
+        fn every_validator_takes_any_input_and_names_its_field(s in ".{0,300}", n in any::<i64>()) {
+            for result in [
+                idempotency_key(&s).map(|_| ()).map_err(|e| (e, "idempotency_key")),
+                sku("sku", &s).map_err(|e| (e, "sku")),
+                quantity("quantity", n).map_err(|e| (e, "quantity")),
+                text("name", &s, 200).map_err(|e| (e, "name")),
+                currency_code("currency_code", &s).map_err(|e| (e, "currency_code")),
+                id("reservation_id", &s).map_err(|e| (e, "reservation_id")),
+                decode_page_token(&s).map(|_| ()).map_err(|e| (e, "page_token")),
+            ] {
+                if let Err((status, field)) = result {
+                    prop_assert!(names(&status, field), "{status:?}");
+                }
+            }
+        }
+
+        #[test]
+        fn an_accepted_key_is_printable_ascii_of_at_most_128(s in "\\PC{0,200}") {
+            if idempotency_key(&s).is_ok() {
+                prop_assert!(!s.is_empty() && s.len() <= 128);
+                prop_assert!(s.bytes().all(|b| b.is_ascii_graphic()));
+            }
+        }
+
+        #[test]
+        fn an_accepted_sku_has_only_its_characters(s in "[A-Za-z0-9._ -]{0,80}") {
+            let ok = !s.is_empty()
+                && s.len() <= 64
+                && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+            prop_assert_eq!(sku("sku", &s).is_ok(), ok);
+        }
+
+        #[test]
+        fn page_tokens_round_trip(s in "\\PC{0,64}") {
+            prop_assert_eq!(decode_page_token(&encode_page_token(&s)).unwrap(), s);
+        }
+    }
+}

@@ -9,7 +9,7 @@ use crate::convert;
 use crate::domain::{NewProduct, Transition};
 use crate::store::Store;
 use crate::validate;
-use weft_service::IdempotencyKey;
+use weft_service::{IdempotencyKey, caller_of};
 
 /// Implements `weft.inventory.v1.InventoryService` over a [`Store`].
 #[derive(Debug, Clone)]
@@ -26,12 +26,13 @@ impl InventoryApi {
 
 /// The key and a digest of everything else in the request.
 fn keyed<M: prost::Message + Clone>(
+    caller: &str,
     method: &str,
     request: &M,
     key: &str,
     clear_key: impl FnOnce(&mut M),
 ) -> Result<IdempotencyKey, Status> {
-    IdempotencyKey::of(method, request, key, clear_key)
+    IdempotencyKey::of(caller, method, request, key, clear_key)
 }
 
 #[tonic::async_trait]
@@ -40,8 +41,9 @@ impl InventoryService for InventoryApi {
         &self,
         request: Request<pb::CreateProductRequest>,
     ) -> Result<Response<pb::CreateProductResponse>, Status> {
+        let caller = caller_of(&request);
         let req = request.into_inner();
-        let key = keyed("CreateProduct", &req, &req.idempotency_key, |r| {
+        let key = keyed(&caller, "CreateProduct", &req, &req.idempotency_key, |r| {
             r.idempotency_key.clear()
         })?;
         validate::sku("sku", &req.sku)?;
@@ -149,8 +151,9 @@ impl InventoryService for InventoryApi {
         &self,
         request: Request<pb::AdjustStockRequest>,
     ) -> Result<Response<pb::AdjustStockResponse>, Status> {
+        let caller = caller_of(&request);
         let req = request.into_inner();
-        let key = keyed("AdjustStock", &req, &req.idempotency_key, |r| {
+        let key = keyed(&caller, "AdjustStock", &req, &req.idempotency_key, |r| {
             r.idempotency_key.clear()
         })?;
         validate::sku("sku", &req.sku)?;
@@ -178,8 +181,9 @@ impl InventoryService for InventoryApi {
         &self,
         request: Request<pb::ReserveStockRequest>,
     ) -> Result<Response<pb::ReserveStockResponse>, Status> {
+        let caller = caller_of(&request);
         let req = request.into_inner();
-        let key = keyed("ReserveStock", &req, &req.idempotency_key, |r| {
+        let key = keyed(&caller, "ReserveStock", &req, &req.idempotency_key, |r| {
             r.idempotency_key.clear()
         })?;
         validate::text("order_id", &req.order_id, 128)?;
@@ -201,9 +205,11 @@ impl InventoryService for InventoryApi {
         &self,
         request: Request<pb::CommitReservationRequest>,
     ) -> Result<Response<pb::CommitReservationResponse>, Status> {
+        let caller = caller_of(&request);
         let req = request.into_inner();
         let reservation = self
             .transition(
+                &caller,
                 "CommitReservation",
                 &req.idempotency_key,
                 &req.reservation_id,
@@ -219,9 +225,11 @@ impl InventoryService for InventoryApi {
         &self,
         request: Request<pb::ReleaseReservationRequest>,
     ) -> Result<Response<pb::ReleaseReservationResponse>, Status> {
+        let caller = caller_of(&request);
         let req = request.into_inner();
         let reservation = self
             .transition(
+                &caller,
                 "ReleaseReservation",
                 &req.idempotency_key,
                 &req.reservation_id,
@@ -237,9 +245,11 @@ impl InventoryService for InventoryApi {
         &self,
         request: Request<pb::ReturnReservationRequest>,
     ) -> Result<Response<pb::ReturnReservationResponse>, Status> {
+        let caller = caller_of(&request);
         let req = request.into_inner();
         let reservation = self
             .transition(
+                &caller,
                 "ReturnReservation",
                 &req.idempotency_key,
                 &req.reservation_id,
@@ -272,13 +282,20 @@ impl InventoryApi {
     /// The three reservation transitions share their request shape.
     async fn transition(
         &self,
+        caller: &str,
         method: &str,
         idempotency_key: &str,
         reservation_id: &str,
         t: Transition,
     ) -> Result<pb::Reservation, Status> {
         // The fingerprint covers the method and the reservation id.
-        let key = keyed(method, &reservation_id.to_owned(), idempotency_key, |_| {})?;
+        let key = keyed(
+            caller,
+            method,
+            &reservation_id.to_owned(),
+            idempotency_key,
+            |_| {},
+        )?;
         validate::id("reservation_id", reservation_id)?;
         self.store
             .idempotent(&key, async |tx| {

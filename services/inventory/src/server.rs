@@ -36,6 +36,12 @@ pub async fn run(
     weft_service::migrate(&config, runner, "inventory").await?;
     let store = Store::new(&config).map_err(|e| ServeError::Pool(e.to_string()))?;
     let db = store.db().clone();
+    // Idempotency records past the replay window go, while the server runs.
+    let _sweeper = weft_service::db::spawn_sweeper(
+        db.clone(),
+        "inventory.idempotency_keys",
+        config.idempotency_retention,
+    );
     let api = InventoryServiceServer::new(InventoryApi::new(store))
         .max_decoding_message_size(config.max_message_bytes);
     let served = Served::new(NAME, SERVICE_NAME, Routes::new(api), db);

@@ -10,8 +10,8 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 use weft_proto::orders::v1 as pb;
 use weft_proto::orders::v1::orders_service_server::OrdersService;
-use weft_service::IdempotencyKey;
 use weft_service::validate::{self, invalid};
+use weft_service::{IdempotencyKey, caller_of};
 
 use crate::convert::{self, status};
 use crate::domain::{NewOrder, Order, OrderLine};
@@ -90,8 +90,9 @@ impl OrdersService for OrdersApi {
         &self,
         request: Request<pb::PlaceOrderRequest>,
     ) -> Result<Response<pb::PlaceOrderResponse>, Status> {
+        let caller = caller_of(&request);
         let req = request.into_inner();
-        let key = IdempotencyKey::of("PlaceOrder", &req, &req.idempotency_key, |r| {
+        let key = IdempotencyKey::of(&caller, "PlaceOrder", &req, &req.idempotency_key, |r| {
             r.idempotency_key.clear()
         })?;
         validate::text("customer_id", &req.customer_id, 128)?;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use weft_discovery::backoff::Backoff;
-use weft_proto::payments::v1::{GetAccountRequest, OpenAccountRequest};
+use weft_proto::payments::v1::{Account, GetAccountRequest, OpenAccountRequest};
 
 use crate::upstream::Upstreams;
 
@@ -150,16 +150,65 @@ async fn attempt(upstream: &Upstreams, setting: &MerchantSetting) -> Result<Stri
         }))
         .await?
         .into_inner();
-    if account.account.is_none() {
+    let Some(account) = account.account else {
         return Err(tonic::Status::not_found("GetAccount returned no account"));
-    }
-    tracing::info!(account = %id, "merchant account settled");
+    };
+    check(&account, setting).map_err(tonic::Status::failed_precondition)?;
+    tracing::info!(account = %id, currency = %account.currency_code, "merchant account settled");
     Ok(id)
+}
+
+/// Whether `account` can take captures: it has a currency (ISO 4217: three
+/// capital letters), the one asked for when orders opened it. Payments has
+/// no closed accounts, so one that exists is open.
+fn check(account: &Account, setting: &MerchantSetting) -> Result<(), String> {
+    let currency = account.currency_code.as_str();
+    if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
+        return Err(format!("the account has no usable currency ({currency:?})"));
+    }
+    if let MerchantSetting::Open {
+        currency: asked, ..
+    } = setting
+        && asked != currency
+    {
+        return Err(format!("the account is in {currency}, not {asked}"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_account_without_a_currency_or_in_another_one_is_refused() {
+        let account = |currency: &str| Account {
+            account_id: "a".into(),
+            currency_code: currency.into(),
+            ..Default::default()
+        };
+        let named = MerchantSetting::Account("a".into());
+        let opened = MerchantSetting::Open {
+            owner: "merchant".into(),
+            currency: "USD".into(),
+        };
+        assert!(check(&account("USD"), &named).is_ok());
+        assert!(check(&account("USD"), &opened).is_ok());
+        assert!(check(&account("EUR"), &named).is_ok());
+        assert!(
+            check(&account("EUR"), &opened)
+                .unwrap_err()
+                .contains("not USD")
+        );
+        for bad in ["", "usd", "US", "USDX"] {
+            assert!(
+                check(&account(bad), &named)
+                    .unwrap_err()
+                    .contains("currency"),
+                "{bad:?}"
+            );
+        }
+    }
 
     #[test]
     fn parses_both_forms_and_refuses_placeholders() {

@@ -51,14 +51,28 @@ impl Store {
     ) -> Result<(Order, bool)> {
         let mut client = self.db.client().await?;
         let tx = client.transaction().await?;
+        // An order placed before keys were scoped to their caller answers a
+        // true retry of the same request.
+        let legacy = tx
+            .query_opt(
+                "SELECT order_id FROM orders.orders \
+                 WHERE caller = '' AND idempotency_key = $1 AND fingerprint = $2",
+                &[&key.key, &key.fingerprint],
+            )
+            .await?;
+        if let Some(row) = legacy {
+            let order_id: String = row.get(0);
+            drop(tx);
+            return Ok((load_order(&client, &order_id).await?, false));
+        }
         let lease_ms = millis(lease);
         let inserted = tx
             .query_opt(
-                "INSERT INTO orders.orders (idempotency_key, fingerprint, customer_id, \
+                "INSERT INTO orders.orders (caller, idempotency_key, fingerprint, customer_id, \
                  payment_account_id, status, step, lease_owner, lease_until) \
-                 VALUES ($1, $2, $3, $4, 'PENDING', 'RESERVE', $5, \
+                 VALUES ($7, $1, $2, $3, $4, 'PENDING', 'RESERVE', $5, \
                  now() + $6::float8 * interval '1 millisecond') \
-                 ON CONFLICT (idempotency_key) DO NOTHING RETURNING order_id, create_time",
+                 ON CONFLICT (caller, idempotency_key) DO NOTHING RETURNING order_id, create_time",
                 &[
                     &key.key,
                     &key.fingerprint,
@@ -66,14 +80,16 @@ impl Store {
                     &new.payment_account_id,
                     &owner,
                     &lease_ms,
+                    &key.caller,
                 ],
             )
             .await?;
         let Some(row) = inserted else {
             let row = tx
                 .query_one(
-                    "SELECT order_id, fingerprint FROM orders.orders WHERE idempotency_key = $1",
-                    &[&key.key],
+                    "SELECT order_id, fingerprint FROM orders.orders \
+                     WHERE caller = $1 AND idempotency_key = $2",
+                    &[&key.caller, &key.key],
                 )
                 .await?;
             let fingerprint: Vec<u8> = row.get(1);

@@ -4,8 +4,8 @@
 use tonic::{Request, Response, Status};
 use weft_proto::payments::v1 as pb;
 use weft_proto::payments::v1::payments_service_server::PaymentsService;
-use weft_service::IdempotencyKey;
 use weft_service::validate::{self, invalid};
+use weft_service::{IdempotencyKey, caller_of};
 
 use crate::convert::{self, status};
 use crate::domain::{Money, NewAccount};
@@ -47,8 +47,9 @@ impl PaymentsService for PaymentsApi {
         &self,
         request: Request<pb::OpenAccountRequest>,
     ) -> Result<Response<pb::OpenAccountResponse>, Status> {
+        let caller = caller_of(&request);
         let req = request.into_inner();
-        let key = IdempotencyKey::of("OpenAccount", &req, &req.idempotency_key, |r| {
+        let key = IdempotencyKey::of(&caller, "OpenAccount", &req, &req.idempotency_key, |r| {
             r.idempotency_key.clear()
         })?;
         validate::text("owner", &req.owner, 128)?;
@@ -93,8 +94,9 @@ impl PaymentsService for PaymentsApi {
         &self,
         request: Request<pb::DepositRequest>,
     ) -> Result<Response<pb::DepositResponse>, Status> {
+        let caller = caller_of(&request);
         let req = request.into_inner();
-        let key = IdempotencyKey::of("Deposit", &req, &req.idempotency_key, |r| {
+        let key = IdempotencyKey::of(&caller, "Deposit", &req, &req.idempotency_key, |r| {
             r.idempotency_key.clear()
         })?;
         validate::id("account_id", &req.account_id)?;
@@ -116,8 +118,9 @@ impl PaymentsService for PaymentsApi {
         &self,
         request: Request<pb::AuthorizeRequest>,
     ) -> Result<Response<pb::AuthorizeResponse>, Status> {
+        let caller = caller_of(&request);
         let req = request.into_inner();
-        let key = IdempotencyKey::of("Authorize", &req, &req.idempotency_key, |r| {
+        let key = IdempotencyKey::of(&caller, "Authorize", &req, &req.idempotency_key, |r| {
             r.idempotency_key.clear()
         })?;
         validate::id("account_id", &req.account_id)?;
@@ -142,8 +145,9 @@ impl PaymentsService for PaymentsApi {
         &self,
         request: Request<pb::CaptureRequest>,
     ) -> Result<Response<pb::CaptureResponse>, Status> {
+        let caller = caller_of(&request);
         let req = request.into_inner();
-        let key = IdempotencyKey::of("Capture", &req, &req.idempotency_key, |r| {
+        let key = IdempotencyKey::of(&caller, "Capture", &req, &req.idempotency_key, |r| {
             r.idempotency_key.clear()
         })?;
         validate::id("authorization_id", &req.authorization_id)?;
@@ -167,8 +171,9 @@ impl PaymentsService for PaymentsApi {
         &self,
         request: Request<pb::VoidRequest>,
     ) -> Result<Response<pb::VoidResponse>, Status> {
+        let caller = caller_of(&request);
         let req = request.into_inner();
-        let key = IdempotencyKey::of("Void", &req, &req.idempotency_key, |r| {
+        let key = IdempotencyKey::of(&caller, "Void", &req, &req.idempotency_key, |r| {
             r.idempotency_key.clear()
         })?;
         validate::id("authorization_id", &req.authorization_id)?;
@@ -189,8 +194,9 @@ impl PaymentsService for PaymentsApi {
         &self,
         request: Request<pb::RefundRequest>,
     ) -> Result<Response<pb::RefundResponse>, Status> {
+        let caller = caller_of(&request);
         let req = request.into_inner();
-        let key = IdempotencyKey::of("Refund", &req, &req.idempotency_key, |r| {
+        let key = IdempotencyKey::of(&caller, "Refund", &req, &req.idempotency_key, |r| {
             r.idempotency_key.clear()
         })?;
         validate::id("authorization_id", &req.authorization_id)?;
