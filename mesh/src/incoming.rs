@@ -5,7 +5,7 @@
 //! the oldest, so stalled connections cannot lock real callers out), and
 //! connections in number ([`ServerLimits`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -113,7 +113,11 @@ pub fn tls_incoming(
     tokio::spawn(accept_loop(
         listener,
         TlsAcceptor::from(config),
-        client_verifier(store),
+        Arc::new(Reverify {
+            verifier: client_verifier(store),
+            store: store.clone(),
+            verified: Mutex::new(HashMap::new()),
+        }),
         tx,
         limits.clone(),
     ));
@@ -155,10 +159,54 @@ impl Refusals {
     }
 }
 
+/// Checks the chain a resumed session restored, as a full handshake's is
+/// checked; a chain already verified against the current bundle (same
+/// generation) and still within its validity is not verified again, so a
+/// client that reconnects often costs one check per bundle change.
+struct Reverify {
+    verifier: Arc<dyn ClientCertVerifier>,
+    store: CertStore,
+    /// Leaf certificate → (bundle generation, the leaf's notAfter). At most
+    /// [`REVERIFIED_KEPT`] entries; cleared when full.
+    verified: Mutex<HashMap<CertificateDer<'static>, (u64, std::time::SystemTime)>>,
+}
+
+/// Verified chains remembered at most.
+const REVERIFIED_KEPT: usize = 1024;
+
+impl Reverify {
+    fn check(
+        &self,
+        leaf: &CertificateDer<'static>,
+        intermediates: &[CertificateDer<'static>],
+    ) -> Result<(), String> {
+        let generation = self.store.current().generation;
+        let now = std::time::SystemTime::now();
+        if let Ok(verified) = self.verified.lock()
+            && let Some((g, not_after)) = verified.get(leaf)
+            && *g == generation
+            && now < *not_after
+        {
+            return Ok(());
+        }
+        self.verifier
+            .verify_client_cert(leaf, intermediates, UnixTime::now())
+            .map_err(|e| e.to_string())?;
+        let (_, not_after) = crate::certs::validity(leaf)?;
+        if let Ok(mut verified) = self.verified.lock() {
+            if verified.len() >= REVERIFIED_KEPT {
+                verified.clear();
+            }
+            verified.insert(leaf.clone(), (generation, not_after));
+        }
+        Ok(())
+    }
+}
+
 async fn accept_loop(
     listener: TcpListener,
     acceptor: TlsAcceptor,
-    verifier: Arc<dyn ClientCertVerifier>,
+    verifier: Arc<Reverify>,
     tx: mpsc::Sender<Result<MeshConn, io::Error>>,
     limits: ServerLimits,
 ) {
@@ -223,7 +271,7 @@ async fn accept_loop(
 /// level: a peer's failure is not the server's).
 async fn handshake(
     acceptor: TlsAcceptor,
-    verifier: &dyn ClientCertVerifier,
+    verifier: &Reverify,
     tcp: TcpStream,
     remote: SocketAddr,
     timeout: Duration,
@@ -252,7 +300,7 @@ async fn handshake(
     // A resumed session skipped verification: the chain it restored is
     // checked against the bundle and the time now, as a full handshake's is.
     if session.handshake_kind() == Some(rustls::HandshakeKind::Resumed)
-        && let Err(e) = verifier.verify_client_cert(leaf, intermediates, UnixTime::now())
+        && let Err(e) = verifier.check(leaf, intermediates)
     {
         tracing::info!(%remote, error = %e, "resumed session refused: its certificate no longer verifies");
         return None;
