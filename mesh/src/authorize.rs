@@ -27,9 +27,10 @@ const DENIALS_LOGGED_PER_SECOND: u32 = 10;
 /// The longest path a denial log line carries (paths come from the caller).
 const LOGGED_PATH_CHARS: usize = 128;
 
-/// Decides which denials are logged: at most `per_second` in any second.
+/// Decides which of a flood of events (denials here, refused connections
+/// in [`crate::incoming`]) are logged: at most `per_second` in any second.
 #[derive(Debug)]
-struct DenialLog {
+pub(crate) struct DenialLog {
     per_second: u32,
     /// The current second's start, how many were logged in it, and how many
     /// were left out since the last line.
@@ -37,7 +38,7 @@ struct DenialLog {
 }
 
 impl DenialLog {
-    fn new(per_second: u32) -> Self {
+    pub(crate) fn new(per_second: u32) -> Self {
         Self {
             per_second,
             state: Mutex::new((Instant::now(), 0, 0)),
@@ -45,7 +46,7 @@ impl DenialLog {
     }
 
     /// `Some(left out since the last line)` if this denial is logged.
-    fn admit(&self, now: Instant) -> Option<u64> {
+    pub(crate) fn admit(&self, now: Instant) -> Option<u64> {
         let Ok(mut state) = self.state.lock() else {
             return None;
         };

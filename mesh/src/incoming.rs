@@ -25,6 +25,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 
+use crate::authorize::DenialLog;
 use crate::certs::CertStore;
 use crate::identity::SpiffeId;
 use crate::limits::ServerLimits;
@@ -132,33 +133,6 @@ struct Handshakes {
     running: BTreeMap<u64, AbortHandle>,
 }
 
-/// Says how many connections a cap turned away, at most once a second.
-#[derive(Debug)]
-struct Refusals {
-    what: &'static str,
-    count: u64,
-    since: tokio::time::Instant,
-}
-
-impl Refusals {
-    fn new(what: &'static str) -> Self {
-        Self {
-            what,
-            count: 0,
-            since: tokio::time::Instant::now(),
-        }
-    }
-
-    fn note(&mut self) {
-        self.count += 1;
-        if self.since.elapsed() >= Duration::from_secs(1) {
-            tracing::warn!(count = self.count, "{}", self.what);
-            self.count = 0;
-            self.since = tokio::time::Instant::now();
-        }
-    }
-}
-
 /// Checks the chain a resumed session restored, as a full handshake's is
 /// checked; a chain already verified against the current bundle (same
 /// generation) and still within its validity is not verified again, so a
@@ -212,8 +186,9 @@ async fn accept_loop(
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let handshakes = Arc::new(Mutex::new(Handshakes::default()));
-    let mut full = Refusals::new("connections refused: the connection cap is reached");
-    let mut evicted = Refusals::new("handshakes ended early to make room for new connections");
+    // At most one line a second for each, with how many it stands for.
+    let full = DenialLog::new(1);
+    let evicted = DenialLog::new(1);
     loop {
         let accepted = tokio::select! {
             () = tx.closed() => return,
@@ -229,7 +204,12 @@ async fn accept_loop(
             }
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            full.note();
+            if let Some(left_out) = full.admit(std::time::Instant::now()) {
+                tracing::warn!(
+                    left_out,
+                    "connection refused: the connection cap is reached"
+                );
+            }
             drop(tcp);
             continue;
         };
@@ -247,7 +227,12 @@ async fn accept_loop(
             && let Some((_, oldest)) = running.running.pop_first()
         {
             oldest.abort();
-            evicted.note();
+            if let Some(left_out) = evicted.admit(std::time::Instant::now()) {
+                tracing::warn!(
+                    left_out,
+                    "handshake ended early to make room for a new connection"
+                );
+            }
         }
         let id = running.next;
         running.next += 1;
