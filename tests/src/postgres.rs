@@ -130,6 +130,11 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
+        // Kept on request, to look at what a failed test left behind.
+        if std::env::var_os("WEFT_TEST_KEEP_DB").is_some() {
+            eprintln!("kept test database {}", self.name);
+            return;
+        }
         let admin = self.admin.clone();
         let name = self.name.clone();
         // Drop runs outside async context (or inside a runtime that is ending),

@@ -1,8 +1,8 @@
 //! Idempotency records belong to their caller and method: two callers (or
 //! two methods) never collide on a key, while a true retry still gets the
-//! first answer; records made before keys were scoped keep answering true
-//! retries after the migration; and the sweeper deletes records past the
-//! replay window, and only those.
+//! first answer, a refusal included; records made before keys were scoped
+//! keep answering true retries after the migration; and the sweeper deletes
+//! records past the replay window, and only those.
 
 // Test code: a panic is a failed test with its location.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -192,5 +192,65 @@ async fn records_from_before_the_migration_still_answer_a_retry_and_the_sweeper_
         .unwrap()
         .get(0);
     assert_eq!(left, 1, "the new record stays");
+    server.stop().await.unwrap();
+}
+
+/// A refusal is the key's answer: a retry that arrives after the stock came
+/// back (as a retry still in flight when the caller acted on the refusal
+/// would) is refused again and reserves nothing; a new key is a new call.
+#[tokio::test]
+async fn a_refusal_is_the_keys_answer_however_late_the_retry() {
+    let db = TestDb::create().await.unwrap();
+    let server = Inventory::start(&db).await.unwrap();
+    let mut inventory = server.client().await.unwrap();
+    inventory.create_product(product("p", "R-1")).await.unwrap();
+    let reserve = |key: &str| pb::ReserveStockRequest {
+        idempotency_key: key.into(),
+        order_id: "order-1".into(),
+        lines: vec![pb::ReservationLineRequest {
+            sku: "R-1".into(),
+            quantity: 2,
+        }],
+    };
+    let first = inventory.reserve_stock(reserve("r")).await.unwrap_err();
+    assert_eq!(first.code(), Code::FailedPrecondition, "{first:?}");
+
+    // The stock comes back; the late retry still gets the first answer.
+    inventory
+        .adjust_stock(pb::AdjustStockRequest {
+            idempotency_key: "more".into(),
+            sku: "R-1".into(),
+            delta: 5,
+            reason: "delivery".into(),
+        })
+        .await
+        .unwrap();
+    let late = inventory.reserve_stock(reserve("r")).await.unwrap_err();
+    assert_eq!(late.code(), first.code());
+    assert_eq!(late.message(), first.message());
+    let stock = inventory
+        .get_stock(pb::GetStockRequest {
+            skus: vec!["R-1".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stock;
+    assert_eq!(
+        (stock[0].available, stock[0].reserved),
+        (6, 0),
+        "nothing held"
+    );
+
+    // The same key with another request is still a conflict, and a new key
+    // is a new call.
+    let mut other = reserve("r");
+    other.lines[0].quantity = 1;
+    let conflict = inventory.reserve_stock(other).await.unwrap_err();
+    assert!(
+        conflict.message().contains("different request"),
+        "{conflict:?}"
+    );
+    inventory.reserve_stock(reserve("r2")).await.unwrap();
     server.stop().await.unwrap();
 }

@@ -29,6 +29,42 @@ pub enum DbError {
     /// Anything else; details belong in logs, never in responses.
     #[error("database error: {0}")]
     Internal(String),
+    /// A keyed call's refusal, answered again from its idempotency record:
+    /// the code and message the first answer carried.
+    #[error("{message}")]
+    Refused {
+        /// The first answer's code.
+        code: tonic::Code,
+        /// The first answer's message (it was shown to the caller then).
+        message: String,
+    },
+}
+
+/// What a keyed call's error means for its key. A lasting refusal (the
+/// request is refused, and would be again: not found, out of stock, a state
+/// the action cannot start from) is recorded under the key like a response,
+/// so every later use of the key, however late it arrives, gets the same
+/// answer: a retry that was still in flight when the caller acted on the
+/// refusal can no longer succeed behind its back. A failure that may pass
+/// (unavailable, a collision, an internal fault) records nothing, and the
+/// key stays free for the retry.
+pub trait Refusal {
+    /// The code and message to record and answer again, for a lasting
+    /// refusal; `None` for a failure that may pass.
+    fn refusal(&self) -> Option<(tonic::Code, String)>;
+}
+
+impl Refusal for DbError {
+    fn refusal(&self) -> Option<(tonic::Code, String)> {
+        match self {
+            Self::OutOfRange(_) => Some((tonic::Code::OutOfRange, self.to_string())),
+            Self::Refused { code, message } => Some((*code, message.clone())),
+            Self::Unavailable(_)
+            | Self::Conflict(_)
+            | Self::IdempotencyConflict
+            | Self::Internal(_) => None,
+        }
+    }
 }
 
 impl DbError {
@@ -53,6 +89,7 @@ impl DbError {
                 tracing::error!(%detail, "internal error");
                 Status::internal("internal error")
             }
+            Self::Refused { code, message } => Status::new(*code, message.clone()),
         }
     }
 }
@@ -149,14 +186,22 @@ impl Db {
 
     /// Runs `op` in a transaction guarded by `key`, whose record lives in
     /// `table` (`schema.idempotency_keys`, keyed by `caller`, `method` and
-    /// `idempotency_key`, with `fingerprint` and `response`): the first
-    /// call with a key runs `op` and stores its response in the same
-    /// transaction as its effect; later calls by the same caller to the same
-    /// method with the same key and fingerprint get that response back
-    /// without running `op`; with another fingerprint they fail with
-    /// [`DbError::IdempotencyConflict`]. Another caller's key, or the same
-    /// key on another method, is another record. A failed `op` stores
-    /// nothing, so the key can be used again.
+    /// `idempotency_key`, with `fingerprint`, and `response` or
+    /// `refusal_code` and `refusal_message`): the first call with a key runs
+    /// `op` and stores its response in the same transaction as its effect;
+    /// later calls by the same caller to the same method with the same key
+    /// and fingerprint get that response back without running `op`; with
+    /// another fingerprint they fail with [`DbError::IdempotencyConflict`].
+    /// Another caller's key, or the same key on another method, is another
+    /// record.
+    ///
+    /// A lasting refusal from `op` (see [`Refusal`]) is recorded too, in a
+    /// transaction of its own after `op`'s effects are rolled back, and
+    /// answered again to later calls with the key; it is only returned once
+    /// recorded (if recording fails the caller sees the database as
+    /// unavailable and retries). If a concurrent call with the key claims
+    /// it in between, its recorded answer is the answer. A failure that may
+    /// pass stores nothing, so the key can be used again.
     ///
     /// Records from before keys were scoped (caller and method empty) still
     /// answer a true retry (same key and fingerprint, which covers the
@@ -169,7 +214,7 @@ impl Db {
     ) -> Result<T, E>
     where
         T: prost::Message + Default,
-        E: From<DbError>,
+        E: From<DbError> + Refusal,
         F: AsyncFnOnce(&Transaction<'_>) -> Result<T, E>,
     {
         let mut client = self.client().await?;
@@ -186,60 +231,58 @@ impl Db {
             .map_err(DbError::from)?;
         if let Some(row) = legacy {
             let response: Vec<u8> = row.get(0);
-            return T::decode(response.as_slice())
-                .map_err(|e| DbError::Internal(format!("stored response: {e}")).into());
+            return decode(&response).map_err(E::from);
         }
-        // The insert blocks on a concurrent holder of the same key until it
-        // commits or rolls back, so two racing calls cannot both run `op`.
-        let claimed = tx
-            .execute(
-                &format!(
-                    "INSERT INTO {table} (caller, method, idempotency_key, fingerprint) \
-                     VALUES ($1, $2, $3, $4) \
-                     ON CONFLICT (caller, method, idempotency_key) DO NOTHING"
-                ),
-                &[&key.caller, &key.method, &key.key, &key.fingerprint],
-            )
-            .await
-            .map_err(DbError::from)?;
-        if claimed == 0 {
-            let row = tx
-                .query_one(
+        if !claim(&tx, table, key, None).await? {
+            return Ok(replay(&tx, table, key).await?);
+        }
+        let refused = match op(&tx).await {
+            Ok(response) => {
+                tx.execute(
                     &format!(
-                        "SELECT fingerprint, response FROM {table} \
+                        "UPDATE {table} SET response = $4 \
                          WHERE caller = $1 AND method = $2 AND idempotency_key = $3"
                     ),
-                    &[&key.caller, &key.method, &key.key],
+                    &[
+                        &key.caller,
+                        &key.method,
+                        &key.key,
+                        &response.encode_to_vec(),
+                    ],
                 )
                 .await
                 .map_err(DbError::from)?;
-            let fingerprint: Vec<u8> = row.get(0);
-            if fingerprint != key.fingerprint {
-                return Err(DbError::IdempotencyConflict.into());
+                tx.commit().await.map_err(DbError::from)?;
+                return Ok(response);
             }
-            let response: Option<Vec<u8>> = row.get(1);
-            let response = response
-                .ok_or_else(|| DbError::Internal("idempotency record without a response".into()))?;
-            return T::decode(response.as_slice())
-                .map_err(|e| DbError::Internal(format!("stored response: {e}")).into());
+            Err(e) => match e.refusal() {
+                Some(refusal) => (e, refusal),
+                None => return Err(e),
+            },
+        };
+        // The refusal's partial effects go; the refusal itself is recorded.
+        let (error, refusal) = refused;
+        tx.rollback().await.map_err(DbError::from)?;
+        let recorded = async {
+            let tx = client.transaction().await?;
+            if !claim(&tx, table, key, Some(&refusal)).await? {
+                // A concurrent call with the key got there first: its answer
+                // is the key's answer.
+                let answer = replay(&tx, table, key).await;
+                tx.commit().await?;
+                return Ok::<_, DbError>(Some(answer));
+            }
+            tx.commit().await?;
+            Ok(None)
+        };
+        match recorded.await {
+            Ok(None) => Err(error),
+            Ok(Some(answer)) => Ok(answer?),
+            Err(e) => {
+                tracing::warn!(error = %e, "recording a refusal under its idempotency key failed");
+                Err(DbError::Unavailable(format!("recording a refusal: {e}")).into())
+            }
         }
-        let response = op(&tx).await?;
-        tx.execute(
-            &format!(
-                "UPDATE {table} SET response = $4 \
-                 WHERE caller = $1 AND method = $2 AND idempotency_key = $3"
-            ),
-            &[
-                &key.caller,
-                &key.method,
-                &key.key,
-                &response.encode_to_vec(),
-            ],
-        )
-        .await
-        .map_err(DbError::from)?;
-        tx.commit().await.map_err(DbError::from)?;
-        Ok(response)
     }
 
     /// Deletes idempotency records in `table` older than `retention`, a
@@ -268,6 +311,78 @@ impl Db {
             }
         }
     }
+}
+
+/// Inserts `key`'s record into `table` (with a refusal as its answer, or
+/// none yet); false if the key has a record already. The insert blocks on a
+/// concurrent holder of the same key until it commits or rolls back, so two
+/// racing calls cannot both run.
+async fn claim(
+    tx: &Transaction<'_>,
+    table: &'static str,
+    key: &IdempotencyKey,
+    refusal: Option<&(tonic::Code, String)>,
+) -> Result<bool, DbError> {
+    let code = refusal.map(|(code, _)| *code as i32);
+    let message = refusal.map(|(_, message)| message.as_str());
+    let claimed = tx
+        .execute(
+            &format!(
+                "INSERT INTO {table} \
+                 (caller, method, idempotency_key, fingerprint, refusal_code, refusal_message) \
+                 VALUES ($1, $2, $3, $4, $5, $6) \
+                 ON CONFLICT (caller, method, idempotency_key) DO NOTHING"
+            ),
+            &[
+                &key.caller,
+                &key.method,
+                &key.key,
+                &key.fingerprint,
+                &code,
+                &message,
+            ],
+        )
+        .await?;
+    Ok(claimed == 1)
+}
+
+/// The answer recorded under `key`: its response, or its refusal as
+/// [`DbError::Refused`]; [`DbError::IdempotencyConflict`] if the key was used
+/// with another request.
+async fn replay<T: prost::Message + Default>(
+    tx: &Transaction<'_>,
+    table: &'static str,
+    key: &IdempotencyKey,
+) -> Result<T, DbError> {
+    let row = tx
+        .query_one(
+            &format!(
+                "SELECT fingerprint, response, refusal_code, refusal_message FROM {table} \
+                 WHERE caller = $1 AND method = $2 AND idempotency_key = $3"
+            ),
+            &[&key.caller, &key.method, &key.key],
+        )
+        .await?;
+    let fingerprint: Vec<u8> = row.get(0);
+    if fingerprint != key.fingerprint {
+        return Err(DbError::IdempotencyConflict);
+    }
+    let response: Option<Vec<u8>> = row.get(1);
+    let code: Option<i32> = row.get(2);
+    match (response, code) {
+        (Some(response), _) => decode(&response),
+        (None, Some(code)) => Err(DbError::Refused {
+            code: tonic::Code::from_i32(code),
+            message: row.get::<_, Option<String>>(3).unwrap_or_default(),
+        }),
+        (None, None) => Err(DbError::Internal(
+            "idempotency record without an answer".into(),
+        )),
+    }
+}
+
+fn decode<T: prost::Message + Default>(response: &[u8]) -> Result<T, DbError> {
+    T::decode(response).map_err(|e| DbError::Internal(format!("stored response: {e}")))
 }
 
 /// Sweeps `table` every hour (with jitter) for as long as the returned

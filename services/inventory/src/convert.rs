@@ -3,9 +3,10 @@
 
 use std::time::SystemTime;
 
-use tonic::Status;
+use tonic::{Code, Status};
 use weft_proto::inventory::v1 as pb;
 use weft_proto::money::v1 as money_pb;
+use weft_service::db::Refusal;
 
 use crate::domain::{InventoryError, Money, Product, Reservation, ReservationStatus, Stock};
 
@@ -67,16 +68,11 @@ pub fn reservation(r: &Reservation) -> pb::Reservation {
 /// A domain error to the status a caller sees. Database and internal errors
 /// are logged here in full and reach the caller only as a generic message.
 pub fn status(e: InventoryError) -> Status {
+    if let Some((code, message)) = e.refusal() {
+        return Status::new(code, message);
+    }
     match &e {
-        InventoryError::NotFound { .. } => Status::not_found(e.to_string()),
-        InventoryError::AlreadyExists { .. } => Status::already_exists(e.to_string()),
-        InventoryError::InsufficientStock { .. }
-        | InventoryError::WriteOffTooLarge { .. }
-        | InventoryError::InvalidState { .. }
-        | InventoryError::IdempotencyConflict => Status::failed_precondition(e.to_string()),
-        InventoryError::Overflow { .. } | InventoryError::TooLarge => {
-            Status::out_of_range(e.to_string())
-        }
+        InventoryError::IdempotencyConflict => Status::failed_precondition(e.to_string()),
         InventoryError::Conflict(detail) => {
             tracing::info!(%detail, "transaction collided");
             Status::aborted("concurrent update; retry the call")
@@ -85,9 +81,30 @@ pub fn status(e: InventoryError) -> Status {
             tracing::warn!(%detail, "database unavailable");
             Status::unavailable("inventory is temporarily unavailable")
         }
-        InventoryError::Internal(detail) => {
-            tracing::error!(%detail, "internal error");
+        other => {
+            tracing::error!(detail = %other, "internal error");
             Status::internal("internal error")
         }
+    }
+}
+
+/// The refusals an idempotency record keeps: every error that says the
+/// request itself is refused, with the code and message its caller sees.
+impl Refusal for InventoryError {
+    fn refusal(&self) -> Option<(Code, String)> {
+        let code = match self {
+            InventoryError::NotFound { .. } => Code::NotFound,
+            InventoryError::AlreadyExists { .. } => Code::AlreadyExists,
+            InventoryError::InsufficientStock { .. }
+            | InventoryError::WriteOffTooLarge { .. }
+            | InventoryError::InvalidState { .. } => Code::FailedPrecondition,
+            InventoryError::Overflow { .. } | InventoryError::TooLarge => Code::OutOfRange,
+            InventoryError::Replayed { code, .. } => *code,
+            InventoryError::IdempotencyConflict
+            | InventoryError::Conflict(_)
+            | InventoryError::Unavailable(_)
+            | InventoryError::Internal(_) => return None,
+        };
+        Some((code, self.to_string()))
     }
 }

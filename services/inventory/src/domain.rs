@@ -214,6 +214,14 @@ pub enum InventoryError {
     /// Anything else; details are logged, never returned to callers.
     #[error("internal error: {0}")]
     Internal(String),
+    /// A refusal answered again from its idempotency record.
+    #[error("{message}")]
+    Replayed {
+        /// The first answer's code.
+        code: tonic::Code,
+        /// The first answer's message.
+        message: String,
+    },
 }
 
 impl From<DbError> for InventoryError {
@@ -225,6 +233,7 @@ impl From<DbError> for InventoryError {
             DbError::Internal(detail) => Self::Internal(detail),
             // A counter in SQL arithmetic (the checked paths name the SKU).
             DbError::OutOfRange(_) => Self::TooLarge,
+            DbError::Refused { code, message } => Self::Replayed { code, message },
         }
     }
 }

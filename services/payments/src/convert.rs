@@ -3,8 +3,9 @@
 
 use std::time::SystemTime;
 
-use tonic::Status;
+use tonic::{Code, Status};
 use weft_proto::payments::v1 as pb;
+use weft_service::db::Refusal;
 
 use crate::domain::{
     Account, Authorization, AuthorizationStatus, CurrencyTotal, DeclineReason, EntryKind,
@@ -91,14 +92,32 @@ pub fn total(t: &CurrencyTotal) -> pb::CurrencyTotal {
 /// A domain error to the status a caller sees. Database errors are logged
 /// in full and reach the caller only as a generic message.
 pub fn status(e: PaymentsError) -> Status {
-    match &e {
-        PaymentsError::NotFound { .. } => Status::not_found(e.to_string()),
-        PaymentsError::InvalidState { .. }
-        | PaymentsError::CurrencyMismatch { .. }
-        | PaymentsError::OtherPayee(_)
-        | PaymentsError::RefundTooLarge { .. }
-        | PaymentsError::InsufficientFunds(_) => Status::failed_precondition(e.to_string()),
-        PaymentsError::Overflow => Status::out_of_range(e.to_string()),
-        PaymentsError::Db(db) => db.to_status("payments"),
+    match e.refusal() {
+        Some((code, message)) => Status::new(code, message),
+        None => match &e {
+            PaymentsError::Db(db) => db.to_status("payments"),
+            other => {
+                tracing::error!(detail = %other, "internal error");
+                Status::internal("internal error")
+            }
+        },
+    }
+}
+
+/// The refusals an idempotency record keeps: every error that says the
+/// request itself is refused, with the code and message its caller sees.
+impl Refusal for PaymentsError {
+    fn refusal(&self) -> Option<(Code, String)> {
+        let code = match self {
+            PaymentsError::NotFound { .. } => Code::NotFound,
+            PaymentsError::InvalidState { .. }
+            | PaymentsError::CurrencyMismatch { .. }
+            | PaymentsError::OtherPayee(_)
+            | PaymentsError::RefundTooLarge { .. }
+            | PaymentsError::InsufficientFunds(_) => Code::FailedPrecondition,
+            PaymentsError::Overflow => Code::OutOfRange,
+            PaymentsError::Db(db) => return db.refusal(),
+        };
+        Some((code, self.to_string()))
     }
 }
