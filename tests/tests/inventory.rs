@@ -366,7 +366,8 @@ async fn a_reservation_is_all_or_nothing() {
     let a = stock_of(&mut client, "A").await;
     assert_eq!((a.available, a.reserved), (10, 0), "nothing stays held");
 
-    // The failed key is free again: the same request succeeds once stock arrives.
+    // The refusal is its key's answer even once stock arrives; the request
+    // under a new key succeeds.
     client
         .adjust_stock(pb::AdjustStockRequest {
             idempotency_key: "a1".into(),
@@ -376,8 +377,13 @@ async fn a_reservation_is_all_or_nothing() {
         })
         .await
         .unwrap();
-    client
+    let again = client
         .reserve_stock(reserve("r1", "o1", vec![line("A", 5), line("B", 2)]))
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), Code::FailedPrecondition);
+    client
+        .reserve_stock(reserve("r3", "o1", vec![line("A", 5), line("B", 2)]))
         .await
         .unwrap();
     server.stop().await.unwrap();
