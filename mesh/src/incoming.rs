@@ -6,6 +6,7 @@
 //! connections in number ([`ServerLimits`]).
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -51,6 +52,23 @@ pub struct MeshConn {
     /// This connection's place under the connection cap, given back when
     /// the server drops it.
     _slot: OwnedSemaphorePermit,
+    /// When the connection ends however busy it is: its maximum age (when
+    /// the server sent GOAWAY) plus the grace. Reads and writes fail from
+    /// then on, and the server drops the connection.
+    closes: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl MeshConn {
+    /// An error once the connection's lifetime is over (registering the
+    /// wake-up for it otherwise).
+    fn past_lifetime(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
+        self.closes.as_mut().poll(cx).is_ready().then(|| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the connection outlived its maximum age and grace",
+            )
+        })
+    }
 }
 
 impl Connected for MeshConn {
@@ -67,6 +85,9 @@ impl AsyncRead for MeshConn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if let Some(e) = self.past_lifetime(cx) {
+            return Poll::Ready(Err(e));
+        }
         Pin::new(&mut self.stream).poll_read(cx, buf)
     }
 }
@@ -77,6 +98,9 @@ impl AsyncWrite for MeshConn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if let Some(e) = self.past_lifetime(cx) {
+            return Poll::Ready(Err(e));
+        }
         Pin::new(&mut self.stream).poll_write(cx, buf)
     }
 
@@ -93,6 +117,9 @@ impl AsyncWrite for MeshConn {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        if let Some(e) = self.past_lifetime(cx) {
+            return Poll::Ready(Err(e));
+        }
         Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
     }
 
@@ -189,6 +216,8 @@ async fn accept_loop(
     // At most one line a second for each, with how many it stands for.
     let full = DenialLog::new(1);
     let evicted = DenialLog::new(1);
+    // Refused handshakes are a peer's doing: a few lines a second at most.
+    let refused = Arc::new(DenialLog::new(HANDSHAKE_REFUSALS_LOGGED_PER_SECOND));
     loop {
         let accepted = tokio::select! {
             () = tx.closed() => return,
@@ -214,12 +243,13 @@ async fn accept_loop(
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        let (acceptor, verifier, tx, timeout) = (
+        let (acceptor, verifier, tx, refused) = (
             acceptor.clone(),
             verifier.clone(),
             tx.clone(),
-            limits.handshake_timeout,
+            refused.clone(),
         );
+        let (timeout, lifetime) = (limits.handshake_timeout, limits.connection_lifetime());
         let Ok(mut running) = handshakes.lock() else {
             return;
         };
@@ -240,7 +270,22 @@ async fn accept_loop(
         // Spawned while the registry is locked, so the task's own removal
         // (which needs the lock) always follows its insertion.
         let task = tokio::spawn(async move {
-            let conn = handshake(acceptor, verifier.as_ref(), tcp, remote, timeout, slot).await;
+            let conn = handshake(
+                acceptor,
+                verifier.as_ref(),
+                &refused,
+                tcp,
+                remote,
+                timeout,
+                slot,
+            )
+            .await
+            .map(|(stream, info, slot)| MeshConn {
+                stream,
+                info,
+                _slot: slot,
+                closes: Box::pin(tokio::time::sleep(lifetime)),
+            });
             if let Ok(mut running) = registry.lock() {
                 running.running.remove(&id);
             }
@@ -252,24 +297,35 @@ async fn accept_loop(
     }
 }
 
-/// The TLS handshake and the peer's identity, or `None` (said at info
-/// level: a peer's failure is not the server's).
+/// Refused handshakes logged per second at most; the next line counts the
+/// ones left out.
+const HANDSHAKE_REFUSALS_LOGGED_PER_SECOND: u32 = 5;
+
+/// The TLS handshake and the peer's identity, or `None`. A refusal is said
+/// at info level (a peer's failure is not the server's) and at most a few
+/// times a second (`refused`): a flood of bad handshakes cannot flood the log.
 async fn handshake(
     acceptor: TlsAcceptor,
     verifier: &Reverify,
+    refused: &DenialLog,
     tcp: TcpStream,
     remote: SocketAddr,
     timeout: Duration,
     slot: OwnedSemaphorePermit,
-) -> Option<MeshConn> {
+) -> Option<(TlsStream<TcpStream>, PeerInfo, OwnedSemaphorePermit)> {
+    let refuse = |why: &str, error: Option<String>| {
+        if let Some(left_out) = refused.admit(std::time::Instant::now()) {
+            tracing::info!(%remote, error = error.as_deref().unwrap_or(""), left_out, "{why}");
+        }
+    };
     let stream = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
-            tracing::info!(%remote, error = %e, "TLS handshake refused");
+            refuse("TLS handshake refused", Some(e.to_string()));
             return None;
         }
         Err(_) => {
-            tracing::info!(%remote, "TLS handshake timed out");
+            refuse("TLS handshake timed out", None);
             return None;
         }
     };
@@ -279,7 +335,7 @@ async fn handshake(
         .map(|chain| chain.iter().map(|c| c.clone().into_owned()).collect())
         .unwrap_or_default();
     let Some((leaf, intermediates)) = chain.split_first() else {
-        tracing::info!(%remote, "peer presented no certificate");
+        refuse("peer presented no certificate", None);
         return None;
     };
     // A resumed session skipped verification: the chain it restored is
@@ -287,24 +343,27 @@ async fn handshake(
     if session.handshake_kind() == Some(rustls::HandshakeKind::Resumed)
         && let Err(e) = verifier.check(leaf, intermediates)
     {
-        tracing::info!(%remote, error = %e, "resumed session refused: its certificate no longer verifies");
+        refuse(
+            "resumed session refused: its certificate no longer verifies",
+            Some(e),
+        );
         return None;
     }
     let leaf = leaf.clone();
     let identity = match SpiffeId::from_certificate(&leaf) {
         Ok(id) => id,
         Err(e) => {
-            tracing::info!(%remote, error = %e, "peer certificate carries no usable identity");
+            refuse(
+                "peer certificate carries no usable identity",
+                Some(e.to_string()),
+            );
             return None;
         }
     };
-    Some(MeshConn {
-        stream,
-        info: PeerInfo {
-            remote_addr: Some(remote),
-            identity,
-            leaf,
-        },
-        _slot: slot,
-    })
+    let info = PeerInfo {
+        remote_addr: Some(remote),
+        identity,
+        leaf,
+    };
+    Some((stream, info, slot))
 }

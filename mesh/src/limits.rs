@@ -1,45 +1,49 @@
 //! What one caller can hold of a server: caps on handshakes in progress and
-//! on connections and a handshake timeout (on by default), and HTTP/2
-//! settings (streams per connection, the guards against floods of reset
-//! streams, header list size), keepalive and a maximum connection age
-//! (which also rebalances long-lived clients). Each is a setting (`WEFT_*`,
-//! read by [`ServerLimits::from_lookup`]). The HTTP/2 ones are off unless
-//! set: with them on by default, the rehearsal's rolling deployment saw
-//! calls to payments stall until their deadline, a cause not yet found.
+//! on connections, a handshake timeout, HTTP/2 settings (streams per
+//! connection, the guards against floods of reset streams, header list
+//! size), keepalive and a maximum connection age with a grace period (which
+//! also rebalances long-lived clients). Each has a default and is a setting
+//! (`WEFT_*`, read by [`ServerLimits::from_lookup`]).
 
 use std::time::Duration;
 
 use tonic::transport::Server;
 
-/// The server's limits; `None` leaves tonic's behaviour. Every value is positive.
+/// The server's limits. Every value is positive.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerLimits {
     /// SETTINGS_MAX_CONCURRENT_STREAMS: streams one connection may have
-    /// open (`WEFT_MAX_STREAMS`).
-    pub max_concurrent_streams: Option<u32>,
+    /// open (`WEFT_MAX_STREAMS`, 256: the calls one connection may have in
+    /// progress, so a client queues the rest itself rather than the server
+    /// holding them).
+    pub max_concurrent_streams: u32,
     /// Streams a client may open and reset before the server has accepted
     /// them, the "rapid reset" guard; past it the connection gets GOAWAY
-    /// (`WEFT_MAX_PENDING_RESETS`; h2's own default, 20, when unset).
-    pub max_pending_accept_reset_streams: Option<usize>,
+    /// (`WEFT_MAX_PENDING_RESETS`, 20, h2's own default).
+    pub max_pending_accept_reset_streams: usize,
     /// Streams the server may reset because the client misbehaved on them
-    /// before the connection gets GOAWAY (`WEFT_MAX_LOCAL_RESETS`).
-    pub max_local_error_reset_streams: Option<usize>,
-    /// How often the server pings a connection (`WEFT_KEEPALIVE_MS`)
+    /// before the connection gets GOAWAY (`WEFT_MAX_LOCAL_RESETS`, 1024,
+    /// hyper's own default).
+    pub max_local_error_reset_streams: usize,
+    /// How often the server pings a connection (`WEFT_KEEPALIVE_MS`, 60 s)
     /// and how long it waits for the answer before closing it
-    /// (`WEFT_KEEPALIVE_TIMEOUT_MS`): a peer that vanished does not
+    /// (`WEFT_KEEPALIVE_TIMEOUT_MS`, 20 s): a peer that vanished does not
     /// hold a connection.
-    pub keepalive_interval: Option<Duration>,
+    pub keepalive_interval: Duration,
     /// See `keepalive_interval`.
-    pub keepalive_timeout: Option<Duration>,
-    /// After this long a connection gets GOAWAY and its client reconnects,
-    /// possibly to another instance (`WEFT_MAX_CONNECTION_AGE_S`).
-    pub max_connection_age: Option<Duration>,
-    /// How long calls on an aged connection may take to finish
-    /// (`WEFT_MAX_CONNECTION_AGE_GRACE_S`; with it, tonic closes an aged connection after the grace instead of sending GOAWAY at the age).
-    pub max_connection_age_grace: Option<Duration>,
-    /// SETTINGS_MAX_HEADER_LIST_SIZE, bytes (`WEFT_MAX_HEADER_LIST_BYTES`;
-    /// gRPC's own default for metadata is 8 KiB).
-    pub max_header_list_size: Option<u32>,
+    pub keepalive_timeout: Duration,
+    /// After this long a connection gets GOAWAY: no new calls on it, and
+    /// its client reconnects, possibly to another instance
+    /// (`WEFT_MAX_CONNECTION_AGE_S`, 30 min).
+    pub max_connection_age: Duration,
+    /// How long calls on an aged connection may still take; then it is
+    /// closed (`WEFT_MAX_CONNECTION_AGE_GRACE_S`, 5 min). A long stream (a
+    /// health watch) ends there, and its client watches again on a new
+    /// connection.
+    pub max_connection_age_grace: Duration,
+    /// SETTINGS_MAX_HEADER_LIST_SIZE, bytes (`WEFT_MAX_HEADER_LIST_BYTES`,
+    /// 16 KiB; gRPC's own default for metadata is 8 KiB).
+    pub max_header_list_size: u32,
     /// TLS handshakes in progress; a new connection past it takes the
     /// place of the oldest, so stalled connections cannot lock real
     /// callers out (`WEFT_MAX_HANDSHAKES`, 128).
@@ -55,14 +59,14 @@ pub struct ServerLimits {
 impl Default for ServerLimits {
     fn default() -> Self {
         Self {
-            max_concurrent_streams: None,
-            max_pending_accept_reset_streams: None,
-            max_local_error_reset_streams: None,
-            keepalive_interval: None,
-            keepalive_timeout: None,
-            max_connection_age: None,
-            max_connection_age_grace: None,
-            max_header_list_size: None,
+            max_concurrent_streams: 256,
+            max_pending_accept_reset_streams: 20,
+            max_local_error_reset_streams: 1024,
+            keepalive_interval: Duration::from_secs(60),
+            keepalive_timeout: Duration::from_secs(20),
+            max_connection_age: Duration::from_secs(30 * 60),
+            max_connection_age_grace: Duration::from_secs(5 * 60),
+            max_header_list_size: 16 * 1024,
             max_handshakes: 128,
             max_connections: 4096,
             handshake_timeout: Duration::from_secs(3),
@@ -111,28 +115,28 @@ impl ServerLimits {
         let count = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
         let mut l = Self::default();
         if let Some(n) = number("WEFT_MAX_STREAMS")? {
-            l.max_concurrent_streams = Some(small("WEFT_MAX_STREAMS", n)?);
+            l.max_concurrent_streams = small("WEFT_MAX_STREAMS", n)?;
         }
         if let Some(n) = number("WEFT_MAX_PENDING_RESETS")? {
-            l.max_pending_accept_reset_streams = Some(count(n));
+            l.max_pending_accept_reset_streams = count(n);
         }
         if let Some(n) = number("WEFT_MAX_LOCAL_RESETS")? {
-            l.max_local_error_reset_streams = Some(count(n));
+            l.max_local_error_reset_streams = count(n);
         }
         if let Some(n) = number("WEFT_KEEPALIVE_MS")? {
-            l.keepalive_interval = Some(Duration::from_millis(n));
+            l.keepalive_interval = Duration::from_millis(n);
         }
         if let Some(n) = number("WEFT_KEEPALIVE_TIMEOUT_MS")? {
-            l.keepalive_timeout = Some(Duration::from_millis(n));
+            l.keepalive_timeout = Duration::from_millis(n);
         }
         if let Some(n) = number("WEFT_MAX_CONNECTION_AGE_S")? {
-            l.max_connection_age = Some(Duration::from_secs(n));
+            l.max_connection_age = Duration::from_secs(n);
         }
         if let Some(n) = number("WEFT_MAX_CONNECTION_AGE_GRACE_S")? {
-            l.max_connection_age_grace = Some(Duration::from_secs(n));
+            l.max_connection_age_grace = Duration::from_secs(n);
         }
         if let Some(n) = number("WEFT_MAX_HEADER_LIST_BYTES")? {
-            l.max_header_list_size = Some(small("WEFT_MAX_HEADER_LIST_BYTES", n)?);
+            l.max_header_list_size = small("WEFT_MAX_HEADER_LIST_BYTES", n)?;
         }
         if let Some(n) = number("WEFT_MAX_HANDSHAKES")? {
             l.max_handshakes = count(n);
@@ -148,27 +152,26 @@ impl ServerLimits {
 
     /// A tonic server builder with the HTTP/2 limits set (tonic leaves the
     /// reset guards and the stream limit unset otherwise, which turns
-    /// hyper's own guards off).
+    /// hyper's own guards off). The age is tonic's graceful one (GOAWAY,
+    /// then the calls in flight finish); the grace after it is kept by the
+    /// connection itself ([`crate::incoming`]), because tonic's own grace
+    /// closes an aged connection without a GOAWAY first.
     pub fn server(&self) -> Server {
-        let mut server = Server::builder()
-            .max_concurrent_streams(self.max_concurrent_streams)
-            .http2_max_header_list_size(self.max_header_list_size)
-            .http2_keepalive_interval(self.keepalive_interval)
-            .http2_keepalive_timeout(self.keepalive_timeout);
-        if self.max_pending_accept_reset_streams.is_some() {
-            server = server
-                .http2_max_pending_accept_reset_streams(self.max_pending_accept_reset_streams);
-        }
-        if self.max_local_error_reset_streams.is_some() {
-            server = server.http2_max_local_error_reset_streams(self.max_local_error_reset_streams);
-        }
-        if let Some(age) = self.max_connection_age {
-            server = server.max_connection_age(age);
-        }
-        if let Some(grace) = self.max_connection_age_grace {
-            server = server.max_connection_age_grace(grace);
-        }
-        server
+        Server::builder()
+            .max_concurrent_streams(Some(self.max_concurrent_streams))
+            .http2_max_header_list_size(Some(self.max_header_list_size))
+            .http2_keepalive_interval(Some(self.keepalive_interval))
+            .http2_keepalive_timeout(Some(self.keepalive_timeout))
+            .http2_max_pending_accept_reset_streams(Some(self.max_pending_accept_reset_streams))
+            .http2_max_local_error_reset_streams(Some(self.max_local_error_reset_streams))
+            .max_connection_age(self.max_connection_age)
+    }
+
+    /// When a connection accepted now is closed however busy it is: its
+    /// age plus the grace.
+    pub fn connection_lifetime(&self) -> Duration {
+        self.max_connection_age
+            .saturating_add(self.max_connection_age_grace)
     }
 }
 
@@ -196,10 +199,11 @@ mod tests {
             ("WEFT_MAX_CONNECTION_AGE_S", "60"),
         ])
         .unwrap();
-        assert_eq!(l.max_concurrent_streams, Some(8));
+        assert_eq!(l.max_concurrent_streams, 8);
         assert_eq!(l.max_connections, 10);
         assert_eq!(l.handshake_timeout, Duration::from_millis(500));
-        assert_eq!(l.max_connection_age, Some(Duration::from_secs(60)));
+        assert_eq!(l.max_connection_age, Duration::from_secs(60));
+        assert_eq!(l.connection_lifetime(), Duration::from_secs(60 + 300));
     }
 
     #[test]

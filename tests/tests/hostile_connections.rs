@@ -178,8 +178,8 @@ async fn health_calls(channel: tonic::transport::Channel, n: usize) -> Vec<Strin
 async fn streams_past_the_advertised_cap_are_refused_and_a_reset_flood_gets_goaway() {
     let db = TestDb::create().await.unwrap();
     let limits = ServerLimits {
-        max_concurrent_streams: Some(8),
-        max_pending_accept_reset_streams: Some(20),
+        max_concurrent_streams: 8,
+        max_pending_accept_reset_streams: 20,
         ..ServerLimits::default()
     };
     let (server, tls) = server(&db, limits).await;
@@ -247,6 +247,72 @@ async fn streams_past_the_advertised_cap_are_refused_and_a_reset_flood_gets_goaw
     );
     let failed = other.await.unwrap();
     assert!(failed.is_empty(), "the other caller failed: {failed:?}");
+}
+
+/// By default the server advertises its stream cap and header list size,
+/// and a connection past its maximum age gets GOAWAY, its open stream
+/// (a health watch, which never ends by itself) lasts the grace, and then
+/// the connection closes.
+#[tokio::test]
+async fn the_defaults_are_advertised_and_an_aged_connection_goes_away_then_closes() {
+    let db = TestDb::create().await.unwrap();
+    let defaults = ServerLimits::default();
+    let limits = ServerLimits {
+        max_connection_age: Duration::from_millis(500),
+        max_connection_age_grace: Duration::from_millis(1500),
+        ..ServerLimits::default()
+    };
+    let (server, tls) = server(&db, limits).await;
+    let mut conn = tls_connect(server.addr(), tls).await.unwrap();
+    let started = Instant::now();
+    let settings = h2_open(&mut conn).await;
+    // SETTINGS_MAX_CONCURRENT_STREAMS (0x3), SETTINGS_MAX_HEADER_LIST_SIZE (0x6).
+    assert!(
+        settings.contains(&(0x3, defaults.max_concurrent_streams)),
+        "{settings:?}"
+    );
+    assert!(
+        settings.contains(&(0x6, defaults.max_header_list_size)),
+        "{settings:?}"
+    );
+    conn.write_all(&frame(
+        HEADERS,
+        END_HEADERS,
+        1,
+        &grpc_headers("/grpc.health.v1.Health/Watch"),
+    ))
+    .await
+    .unwrap();
+    conn.write_all(&frame(DATA, END_STREAM, 1, &[0, 0, 0, 0, 0]))
+        .await
+        .unwrap();
+    let seen = frames_until(&mut conn, Duration::from_secs(5), |f| f.kind == GOAWAY).await;
+    let goaway_at = started.elapsed();
+    assert!(seen.iter().any(|f| f.kind == GOAWAY), "no GOAWAY: {seen:?}");
+    assert!(
+        goaway_at >= Duration::from_millis(400),
+        "GOAWAY at {goaway_at:?}"
+    );
+    // The watch stays open through the grace; then the connection ends.
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match read_frame(&mut conn).await {
+                Ok(f) => rest.push(f),
+                Err(_) => return started.elapsed(),
+            }
+        }
+    })
+    .await
+    .expect("the aged connection was never closed");
+    assert!(
+        closed >= Duration::from_millis(1800),
+        "closed at {closed:?}, before the grace was over"
+    );
+    println!(
+        "connection age: GOAWAY at {goaway_at:?}, closed at {closed:?} (age 0.5 s, grace 1.5 s)"
+    );
+    server.stop().await.unwrap();
 }
 
 #[tokio::test]
