@@ -20,23 +20,74 @@ use crate::identity::SpiffeId;
 use crate::provider::provider;
 use crate::trust::Vouch;
 
+/// What a mesh client dials with: the TLS configuration, and its verifier
+/// for a resumed session, whose restored server chain rustls does not check
+/// again (see [`ClientTls::check_resumed`]).
+#[derive(Debug, Clone)]
+pub struct ClientTls {
+    config: Arc<ClientConfig>,
+    verifier: Arc<dyn ServerCertVerifier>,
+}
+
+impl ClientTls {
+    /// The rustls configuration (for raw TLS connections).
+    pub fn config(&self) -> Arc<ClientConfig> {
+        self.config.clone()
+    }
+
+    /// The same verifier with another configuration made from this one's
+    /// (a benchmark's variations).
+    pub fn with_config(&self, config: ClientConfig) -> Self {
+        Self {
+            config: Arc::new(config),
+            verifier: self.verifier.clone(),
+        }
+    }
+
+    /// A resumed session skipped verifying the server: its restored chain
+    /// is checked against the bundle, the scopes and the time now, as a full
+    /// handshake's is, so a server whose certificate expired or whose CA
+    /// left the bundle cannot be reached by resuming. A full handshake
+    /// passes as it is.
+    pub fn check_resumed(
+        &self,
+        session: &rustls::ClientConnection,
+        server_name: &ServerName<'_>,
+    ) -> Result<(), Error> {
+        if session.handshake_kind() != Some(rustls::HandshakeKind::Resumed) {
+            return Ok(());
+        }
+        let chain = session.peer_certificates().unwrap_or_default();
+        let Some((leaf, intermediates)) = chain.split_first() else {
+            return Err(Error::NoCertificatesPresented);
+        };
+        self.verifier
+            .verify_server_cert(leaf, intermediates, server_name, &[], UnixTime::now())
+            .map(|_| ())
+    }
+}
+
 /// A rustls client configuration that presents our current certificate and
 /// accepts only a server whose identity is `expected`.
-pub fn client_config(store: &CertStore, expected: SpiffeId) -> Result<Arc<ClientConfig>, Error> {
+pub fn client_config(store: &CertStore, expected: SpiffeId) -> Result<ClientTls, Error> {
     let provider = provider();
-    let mut config = ClientConfig::builder_with_provider(provider.clone())
+    let verifier = Arc::new(SpiffeServerVerifier {
+        store: store.clone(),
+        expected,
+        provider: provider.clone(),
+    });
+    let mut config = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(SpiffeServerVerifier {
-            store: store.clone(),
-            expected,
-            provider,
-        }))
+        .with_custom_certificate_verifier(verifier.clone())
         .with_client_cert_resolver(Arc::new(CurrentClientCert(store.clone())));
     config.alpn_protocols = vec![b"h2".to_vec()];
-    // Sessions are resumed (the server verifies a resumed client's chain
-    // again; see `crate::incoming`).
-    Ok(Arc::new(config))
+    // Sessions are resumed; each side checks the restored chain again (the
+    // server in `crate::incoming`, the client with `check_resumed`).
+    Ok(ClientTls {
+        config: Arc::new(config),
+        verifier,
+    })
 }
 
 #[derive(Debug)]

@@ -5,28 +5,28 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
-use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 
+use crate::client_tls::ClientTls;
+
 /// A tonic connector that speaks mTLS with a fixed client configuration.
 #[derive(Debug, Clone)]
 pub struct MtlsConnector {
-    config: Arc<ClientConfig>,
+    tls: ClientTls,
 }
 
 impl MtlsConnector {
-    /// Dials with `config` (from [`crate::client_config`]).
-    pub fn new(config: Arc<ClientConfig>) -> Self {
-        Self { config }
+    /// Dials with `tls` (from [`crate::client_config`]).
+    pub fn new(tls: ClientTls) -> Self {
+        Self { tls }
     }
 }
 
@@ -42,7 +42,7 @@ impl tower::Service<Uri> for MtlsConnector {
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
-        let config = self.config.clone();
+        let tls = self.tls.clone();
         Box::pin(async move {
             let invalid = |what: &str| {
                 io::Error::new(io::ErrorKind::InvalidInput, format!("{what} in {uri}"))
@@ -54,18 +54,24 @@ impl tower::Service<Uri> for MtlsConnector {
                 ServerName::try_from(host.to_owned()).map_err(|_| invalid("bad host"))?;
             let tcp = TcpStream::connect((host, port)).await?;
             tcp.set_nodelay(true)?;
-            let tls = TlsConnector::from(config).connect(server_name, tcp).await?;
-            Ok(TokioIo::new(tls))
+            let stream = TlsConnector::from(tls.config())
+                .connect(server_name.clone(), tcp)
+                .await?;
+            let (_, session) = stream.get_ref();
+            tls.check_resumed(session, &server_name).map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!("resumed session refused: {e}"),
+                )
+            })?;
+            Ok(TokioIo::new(stream))
         })
     }
 }
 
 /// A lazily connecting mTLS channel to one address.
-pub fn mtls_channel(
-    addr: SocketAddr,
-    config: Arc<ClientConfig>,
-) -> Result<Channel, tonic::transport::Error> {
-    Ok(endpoint(addr)?.connect_with_connector_lazy(MtlsConnector::new(config)))
+pub fn mtls_channel(addr: SocketAddr, tls: ClientTls) -> Result<Channel, tonic::transport::Error> {
+    Ok(endpoint(addr)?.connect_with_connector_lazy(MtlsConnector::new(tls)))
 }
 
 /// A lazily connecting plaintext channel to `addr`, with the same timeouts

@@ -19,7 +19,7 @@ use tonic::transport::{Channel, Server};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 use weft_mesh::provider::{KeyExchange, set_key_exchange};
-use weft_mesh::{CertStore, client_config, mtls_channel};
+use weft_mesh::{CertStore, ClientTls, client_config, mtls_channel};
 use weft_tests::pki::TestPki;
 use weft_tests::servers::serve_mtls;
 
@@ -62,7 +62,7 @@ async fn run() {
 
     // Full handshakes versus bare TCP connects.
     let tcp_rate = connects_per_second(plain_addr, None).await;
-    let mut fresh = (*client_tls).clone();
+    let mut fresh = (*client_tls.config()).clone();
     fresh.resumption = rustls::client::Resumption::disabled();
     let tls_rate = connects_per_second(tls_addr, Some(Arc::new(fresh))).await;
     println!(
@@ -77,7 +77,10 @@ async fn run() {
     let classical_addr = serve_mtls(&server_store, Routes::new(classical_health))
         .await
         .unwrap();
-    let mut classical = (*client_config(&client_store, server_store.current().id).unwrap()).clone();
+    let mut classical = (*client_config(&client_store, server_store.current().id)
+        .unwrap()
+        .config())
+    .clone();
     classical.resumption = rustls::client::Resumption::disabled();
     let classical_rate = connects_per_second(classical_addr, Some(Arc::new(classical))).await;
     set_key_exchange(KeyExchange::Hybrid);
@@ -88,12 +91,12 @@ async fn run() {
     );
 
     // Resumption: a new connection and its first call with a full
-    // handshake against a resumed one. Weft resumes, and verifies the
-    // restored client chain against the current bundle and time (a full
+    // handshake against a resumed one. Weft resumes, and each side verifies
+    // the restored peer chain against the current bundle and time (a full
     // handshake's check, without its signatures and key exchange).
-    let mut full_client = (*client_tls).clone();
+    let mut full_client = (*client_tls.config()).clone();
     full_client.resumption = rustls::client::Resumption::disabled();
-    let full = first_calls_per_second(tls_addr, Arc::new(full_client)).await;
+    let full = first_calls_per_second(tls_addr, client_tls.with_config(full_client)).await;
     let resumed = first_calls_per_second(tls_addr, client_tls.clone()).await;
     println!(
         "resumption: new connection + first call {full:.0}/s with a full handshake, {resumed:.0}/s resumed and re-verified (Weft); ratio {:.3}, {:+.0} µs per new connection",
@@ -137,7 +140,7 @@ async fn connects_per_second(addr: SocketAddr, tls: Option<Arc<rustls::ClientCon
 }
 
 /// New connections per second, each carrying one health check.
-async fn first_calls_per_second(addr: SocketAddr, tls: Arc<rustls::ClientConfig>) -> f64 {
+async fn first_calls_per_second(addr: SocketAddr, tls: ClientTls) -> f64 {
     let n = HANDSHAKES / 2;
     let started = Instant::now();
     for _ in 0..n {

@@ -38,7 +38,7 @@ async fn server(db: &TestDb, limits: ServerLimits) -> (Inventory, Arc<rustls::Cl
     let server = Inventory::start_with(cfg, Some(operator), Some(pki))
         .await
         .unwrap();
-    (server, tls)
+    (server, tls.config())
 }
 
 type Tls = tokio_rustls::client::TlsStream<TcpStream>;
@@ -441,7 +441,7 @@ async fn a_client_whose_ca_left_the_bundle_cannot_come_back_by_resuming() {
     );
     // Resumed while the chain still verifies (so the refusal below is the
     // check of the restored chain, not a full handshake failing).
-    let resumed = tls_connect(addr, tls.clone()).await.unwrap();
+    let resumed = tls_connect(addr, tls.config()).await.unwrap();
     assert_eq!(
         resumed.get_ref().1.handshake_kind(),
         Some(rustls::HandshakeKind::Resumed)
@@ -468,5 +468,87 @@ async fn a_client_whose_ca_left_the_bundle_cannot_come_back_by_resuming() {
         failed.len(),
         1,
         "a client whose CA left the bundle was served again"
+    );
+}
+
+/// The client's side of the same: a server whose CA left the client's
+/// bundle cannot be reached again by resuming a session made while it was
+/// trusted.
+#[tokio::test]
+async fn a_server_whose_ca_left_the_bundle_cannot_be_reached_by_resuming() {
+    let pki = TestPki::new().unwrap();
+    let other = weft::certs::DevCa::create(
+        weft_tests::pki::TRUST_DOMAIN,
+        weft::certs::Validity::days(30),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // The server: inventory's identity from the other CA; it trusts ours.
+    let issued = other
+        .issue(
+            &inventory_id().unwrap(),
+            weft::certs::Validity::days(1),
+            &[],
+        )
+        .unwrap();
+    let (cert, key) = issued.write(dir.path(), "inventory", true).unwrap();
+    let server_store = CertStore::load(
+        weft_mesh::IdentityPaths {
+            cert,
+            key,
+            trust_bundle: pki.ca_path(),
+        },
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    let addr = weft_tests::servers::serve_mtls(&server_store, tonic::service::Routes::new(health))
+        .await
+        .unwrap();
+
+    // The client trusts ours and, at first, the other CA.
+    let bundle = dir.path().join("bundle.pem");
+    let ours = std::fs::read_to_string(pki.ca_path()).unwrap();
+    std::fs::write(&bundle, format!("{ours}\n{}", other.cert_pem())).unwrap();
+    let mut client = pki.operator("caller", "caller").unwrap();
+    client.trust_bundle = bundle.clone();
+    let client_store = CertStore::load(client, Duration::from_millis(50)).unwrap();
+    let tls = client_config(&client_store, inventory_id().unwrap()).unwrap();
+    let call = || {
+        let channel = mtls_channel(addr, tls.clone()).unwrap();
+        async move { health_calls(channel, 1).await }
+    };
+    assert_eq!(
+        call().await,
+        Vec::<String>::new(),
+        "the first call, trusted"
+    );
+    let resumed = tls_connect(addr, tls.config()).await.unwrap();
+    assert_eq!(
+        resumed.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed)
+    );
+    drop(resumed);
+    assert_eq!(
+        call().await,
+        Vec::<String>::new(),
+        "a resumed call, trusted"
+    );
+
+    // The other CA leaves the client's bundle.
+    let generation = client_store.current().generation;
+    std::fs::write(&bundle, &ours).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while client_store.current().generation == generation {
+        assert!(Instant::now() < deadline, "the bundle was not reloaded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A session is still there to resume, and a new channel would; it is
+    // refused.
+    let failed = call().await;
+    assert_eq!(
+        failed.len(),
+        1,
+        "a server whose CA left the bundle was reached again"
     );
 }

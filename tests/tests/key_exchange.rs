@@ -55,7 +55,7 @@ async fn hybrid_by_default_classical_when_set_and_the_two_interoperate() {
         .unwrap();
     let hybrid_client = client_config(&client_store, expected.clone()).unwrap();
     assert_eq!(
-        negotiated(hybrid_server, hybrid_client.clone()).await,
+        negotiated(hybrid_server, hybrid_client.config()).await,
         Some(NamedGroup::X25519MLKEM768)
     );
 
@@ -63,7 +63,7 @@ async fn hybrid_by_default_classical_when_set_and_the_two_interoperate() {
     set_key_exchange(KeyExchange::Classical);
     let classical_client = client_config(&client_store, expected.clone()).unwrap();
     assert_eq!(
-        negotiated(hybrid_server, classical_client.clone()).await,
+        negotiated(hybrid_server, classical_client.config()).await,
         Some(NamedGroup::X25519)
     );
     let (_r, health) = tonic_health::server::health_reporter();
@@ -71,12 +71,12 @@ async fn hybrid_by_default_classical_when_set_and_the_two_interoperate() {
         .await
         .unwrap();
     assert_eq!(
-        negotiated(classical_server, classical_client).await,
+        negotiated(classical_server, classical_client.config()).await,
         Some(NamedGroup::X25519)
     );
     // A hybrid client still reaches a classical server (it falls back to X25519).
     assert_eq!(
-        negotiated(classical_server, hybrid_client).await,
+        negotiated(classical_server, hybrid_client.config()).await,
         Some(NamedGroup::X25519)
     );
     set_key_exchange(KeyExchange::Hybrid);

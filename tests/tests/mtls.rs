@@ -17,7 +17,8 @@ use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 use weft_mesh::{
-    CertStore, IdentityPaths, MtlsConnector, Policy, SpiffeId, client_config, mtls_channel,
+    CertStore, ClientTls, IdentityPaths, MtlsConnector, Policy, SpiffeId, client_config,
+    mtls_channel,
 };
 use weft_proto::inventory::v1 as pb;
 use weft_proto::money::v1::Money;
@@ -44,10 +45,7 @@ async fn start(
 }
 
 /// A health check over a channel built from a raw rustls configuration.
-async fn check_with(
-    addr: std::net::SocketAddr,
-    tls: Arc<ClientConfig>,
-) -> Result<(), tonic::Status> {
+async fn check_with(addr: std::net::SocketAddr, tls: ClientTls) -> Result<(), tonic::Status> {
     let channel = Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect_with_connector(MtlsConnector::new(tls))
@@ -69,7 +67,9 @@ async fn check_as(server: &Inventory, identity: IdentityPaths) -> Result<(), ton
     .await
 }
 
-fn without_client_cert(pki: &TestPki) -> Arc<ClientConfig> {
+/// A client that presents no certificate (with a mesh verifier, unused:
+/// the server refuses it first).
+fn without_client_cert(pki: &TestPki) -> ClientTls {
     let mut roots = RootCertStore::empty();
     roots
         .add(CertificateDer::from_pem_file(pki.ca_path()).unwrap())
@@ -80,7 +80,14 @@ fn without_client_cert(pki: &TestPki) -> Arc<ClientConfig> {
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = vec![b"h2".to_vec()];
-    Arc::new(config)
+    let store = CertStore::load(
+        pki.operator("no-cert", "no-cert").unwrap(),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    client_config(&store, inventory_id().unwrap())
+        .unwrap()
+        .with_config(config)
 }
 
 fn refused(result: Result<(), tonic::Status>, what: &str) {
@@ -276,11 +283,8 @@ async fn the_policy_allows_per_caller_and_method_and_denies_the_rest() {
 
 /// The leaf certificate a full handshake gets from the server (session
 /// resumption is off: a resumed session would not show the certificate).
-async fn server_leaf(
-    addr: std::net::SocketAddr,
-    tls: Arc<ClientConfig>,
-) -> CertificateDer<'static> {
-    let mut tls = (*tls).clone();
+async fn server_leaf(addr: std::net::SocketAddr, tls: ClientTls) -> CertificateDer<'static> {
+    let mut tls = (*tls.config()).clone();
     tls.resumption = rustls::client::Resumption::disabled();
     let tls = Arc::new(tls);
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
