@@ -13,6 +13,7 @@ use weft_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
 use weft_proto::orders::v1 as pb;
 use weft_proto::payments::v1 as payments_pb;
 use weft_proto::payments::v1::payments_service_client::PaymentsServiceClient;
+use weft_tests::TestDb;
 use weft_tests::mesh::{Mesh, eur, order_request, placed};
 
 fn status(order: &pb::Order) -> pb::OrderStatus {
@@ -532,4 +533,61 @@ async fn another_callers_use_of_a_saga_key_breaks_neither_the_order_nor_its_canc
     assert_eq!(mesh.stock("LAMP-1").await.unwrap(), (6, 0, 0));
     mesh.check_invariants().await.unwrap();
     mesh.stop().await.unwrap();
+}
+
+/// A step that keeps failing (a compensation waiting for an operator)
+/// retries for as long as it takes; its retries are logged at attempts 1,
+/// 2, 4, 8, …, so the saga log grows with the logarithm of the retries.
+#[tokio::test]
+async fn a_step_that_keeps_failing_logs_its_retries_at_powers_of_two() {
+    let db = TestDb::create().await.unwrap();
+    let cfg = weft_tests::inventory::config(&db, weft_service::Transport::Plaintext);
+    weft_service::migrate(&cfg, weft_orders::server::migrations(), "orders")
+        .await
+        .unwrap();
+    let store = weft_orders::store::Store::new(&cfg).unwrap();
+    let request = order_request("stuck", "hal", "account", &[("X-1", 1)]);
+    let key = weft_service::IdempotencyKey::of("caller", "PlaceOrder", &request, "stuck", |r| {
+        r.idempotency_key.clear()
+    })
+    .unwrap();
+    let new = weft_orders::domain::NewOrder {
+        customer_id: "hal".into(),
+        payment_account_id: "account".into(),
+        lines: vec![weft_orders::domain::OrderLine {
+            sku: "X-1".into(),
+            quantity: 1,
+            unit_price: None,
+        }],
+    };
+    let lease = Duration::from_secs(30);
+    let (mut order, _) = store.place(&key, &new, "driver", lease).await.unwrap();
+    for _ in 0..100 {
+        store
+            .retry_later(&order, "driver", Duration::ZERO, "RESERVE: Unavailable")
+            .await
+            .unwrap();
+        order = store
+            .claim(&order.order_id, "driver", lease)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let client = db.connect().await.unwrap();
+    let logged: Vec<String> = client
+        .query(
+            "SELECT detail FROM orders.saga_log WHERE order_id = $1 AND from_step = to_step \
+             ORDER BY entry_id",
+            &[&order.order_id],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let expected: Vec<String> = [1, 2, 4, 8, 16, 32, 64]
+        .iter()
+        .map(|n| format!("RESERVE: Unavailable (attempt {n})"))
+        .collect();
+    assert_eq!(logged, expected);
 }

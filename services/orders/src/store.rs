@@ -272,11 +272,11 @@ impl Store {
         let mut client = self.db.client().await?;
         let tx = client.transaction().await?;
         let updated = tx
-            .execute(
+            .query_opt(
                 "UPDATE orders.orders SET attempts = attempts + 1, \
                  next_attempt_time = now() + $4::float8 * interval '1 millisecond', \
                  lease_owner = NULL, lease_until = NULL, update_time = now() \
-                 WHERE order_id = $1 AND step = $2 AND lease_owner = $3",
+                 WHERE order_id = $1 AND step = $2 AND lease_owner = $3 RETURNING attempts",
                 &[
                     &order.order_id,
                     &order.step.as_str(),
@@ -285,9 +285,17 @@ impl Store {
                 ],
             )
             .await?;
-        if updated > 0 {
-            let step = order.step.as_str();
-            log(&tx, &order.order_id, step, step, detail, owner).await?;
+        // A step that keeps failing (a compensation waiting for an operator)
+        // retries for as long as it takes: its retries are logged at
+        // attempts 1, 2, 4, 8, …, so the log grows with the logarithm of
+        // the retries, not with them.
+        if let Some(row) = updated {
+            let attempts: i32 = row.get(0);
+            if u32::try_from(attempts).is_ok_and(u32::is_power_of_two) {
+                let step = order.step.as_str();
+                let detail = format!("{detail} (attempt {attempts})");
+                log(&tx, &order.order_id, step, step, &detail, owner).await?;
+            }
         }
         tx.commit().await?;
         Ok(())
