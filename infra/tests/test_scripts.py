@@ -6,8 +6,10 @@ run against a real account only (ECS, RDS, CloudFormation with Cloud Map
 are beyond the emulator); CI also runs shellcheck on them.
 """
 
+import os
 import pathlib
 import re
+import subprocess
 import unittest
 
 from cfnlint.decode import decode
@@ -73,3 +75,25 @@ class DeployScript(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class CargoTargetDirectory(unittest.TestCase):
+    """The scripts run Weft's binaries from cargo's target directory, so a
+    checkout with CARGO_TARGET_DIR set (or a cargo configuration that moves
+    it) runs and tests as any other."""
+
+    def test_no_script_names_target_by_path(self):
+        for name in ("run", "sdk-test", "test"):
+            text = (REPO / "scripts" / name).read_text()
+            self.assertNotRegex(text, r"(?<![\w$)/])target/(debug|release)\b", name)
+
+    def test_the_target_directory_is_cargos(self):
+        def target_dir(env):
+            out = subprocess.run(
+                ["bash", "-c", "source scripts/setup >/dev/null 2>&1; cargo_target_dir"],
+                cwd=REPO, env=env, capture_output=True, text=True, check=True)
+            return out.stdout.strip()
+
+        unset = {k: v for k, v in os.environ.items() if k != "CARGO_TARGET_DIR"}
+        self.assertEqual(target_dir({**unset, "CARGO_TARGET_DIR": "/tmp/weft-elsewhere"}), "/tmp/weft-elsewhere")
+        self.assertEqual(target_dir(unset), str(REPO / "target"))
