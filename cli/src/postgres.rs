@@ -186,7 +186,10 @@ impl Cluster {
 
     /// Starts a watcher process that stops the cluster and deletes it once
     /// this process has exited, however it exits (for clusters kept for the
-    /// life of the process).
+    /// life of the process). The watcher waits for the end of a pipe whose
+    /// other end only this process holds: the kernel closes it when the
+    /// process exits, even by SIGKILL and before anyone reaps it (a process
+    /// id, by contrast, answers `kill -0` while it is a zombie).
     pub fn watch_until_exit(&self) -> Result<(), ClusterError> {
         let stop = if self.root {
             format!("runuser -u postgres -- '{}'", self.pg_ctl.display())
@@ -194,18 +197,22 @@ impl Cluster {
             format!("'{}'", self.pg_ctl.display())
         };
         let script = format!(
-            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; \
+            "cat >/dev/null; \
              {stop} -D '{data}' -m immediate stop >/dev/null 2>&1; rm -rf '{dir}'",
-            pid = std::process::id(),
             data = self.data().display(),
             dir = self.dir.display(),
         );
-        Command::new("sh")
+        let mut watcher = Command::new("sh")
             .args(["-c", &script])
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()?;
+        // Held open, never written, for the rest of this process's life
+        // (the descriptor is close-on-exec, so no other child inherits it).
+        if let Some(pipe) = watcher.stdin.take() {
+            std::mem::forget(pipe);
+        }
         Ok(())
     }
 

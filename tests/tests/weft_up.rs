@@ -311,3 +311,42 @@ fn a_second_ctrl_c_stops_weft_up_at_once() {
     let left = cluster_dirs(up.pid);
     assert!(left.is_empty(), "cluster left behind: {left:?}");
 }
+
+/// A `weft up` killed with SIGKILL, and not yet reaped by its parent (a
+/// zombie, as under a supervisor that is slow to wait), still has its
+/// throwaway cluster stopped and removed.
+#[test]
+fn a_killed_weft_up_leaves_no_cluster_even_before_it_is_reaped() {
+    let home = tempfile::tempdir().unwrap();
+    let mut up = Up::start(home.path(), "60");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let line = up.next(deadline).expect("weft up never became ready");
+        if line.contains("Ctrl-C drains") {
+            break;
+        }
+    }
+    assert_eq!(
+        cluster_dirs(up.pid).len(),
+        1,
+        "a throwaway cluster while running"
+    );
+    let _ = Command::new("kill")
+        .args(["-KILL", &up.pid.to_string()])
+        .status();
+    // Not waited for: the process stays a zombie meanwhile.
+    let started = Instant::now();
+    while !cluster_dirs(up.pid).is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the cluster of a killed, unreaped weft up was left behind"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let state = std::fs::read_to_string(format!("/proc/{}/stat", up.pid)).unwrap_or_default();
+    assert!(
+        state.contains(") Z "),
+        "the check ran while weft up was a zombie: {state}"
+    );
+    up.child.wait().unwrap();
+}
