@@ -275,6 +275,96 @@ mod tests {
         pool
     }
 
+    /// An endpoint that answered its calls in `latency`.
+    async fn answered_in(e: &EndpointState, latency: Duration) {
+        for _ in 0..3 {
+            let call = e.start();
+            tokio::time::advance(latency).await;
+            call.responded();
+        }
+    }
+
+    fn shares(pool: &Pool, picks: usize, tried: &[String]) -> HashMap<String, usize> {
+        let mut seen = HashMap::new();
+        for _ in 0..picks {
+            if let Some(e) = pool.pick(tried) {
+                *seen.entry(e.id.clone()).or_default() += 1;
+            }
+        }
+        seen
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_slow_endpoint_loses_every_comparison_and_a_retry_goes_elsewhere() {
+        let (a, b, slow) = (endpoint("a"), endpoint("b"), endpoint("slow"));
+        for e in [&a, &b, &slow] {
+            e.health_reported(true);
+        }
+        // The fast ones answer near the starting estimate (lower values
+        // come in slowly, a peak at once).
+        answered_in(&a, Duration::from_millis(4)).await;
+        answered_in(&b, Duration::from_millis(4)).await;
+        answered_in(&slow, Duration::from_millis(80)).await;
+        let pool = pool_of(&[a.clone(), b.clone(), slow.clone()]);
+        // Two distinct candidates each time: the slow one always meets a
+        // faster one.
+        let seen = shares(&pool, 1000, &[]);
+        assert_eq!(seen.get("slow"), None, "{seen:?}");
+        assert!(
+            seen.get("a") > Some(&200) && seen.get("b") > Some(&200),
+            "{seen:?}"
+        );
+        // A retry avoids what it tried while anything else is available.
+        let seen = shares(&pool, 200, &["a".to_owned(), "b".to_owned()]);
+        assert_eq!(seen.get("slow"), Some(&200), "{seen:?}");
+        // Load counts: calls in flight on the fast endpoints make the slow
+        // one the cheaper.
+        let _busy: Vec<_> = (0..50).map(|_| (a.start(), b.start())).collect();
+        let seen = shares(&pool, 300, &[]);
+        assert!(seen.get("slow").copied().unwrap_or(0) > 100, "{seen:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_ejected_or_not_serving_endpoint_leaves_the_picks_and_comes_back() {
+        let (a, b) = (endpoint("a"), endpoint("b"));
+        a.health_reported(true);
+        b.health_reported(true);
+        let pool = pool_of(&[a.clone(), b.clone()]);
+        for _ in 0..FailurePolicy::default().consecutive_failures {
+            a.call_failed();
+        }
+        assert_eq!(shares(&pool, 100, &[]).get("b"), Some(&100), "a is ejected");
+        tokio::time::advance(FailurePolicy::default().base_ejection + Duration::from_secs(1)).await;
+        assert!(shares(&pool, 100, &[]).contains_key("a"), "a is back");
+        b.health_reported(false);
+        assert_eq!(
+            shares(&pool, 100, &[]).get("a"),
+            Some(&100),
+            "b said NOT_SERVING"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_pick_takes_the_first_endpoint_to_become_available() {
+        let a = endpoint("a");
+        let pool = pool_of(std::slice::from_ref(&a));
+        let waiting = {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.pick_within(&[], Duration::from_secs(5)).await })
+        };
+        tokio::time::advance(Duration::from_secs(1)).await;
+        a.health_reported(true);
+        pool.notify();
+        let picked = waiting.await.ok().flatten().map(|e| e.id.clone());
+        assert_eq!(picked, Some("a".into()));
+        let none = pool_of(&[]);
+        assert!(
+            none.pick_within(&[], Duration::from_secs(2))
+                .await
+                .is_none()
+        );
+    }
+
     #[tokio::test]
     async fn draining_endpoints_are_picked_only_when_none_is_available() {
         let (old, new) = (endpoint("old"), endpoint("new"));

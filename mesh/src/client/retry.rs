@@ -103,3 +103,27 @@ pub fn never_sent(error: &(dyn std::error::Error + 'static)) -> bool {
     }
     false
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_allows_its_share_of_requests_and_no_more() {
+        let budget = RetryBudget::new(0.2, 1);
+        for _ in 0..100 {
+            budget.deposit();
+        }
+        let allowed = (0..100).take_while(|_| budget.withdraw()).count();
+        // 20% of 100 requests, plus the floor of 1 a second over the 10 s
+        // window.
+        assert!((20..=30).contains(&allowed), "{allowed} retries allowed");
+        assert!(!budget.withdraw(), "the budget is spent");
+        budget.deposit();
+        budget.deposit();
+        budget.deposit();
+        budget.deposit();
+        budget.deposit();
+        assert!(budget.withdraw(), "five more requests earn one retry");
+    }
+}
