@@ -140,13 +140,43 @@ pub async fn bootstrap(
     client
         .execute("SELECT pg_advisory_lock($1)", &[&BOOTSTRAP_LOCK])
         .await?;
-    let done = bootstrap_locked(client, service, passwords).await;
+    let mut attempt = 0;
+    let done = loop {
+        attempt += 1;
+        match bootstrap_locked(client, service, passwords).await {
+            // A grant on the database can still meet PostgreSQL's own
+            // in-place update of the same catalog row (autovacuum's
+            // datfrozenxid), which the lock does not cover: every step is
+            // idempotent, so it is run again.
+            Err(e) if attempt < BOOTSTRAP_ATTEMPTS && catalog_race(&e) => {
+                tracing::info!(error = %e, attempt, "bootstrap met a concurrent catalog update; running it again");
+                tokio::time::sleep(std::time::Duration::from_millis(200 * u64::from(attempt)))
+                    .await;
+            }
+            done => break done,
+        }
+    };
     let unlocked = client
         .execute("SELECT pg_advisory_unlock($1)", &[&BOOTSTRAP_LOCK])
         .await;
     let roles = done?;
     unlocked?;
     Ok(roles)
+}
+
+/// How often a bootstrap that met a concurrent catalog update is tried.
+const BOOTSTRAP_ATTEMPTS: u32 = 5;
+
+/// PostgreSQL's "tuple concurrently updated" (an internal error with no
+/// code of its own), a serialization failure or a deadlock: the statement
+/// met another change to the same catalog row, and may simply be run again.
+fn catalog_race(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    e.as_db_error().is_some_and(|db| {
+        *db.code() == SqlState::T_R_SERIALIZATION_FAILURE
+            || *db.code() == SqlState::T_R_DEADLOCK_DETECTED
+            || db.message().contains("tuple concurrently updated")
+    })
 }
 
 /// The advisory lock bootstraps take turns on ("WEFTROL\x01").
