@@ -62,7 +62,7 @@ pub async fn health(args: &MeshArgs, given: &[String]) -> Result<()> {
     for service in services(given) {
         let snapshot = mesh.instances(&service).await?;
         for e in snapshot.endpoints.iter() {
-            let tls = weft_mesh::client_config(mesh.store(), mesh.expected(&service)?)?;
+            let tls = weft_mesh::client_config(mesh.store()?, mesh.expected(&service)?)?;
             let channel = weft_mesh::mtls_channel(e.addr, tls)?;
             let answer = tokio::time::timeout(
                 Duration::from_secs(5),

@@ -3,13 +3,12 @@
 //! own identity.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use weft_discovery::{Discovery, Filter, Resolver, Snapshot};
-use weft_mesh::{CertStore, ClientOptions, Idempotency, IdentityPaths, MeshChannel, SpiffeId};
+use weft_discovery::{Filter, Resolver, Snapshot};
+use weft_mesh::{CertStore, ClientOptions, IdentityPaths, MeshChannel, MeshClient, SpiffeId};
 
 /// Where the mesh is and who is asking.
 #[derive(Debug, Clone, Args)]
@@ -59,9 +58,7 @@ impl MeshArgs {
 /// A connection to a mesh as an operator.
 #[derive(Debug)]
 pub struct Mesh {
-    discovery: Discovery,
-    store: CertStore,
-    trust_domain: String,
+    client: MeshClient,
 }
 
 impl Mesh {
@@ -76,21 +73,16 @@ impl Mesh {
                 args.operator
             )
         })?;
-        let trust_domain = store.current().id.trust_domain().to_owned();
         let setting = args.setting()?;
-        let discovery = Discovery::from_setting(&setting)
+        let client = MeshClient::connect(&setting, Some(store), &[weft_proto::FILE_DESCRIPTOR_SET])
             .await
             .with_context(|| format!("discovery {setting}"))?;
-        Ok(Self {
-            discovery,
-            store,
-            trust_domain,
-        })
+        Ok(Self { client })
     }
 
     /// The endpoints of `service` once discovery has answered (within 5 s).
     pub async fn instances(&self, service: &str) -> Result<Snapshot> {
-        let mut rx = self.discovery.watch(service, &Filter::any())?;
+        let mut rx = self.client.discovery().watch(service, &Filter::any())?;
         let answered = tokio::time::timeout(
             Duration::from_secs(5),
             rx.wait_for(|s| s.fetched_at.is_some() || s.last_error.is_some()),
@@ -104,12 +96,16 @@ impl Mesh {
 
     /// The identity `service` must present.
     pub fn expected(&self, service: &str) -> Result<SpiffeId> {
-        Ok(SpiffeId::service(&self.trust_domain, service)?)
+        self.client
+            .expected(service)?
+            .context("the operator's commands always run over mTLS")
     }
 
     /// The operator's certificates.
-    pub fn store(&self) -> &CertStore {
-        &self.store
+    pub fn store(&self) -> Result<&CertStore> {
+        self.client
+            .identity()
+            .context("the operator's commands always run over mTLS")
     }
 
     /// Fails with advice when discovery lists no instance of `service`.
@@ -128,15 +124,6 @@ impl Mesh {
 
     /// A balanced mTLS channel to `service`, retrying what is safe.
     pub fn channel(&self, service: &str, options: ClientOptions) -> Result<MeshChannel> {
-        let endpoints = self.discovery.watch(service, &Filter::any())?;
-        let idempotency = Idempotency::from_descriptor_sets(&[weft_proto::FILE_DESCRIPTOR_SET])?;
-        Ok(MeshChannel::mtls(
-            service.to_owned(),
-            endpoints,
-            &self.store,
-            self.expected(service)?,
-            Arc::new(idempotency),
-            options,
-        )?)
+        Ok(self.client.channel_with(service, options)?)
     }
 }

@@ -24,7 +24,7 @@ pub mod trust;
 
 pub use authorize::{AuthorizeLayer, CallerIdentity};
 pub use certs::{CertStore, IdentityPaths, IdentitySource, LoadError, Origin};
-pub use client::{ClientOptions, Idempotency, MeshChannel};
+pub use client::{ClientOptions, Idempotency, MeshChannel, MeshClient, MeshClientError};
 pub use client_tls::{ClientTls, client_config};
 pub use connector::{MtlsConnector, mtls_channel, plaintext_channel};
 pub use deadline::{DeadlineLayer, current_deadline};

@@ -8,15 +8,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tonic::client::GrpcService;
 use tonic::service::Routes;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
-use weft_discovery::{Discovery, Filter, Resolver};
-use weft_mesh::{CertStore, ClientOptions, Idempotency, MeshChannel, client_config, mtls_channel};
+use weft_mesh::{CertStore, ClientOptions, MeshChannel, MeshClient, client_config, mtls_channel};
 use weft_tests::pki::TestPki;
 use weft_tests::servers::serve_mtls;
 
@@ -37,19 +35,15 @@ async fn mesh(
     options: ClientOptions,
 ) -> MeshChannel {
     let list: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
-    let discovery = Discovery::from_setting(&format!("static://bench={}", list.join(",")))
-        .await
-        .unwrap();
-    let rx = discovery.watch("bench", &Filter::any()).unwrap();
-    let channel = MeshChannel::mtls(
-        "bench",
-        rx,
-        store,
-        expected,
-        Arc::new(Idempotency::default()),
-        options,
+    let client = MeshClient::connect(
+        &format!("static://bench={}", list.join(",")),
+        Some(store.clone()),
+        &[],
     )
+    .await
     .unwrap();
+    assert_eq!(client.expected("bench").unwrap(), Some(expected));
+    let channel = client.channel_with("bench", options).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while channel.endpoints().iter().filter(|e| e.available()).count() < addrs.len() {
         assert!(Instant::now() < deadline);

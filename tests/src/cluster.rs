@@ -7,15 +7,15 @@ use std::time::Duration;
 
 use anyhow::Result;
 use weft_discovery::local::LocalRegistry;
-use weft_discovery::{Discovery, Filter, Registry, Resolver};
+use weft_discovery::{Discovery, Registry};
 
 /// How long a record lives without a heartbeat.
 const RECORD_TTL: Duration = Duration::from_secs(1);
 use weft_inventory::RegistrationConfig;
-use weft_mesh::{CertStore, ClientOptions, Idempotency, MeshChannel};
+use weft_mesh::{CertStore, ClientOptions, Idempotency, MeshChannel, MeshClient};
 
 use crate::TestDb;
-use crate::inventory::{Inventory, config, inventory_id, mtls};
+use crate::inventory::{Inventory, config, mtls};
 use crate::pki::TestPki;
 
 /// Instances of inventory and the discovery directory they register in.
@@ -96,19 +96,12 @@ impl Cluster {
         idempotency: Idempotency,
     ) -> Result<MeshChannel> {
         let discovery = Discovery::from_setting(&self.setting()).await?;
-        let rx = discovery.watch("inventory", &Filter::any())?;
         let store = CertStore::load(
             self.pki.service("orders", "orders")?,
             Duration::from_secs(60),
         )?;
-        Ok(MeshChannel::mtls(
-            "inventory",
-            rx,
-            &store,
-            inventory_id()?,
-            Arc::new(idempotency),
-            options,
-        )?)
+        let client = MeshClient::new(discovery, Some(store), idempotency);
+        Ok(client.channel_with("inventory", options)?)
     }
 
     /// Registers `addr` as inventory instance `id` in the cluster's

@@ -11,8 +11,7 @@ use anyhow::{Context, Result, bail, ensure};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use weft_discovery::{Discovery, Filter, Resolver};
-use weft_mesh::SpiffeId;
-use weft_mesh::{CertStore, ClientOptions, Idempotency, IdentityPaths, MeshChannel, Policy};
+use weft_mesh::{CertStore, ClientOptions, IdentityPaths, MeshChannel, MeshClient, Policy};
 use weft_orders::{OrdersConfig, SagaConfig};
 use weft_proto::inventory::v1 as inventory_pb;
 use weft_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
@@ -323,18 +322,14 @@ impl Mesh {
         identity: &IdentityPaths,
         options: ClientOptions,
     ) -> Result<MeshChannel> {
-        let discovery = Discovery::from_setting(&self.setting()).await?;
-        let endpoints = discovery.watch(service, &Filter::any())?;
         let store = CertStore::load(identity.clone(), Duration::from_secs(60))?;
-        let idempotency = Idempotency::from_descriptor_sets(&[weft_proto::FILE_DESCRIPTOR_SET])?;
-        Ok(MeshChannel::mtls(
-            service,
-            endpoints,
-            &store,
-            SpiffeId::service(TRUST_DOMAIN, service)?,
-            Arc::new(idempotency),
-            options,
-        )?)
+        let client = MeshClient::connect(
+            &self.setting(),
+            Some(store),
+            &[weft_proto::FILE_DESCRIPTOR_SET],
+        )
+        .await?;
+        Ok(client.channel_with(service, options)?)
     }
 
     /// The operator identity of the test.

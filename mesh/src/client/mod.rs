@@ -5,12 +5,14 @@
 //! service, so generated tonic clients take it like a `Channel`.
 
 mod endpoint;
+mod front;
 mod observe;
 mod pool;
 mod retry;
 mod timeouts;
 
 pub use endpoint::{EndpointEvents, EndpointState, FailurePolicy};
+pub use front::{MeshClient, MeshClientError};
 pub use pool::{Connect, Pool, PoolEvents};
 pub use retry::{Idempotency, RetryBudget, never_sent};
 pub use timeouts::{MethodTimeouts, TimeoutSettingError, parse_duration};

@@ -2,11 +2,9 @@
 //! instances through discovery, balance across them, retry what the
 //! contracts mark safe, and (over mTLS) accept only the expected identity.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use weft_discovery::{Discovery, Filter, Resolver};
-use weft_mesh::{ClientOptions, Idempotency, MeshChannel, SpiffeId};
+use weft_mesh::{ClientOptions, MeshChannel, MeshClient};
 use weft_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
 use weft_proto::payments::v1::payments_service_client::PaymentsServiceClient;
 use weft_service::Transport;
@@ -25,21 +23,12 @@ pub struct UpstreamConfig {
 /// Why the clients could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
-    /// Discovery refused the setting or the watch.
-    #[error("discovery: {0}")]
-    Discovery(#[from] weft_discovery::DiscoveryError),
+    /// The mesh client could not be made (discovery, descriptors, TLS).
+    #[error(transparent)]
+    Mesh(#[from] weft_mesh::MeshClientError),
     /// The certificates could not be loaded.
     #[error("certificates: {0}")]
     Certificates(#[from] weft_mesh::LoadError),
-    /// The identity of a peer could not be formed.
-    #[error("identity: {0}")]
-    Identity(#[from] weft_mesh::IdentityError),
-    /// TLS refused the configuration.
-    #[error("TLS: {0}")]
-    Tls(#[from] rustls::Error),
-    /// The contracts' descriptors did not decode.
-    #[error("descriptors: {0}")]
-    Descriptors(#[from] prost::DecodeError),
 }
 
 /// Clients of the two services the saga calls.
@@ -60,11 +49,7 @@ impl Upstreams {
         config: &UpstreamConfig,
         transport: &Transport,
     ) -> Result<Self, UpstreamError> {
-        let discovery = Discovery::from_setting(&config.discovery).await?;
-        let idempotency = Arc::new(Idempotency::from_descriptor_sets(&[
-            weft_proto::FILE_DESCRIPTOR_SET,
-        ])?);
-        let store = match transport {
+        let identity = match transport {
             Transport::Mtls {
                 identity,
                 reload_every,
@@ -72,32 +57,16 @@ impl Upstreams {
             } => Some(identity.open(*reload_every).await?),
             Transport::Plaintext => None,
         };
-        let channel = |service: &'static str| -> Result<MeshChannel, UpstreamError> {
-            let endpoints = discovery.watch(service, &Filter::any())?;
-            Ok(match &store {
-                Some(store) => {
-                    let own = store.current().id;
-                    let expected = SpiffeId::service(own.trust_domain(), service)?;
-                    MeshChannel::mtls(
-                        service,
-                        endpoints,
-                        store,
-                        expected,
-                        idempotency.clone(),
-                        config.client.clone(),
-                    )?
-                }
-                None => MeshChannel::plaintext(
-                    service,
-                    endpoints,
-                    idempotency.clone(),
-                    config.client.clone(),
-                ),
-            })
-        };
+        let mesh = MeshClient::connect(
+            &config.discovery,
+            identity,
+            &[weft_proto::FILE_DESCRIPTOR_SET],
+        )
+        .await?
+        .with_options(config.client.clone());
         Ok(Self {
-            inventory: InventoryServiceClient::new(channel("inventory")?),
-            payments: PaymentsServiceClient::new(channel("payments")?),
+            inventory: InventoryServiceClient::new(mesh.channel("inventory")?),
+            payments: PaymentsServiceClient::new(mesh.channel("payments")?),
             call_timeout: config.call_timeout,
         })
     }
