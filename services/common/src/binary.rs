@@ -41,7 +41,7 @@ pub async fn shutdown_signal() {
 }
 
 /// `<binary> health [--ready]`: asks the server on `WEFT_LISTEN` (else
-/// `default`; an unspecified address is asked on 127.0.0.1) whether it is
+/// `defaults.listen`; an unspecified address is asked on 127.0.0.1) whether it is
 /// alive (the [`LIVENESS`](crate::serve::LIVENESS) entry: ready once since
 /// start, whatever its database does now) or, with `--ready`, whether
 /// `grpc_service` is SERVING (ready now), over mTLS with the server's own
@@ -51,7 +51,11 @@ pub async fn shutdown_signal() {
 /// (issuing one per check would cost a CA call every few seconds), so it
 /// asks the metrics listener's `/live` or `/ready` instead, which answer
 /// the same.
-pub async fn health(name: &str, grpc_service: &str, default: &str) -> std::process::ExitCode {
+pub async fn health(
+    name: &str,
+    grpc_service: &str,
+    defaults: &crate::config::Defaults,
+) -> std::process::ExitCode {
     let ready = std::env::args().skip(2).any(|a| a == "--ready");
     let grpc_service = if ready {
         grpc_service
@@ -59,9 +63,9 @@ pub async fn health(name: &str, grpc_service: &str, default: &str) -> std::proce
         crate::serve::LIVENESS
     };
     let outcome = if std::env::var_os("WEFT_PCA_ARN").is_some() {
-        check_http(name, ready).await
+        check_http(defaults.metrics, ready).await
     } else {
-        check(name, grpc_service, default).await
+        check(name, grpc_service, defaults.listen).await
     };
     match outcome {
         Ok(()) => {
@@ -76,8 +80,8 @@ pub async fn health(name: &str, grpc_service: &str, default: &str) -> std::proce
 }
 
 /// `GET /live` (or `/ready`) on the metrics listener.
-async fn check_http(name: &str, ready: bool) -> Result<(), String> {
-    let mut addr = crate::config::metrics_addr_from_env(name)
+async fn check_http(default_metrics: &str, ready: bool) -> Result<(), String> {
+    let mut addr = crate::config::metrics_addr_from_env(default_metrics)
         .map_err(|e| e.to_string())?
         .ok_or_else(|| "WEFT_METRICS_ADDR is off: nothing to ask".to_owned())?;
     if addr.ip().is_unspecified() {

@@ -146,7 +146,8 @@ impl Config {
     /// `WEFT_GRACE_MS`; and, with `WEFT_DISCOVERY`, the registration of
     /// `service` (`WEFT_INSTANCE_ID`, `WEFT_ADVERTISE`, `WEFT_VERSION`,
     /// `WEFT_ZONE`).
-    pub fn from_env(service: &str) -> Result<Self, ConfigError> {
+    /// `defaults` gives the metrics address when `WEFT_METRICS_ADDR` is unset.
+    pub fn from_env(service: &str, defaults: &Defaults) -> Result<Self, ConfigError> {
         let transport = transport_from_env(service)?;
         let url =
             std::env::var("DATABASE_URL").map_err(|_| ConfigError::Missing("DATABASE_URL"))?;
@@ -228,7 +229,7 @@ impl Config {
         if let Some(ms) = env_number("WEFT_DRAIN_NOTIFY_MS")? {
             config.drain.notify_budget = Duration::from_millis(ms);
         }
-        config.metrics_addr = metrics_addr_from_env(service)?;
+        config.metrics_addr = metrics_addr_from_env(defaults.metrics)?;
         if let Some(days) = env_number("WEFT_IDEMPOTENCY_RETENTION_DAYS")? {
             if days == 0 {
                 return Err(ConfigError::Invalid {
@@ -292,30 +293,31 @@ impl Config {
     }
 }
 
-/// Each service's own metrics port on one machine, next to its gRPC port.
-/// `WEFT_METRICS_ADDR` (`off` for none), else the service's default.
-pub fn metrics_addr_from_env(service: &str) -> Result<Option<SocketAddr>, ConfigError> {
-    match std::env::var("WEFT_METRICS_ADDR").as_deref() {
-        Ok("off") => Ok(None),
-        Ok(addr) => addr
-            .parse()
-            .map(Some)
-            .map_err(|e: std::net::AddrParseError| ConfigError::Invalid {
-                name: "WEFT_METRICS_ADDR",
-                reason: e.to_string(),
-            }),
-        Err(_) => Ok(Some(default_metrics_addr(service))),
-    }
+/// Where a service listens on one machine when the environment does not
+/// say: its gRPC address (`WEFT_LISTEN`) and its metrics address
+/// (`WEFT_METRICS_ADDR`). Each service names its own, so several run side
+/// by side on one machine; a deployment sets both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Defaults {
+    /// The gRPC listener, `host:port`.
+    pub listen: &'static str,
+    /// The metrics listener, `host:port`.
+    pub metrics: &'static str,
 }
 
-fn default_metrics_addr(service: &str) -> SocketAddr {
-    let port = match service {
-        "inventory" => 9101,
-        "payments" => 9102,
-        "orders" => 9103,
-        _ => 9100,
+/// `WEFT_METRICS_ADDR` (`off` for none), else `default`.
+pub fn metrics_addr_from_env(default: &str) -> Result<Option<SocketAddr>, ConfigError> {
+    let (name, addr) = match std::env::var("WEFT_METRICS_ADDR").as_deref() {
+        Ok("off") => return Ok(None),
+        Ok(addr) => ("WEFT_METRICS_ADDR", addr.to_owned()),
+        Err(_) => ("the default metrics address", default.to_owned()),
     };
-    SocketAddr::from(([127, 0, 0, 1], port))
+    addr.parse()
+        .map(Some)
+        .map_err(|e: std::net::AddrParseError| ConfigError::Invalid {
+            name,
+            reason: e.to_string(),
+        })
 }
 
 /// A random number from the standard library's hasher seed (process ids

@@ -19,7 +19,7 @@ pub mod serve;
 pub mod telemetry;
 pub mod validate;
 
-pub use config::{Advertise, Config, ConfigError, RegistrationConfig, Transport};
+pub use config::{Advertise, Config, ConfigError, Defaults, RegistrationConfig, Transport};
 pub use db::{Db, DbError};
 pub use keyed::{IdempotencyKey, caller_of};
 pub use migrate::{MigrateError, migrate};

@@ -8,5 +8,5 @@ pub mod server;
 pub mod store;
 pub mod validate;
 
-pub use server::{NAME, run};
+pub use server::{DEFAULTS, NAME, run};
 pub use weft_service::{Config, RegistrationConfig, ServeError, Transport};

@@ -68,7 +68,7 @@ impl OrdersConfig {
     /// required), `WEFT_CALL_TIMEOUT_MS`, `WEFT_SAGA_LEASE_MS`,
     /// `WEFT_RECOVERY_MS` and `WEFT_ORDER_WAIT_MS`.
     pub fn from_env() -> Result<Self, ConfigError> {
-        let service = Config::from_env(crate::NAME)?;
+        let service = Config::from_env(crate::NAME, &crate::DEFAULTS)?;
         let merchant = std::env::var("WEFT_MERCHANT_ACCOUNT")
             .map_err(|_| ConfigError::Missing("WEFT_MERCHANT_ACCOUNT"))?;
         crate::merchant::MerchantSetting::parse(&merchant).map_err(|e| ConfigError::Invalid {

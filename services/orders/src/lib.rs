@@ -18,5 +18,5 @@ pub mod upstream;
 
 pub use config::OrdersConfig;
 pub use saga::SagaConfig;
-pub use server::{NAME, run};
+pub use server::{DEFAULTS, NAME, run};
 pub use weft_service::{Config, RegistrationConfig, ServeError, Transport};

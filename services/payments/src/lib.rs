@@ -9,5 +9,5 @@ pub mod domain;
 pub mod server;
 pub mod store;
 
-pub use server::{NAME, run};
+pub use server::{DEFAULTS, NAME, run};
 pub use weft_service::{Config, RegistrationConfig, ServeError, Transport};

@@ -25,6 +25,14 @@ pub fn migrations() -> refinery::Runner {
 /// The name payments registers under and its certificates carry.
 pub const NAME: &str = "payments";
 
+/// Where payments listens on one machine when `WEFT_LISTEN` and
+/// `WEFT_METRICS_ADDR` do not say (each service its own ports, so all run
+/// side by side).
+pub const DEFAULTS: weft_service::Defaults = weft_service::Defaults {
+    listen: "127.0.0.1:7002",
+    metrics: "127.0.0.1:9102",
+};
+
 /// Serves payments on `listener` until `shutdown` resolves, then stops
 /// accepting, lets in-flight calls finish, and returns.
 pub async fn run(
