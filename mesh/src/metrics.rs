@@ -5,6 +5,8 @@
 //! staleness and errors, and whatever a service adds (its database pool)
 //! through hooks run at each scrape.
 
+use std::any::Any;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -93,13 +95,6 @@ pub struct PoolState {
     pub state: String,
 }
 
-/// A database pool's connections in one state.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct DbPoolState {
-    /// `idle`, `in_use`, `waiting` (calls waiting for one) or `max`.
-    pub state: String,
-}
-
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 type Hook = Box<dyn Fn() -> bool + Send + Sync>;
 
@@ -111,6 +106,8 @@ fn latency_histogram() -> Histogram {
 pub struct Metrics {
     registry: Mutex<Registry>,
     hooks: Mutex<Vec<Hook>>,
+    /// Families a process adds of its own ([`Metrics::family`]), by name.
+    own: Mutex<HashMap<&'static str, Box<dyn Any + Send + Sync>>>,
     /// Calls received.
     pub server_requests: Family<ServerCall, Counter>,
     /// Calls answered, by status.
@@ -137,8 +134,6 @@ pub struct Metrics {
     pub discovery_staleness: Family<Upstream, Gauge<f64, std::sync::atomic::AtomicU64>>,
     /// Discovery backend errors seen for a service.
     pub discovery_errors: Family<Upstream, Counter>,
-    /// The database pool, by state.
-    pub db_pool: Family<DbPoolState, Gauge>,
     /// Seconds until the served certificate expires (negative once it has).
     pub tls_certificate_expiry: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
@@ -174,7 +169,7 @@ impl Metrics {
             client_budget_refusals: Family::default(),
             discovery_staleness: Family::default(),
             discovery_errors: Family::default(),
-            db_pool: Family::default(),
+            own: Mutex::new(HashMap::new()),
             tls_certificate_expiry: Gauge::default(),
         };
         if let Ok(mut r) = m.registry.lock() {
@@ -244,11 +239,6 @@ impl Metrics {
                 m.discovery_errors.clone(),
             );
             r.register(
-                "db_pool_connections",
-                "The database pool, by state",
-                m.db_pool.clone(),
-            );
-            r.register(
                 "tls_certificate_expiry_seconds",
                 "Seconds until the served certificate expires",
                 m.tls_certificate_expiry.clone(),
@@ -262,6 +252,35 @@ impl Metrics {
     pub fn global() -> Arc<Self> {
         static GLOBAL: OnceLock<Arc<Metrics>> = OnceLock::new();
         GLOBAL.get_or_init(|| Arc::new(Self::new())).clone()
+    }
+
+    /// A family of the process's own (a service's database pool, say),
+    /// registered as `weft_<name>` the first time it is asked for and the
+    /// same handle after, so a process that runs several servers on one
+    /// registry registers it once. Asked for again as another type, it is a
+    /// family of its own that is not rendered (and a warning says so).
+    pub fn family<F>(&self, name: &'static str, help: &'static str) -> F
+    where
+        F: prometheus_client::registry::Metric + Clone + Default,
+    {
+        let Ok(mut own) = self.own.lock() else {
+            return F::default();
+        };
+        if let Some(known) = own.get(name) {
+            return match known.downcast_ref::<F>() {
+                Some(family) => family.clone(),
+                None => {
+                    tracing::warn!(name, "a metric family asked for as another type");
+                    F::default()
+                }
+            };
+        }
+        let family = F::default();
+        if let Ok(mut r) = self.registry.lock() {
+            r.register(name, help, family.clone());
+        }
+        own.insert(name, Box::new(family.clone()));
+        family
     }
 
     /// Runs `hook` before each scrape (to set gauges from their sources);
@@ -334,14 +353,28 @@ mod tests {
                 peer: "p".into(),
             })
             .inc();
-        let gauge = m.db_pool.get_or_create(&DbPoolState {
-            state: "idle".into(),
-        });
-        let g = gauge.clone();
+        #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+        struct Pool {
+            state: String,
+        }
+        let pool: Family<Pool, Gauge> = m.family("db_pool_connections", "The pool");
+        // A clone: the handle `get_or_create` returns holds the family's lock.
+        let g = pool
+            .get_or_create(&Pool {
+                state: "idle".into(),
+            })
+            .clone();
         m.on_scrape(move || {
             g.set(3);
             false
         });
+        // Asked for again: the same family, registered once.
+        let again: Family<Pool, Gauge> = m.family("db_pool_connections", "The pool");
+        again
+            .get_or_create(&Pool {
+                state: "max".into(),
+            })
+            .set(8);
         let text = m.render();
         assert!(
             text.contains(
@@ -353,6 +386,11 @@ mod tests {
             text.contains(r#"weft_db_pool_connections{state="idle"} 3"#),
             "{text}"
         );
+        assert!(
+            text.contains(r#"weft_db_pool_connections{state="max"} 8"#),
+            "{text}"
+        );
+        assert_eq!(text.matches("# TYPE weft_db_pool_connections").count(), 1);
         assert_eq!(split_path("/a.B/C"), ("a.B".into(), "C".into()));
     }
 }

@@ -17,7 +17,6 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use weft_discovery::Health;
 use weft_discovery::backoff::Backoff;
-use weft_mesh::metrics::DbPoolState;
 use weft_mesh::{
     AuthorizeLayer, CertStore, DeadlineLayer, Metrics, ObserveLayer, serve_with_drain,
     server_config, tls_incoming,
@@ -334,11 +333,23 @@ fn report_certificate(metrics: &Metrics, store: CertStore, serving: std::sync::W
     });
 }
 
-/// Reports the database pool at each scrape, while the pool lives.
+/// A database pool's connections in one state.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct DbPoolState {
+    /// `idle`, `in_use`, `waiting` (calls waiting for one) or `max`.
+    state: String,
+}
+
+/// Reports the database pool at each scrape, while the pool lives, as
+/// `weft_db_pool_connections` (a family of the service's own in the mesh's
+/// registry).
 fn report_pool(metrics: &Metrics, db: crate::Db, serving: std::sync::Weak<()>) {
+    let family: prometheus_client::metrics::family::Family<
+        DbPoolState,
+        prometheus_client::metrics::gauge::Gauge,
+    > = metrics.family("db_pool_connections", "The database pool, by state");
     let gauge = |state: &str| {
-        metrics
-            .db_pool
+        family
             .get_or_create(&DbPoolState {
                 state: state.to_owned(),
             })
