@@ -1,26 +1,24 @@
-//! Everything between a Weft handler and the network: identities and mTLS
-//! (with certificates that reload from disk), per-method authorization, and
-//! the server's accept loop and the client's connector that carry them.
+//! Everything between a Weft handler and the network, by concern:
+//! `identity` (SPIFFE ids, certificate sources, trust bundles, policy),
+//! `server` (the accept loop and its limits, server TLS, authorization,
+//! deadlines, the drain, server metrics) and `client` (the front door,
+//! channels, the pool and its picking, retries, timeouts, client TLS and the
+//! connector, client metrics).
 
-pub mod authorize;
-pub mod certs;
 pub mod client;
-pub mod client_tls;
-pub mod connector;
-pub mod deadline;
-pub mod drain;
 pub mod identity;
-pub mod incoming;
-pub mod limits;
 pub mod metrics;
-pub mod observe;
-pub mod observed_body;
-pub mod policy;
-pub mod private_ca;
 pub mod provider;
-pub mod server_tls;
+pub mod server;
 pub mod trace_context;
-pub mod trust;
+
+// The modules' paths before the crate was laid out by concern, kept for
+// callers.
+pub use client::{connector, tls as client_tls};
+pub use identity::{certs, policy, private_ca, trust};
+pub use server::{
+    authorize, deadline, drain, incoming, limits, observe, observed_body, tls as server_tls,
+};
 
 pub use authorize::{AuthorizeLayer, CallerIdentity};
 pub use certs::{CertStore, IdentityPaths, IdentitySource, LoadError, Origin};

@@ -4,12 +4,14 @@
 //! ejection, and retries only where safe and within a budget. It is a tower
 //! service, so generated tonic clients take it like a `Channel`.
 
+pub mod connector;
 mod endpoint;
 mod front;
 mod observe;
 mod pool;
 mod retry;
 mod timeouts;
+pub mod tls;
 
 pub use endpoint::{EndpointEvents, EndpointState, FailurePolicy};
 pub use front::{MeshClient, MeshClientError};

@@ -3,6 +3,11 @@
 //! tools. A certificate's identity is its URI SAN; endpoints are IP
 //! addresses, so DNS names in certificates prove nothing and are not checked.
 
+pub mod certs;
+pub mod policy;
+pub mod private_ca;
+pub mod trust;
+
 use std::fmt;
 
 use rustls::pki_types::CertificateDer;

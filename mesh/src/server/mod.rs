@@ -1,0 +1,11 @@
+//! The server side of the mesh: the accept loop and its limits, server TLS,
+//! authorization, deadlines, the drain and the server's metrics.
+
+pub mod authorize;
+pub mod deadline;
+pub mod drain;
+pub mod incoming;
+pub mod limits;
+pub mod observe;
+pub mod observed_body;
+pub mod tls;
