@@ -388,48 +388,52 @@ async fn connections_past_the_cap_are_closed_at_once() {
     h2_open(&mut conn).await;
 }
 
-#[tokio::test]
-async fn a_client_whose_ca_left_the_bundle_cannot_come_back_by_resuming() {
-    let pki = TestPki::new().unwrap();
-    // The server trusts its own CA and, at first, another one.
-    let other = weft::certs::DevCa::create(
-        weft_tests::pki::TRUST_DOMAIN,
-        weft::certs::Validity::days(30),
-    )
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let bundle = dir.path().join("bundle.pem");
-    let ours = std::fs::read_to_string(pki.ca_path()).unwrap();
-    std::fs::write(&bundle, format!("{ours}\n{}", other.cert_pem())).unwrap();
-    let mut served = pki.service("served", "inventory").unwrap();
-    served.trust_bundle = bundle.clone();
-    let server_store = CertStore::load(served, Duration::from_millis(50)).unwrap();
-    let (_reporter, health) = tonic_health::server::health_reporter();
-    let addr = weft_tests::servers::serve_mtls(&server_store, tonic::service::Routes::new(health))
-        .await
-        .unwrap();
-
-    // A client with a certificate from the other CA; one TLS configuration
-    // (and so one session cache) for every connection, as a process keeps.
-    let issued = other
-        .issue(
-            &weft_mesh::SpiffeId::operator(weft_tests::pki::TRUST_DOMAIN, "leaver").unwrap(),
-            weft::certs::Validity::days(1),
-            &[],
-        )
-        .unwrap();
-    let (cert, key) = issued.write(dir.path(), "leaver", true).unwrap();
-    let client_store = CertStore::load(
+/// A certificate store for `id`, issued by `ca` into `dir`, trusting
+/// `trust_bundle`.
+fn issued_by(
+    ca: &weft::certs::DevCa,
+    id: &weft_mesh::SpiffeId,
+    dir: &std::path::Path,
+    trust_bundle: std::path::PathBuf,
+) -> CertStore {
+    let issued = ca.issue(id, weft::certs::Validity::days(1), &[]).unwrap();
+    let (cert, key) = issued.write(dir, "issued", true).unwrap();
+    CertStore::load(
         weft_mesh::IdentityPaths {
             cert,
             key,
-            trust_bundle: pki.ca_path(),
+            trust_bundle,
         },
         Duration::from_secs(60),
     )
-    .unwrap();
-    // Weft's clients keep sessions and offer to resume them.
-    let tls = client_config(&client_store, inventory_id().unwrap()).unwrap();
+    .unwrap()
+}
+
+/// A trust bundle in `dir` with our CA and `other`; and ours alone, to
+/// write over it when `other` leaves.
+fn bundle_with(
+    pki: &TestPki,
+    other: &weft::certs::DevCa,
+    dir: &std::path::Path,
+) -> (std::path::PathBuf, String) {
+    let bundle = dir.join("bundle.pem");
+    let ours = std::fs::read_to_string(pki.ca_path()).unwrap();
+    std::fs::write(&bundle, format!("{ours}\n{}", other.cert_pem())).unwrap();
+    (bundle, ours)
+}
+
+/// Calls `addr` with `tls` while the other CA is trusted (a first call, a
+/// connection that must resume, and a resumed call, all served), then
+/// takes the other CA out of `bundle` (leaving `ours`), waits until
+/// `reloading` has the new bundle, and returns the failures of one more
+/// call, which would resume.
+async fn calls_across_a_ca_leaving(
+    addr: std::net::SocketAddr,
+    tls: &weft_mesh::ClientTls,
+    bundle: &std::path::Path,
+    ours: &str,
+    reloading: &CertStore,
+) -> Vec<String> {
     let call = || {
         let channel = mtls_channel(addr, tls.clone()).unwrap();
         async move { health_calls(channel, 1).await }
@@ -439,7 +443,7 @@ async fn a_client_whose_ca_left_the_bundle_cannot_come_back_by_resuming() {
         Vec::<String>::new(),
         "the first call, trusted"
     );
-    // Resumed while the chain still verifies (so the refusal below is the
+    // Resumed while the chain still verifies (so the refusal after is the
     // check of the restored chain, not a full handshake failing).
     let resumed = tls_connect(addr, tls.config()).await.unwrap();
     assert_eq!(
@@ -452,18 +456,49 @@ async fn a_client_whose_ca_left_the_bundle_cannot_come_back_by_resuming() {
         Vec::<String>::new(),
         "a resumed call, trusted"
     );
-
-    // The other CA leaves the server's bundle.
-    let generation = server_store.current().generation;
-    std::fs::write(&bundle, &ours).unwrap();
+    let generation = reloading.current().generation;
+    std::fs::write(bundle, ours).unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
-    while server_store.current().generation == generation {
+    while reloading.current().generation == generation {
         assert!(Instant::now() < deadline, "the bundle was not reloaded");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    call().await
+}
+
+#[tokio::test]
+async fn a_client_whose_ca_left_the_bundle_cannot_come_back_by_resuming() {
+    let pki = TestPki::new().unwrap();
+    // The server trusts its own CA and, at first, another one.
+    let other = weft::certs::DevCa::create(
+        weft_tests::pki::TRUST_DOMAIN,
+        weft::certs::Validity::days(30),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (bundle, ours) = bundle_with(&pki, &other, dir.path());
+    let mut served = pki.service("served", "inventory").unwrap();
+    served.trust_bundle = bundle.clone();
+    let server_store = CertStore::load(served, Duration::from_millis(50)).unwrap();
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    let addr = weft_tests::servers::serve_mtls(&server_store, tonic::service::Routes::new(health))
+        .await
+        .unwrap();
+
+    // A client with a certificate from the other CA; one TLS configuration
+    // (and so one session cache) for every connection, as a process keeps.
+    let client_store = issued_by(
+        &other,
+        &weft_mesh::SpiffeId::operator(weft_tests::pki::TRUST_DOMAIN, "leaver").unwrap(),
+        dir.path(),
+        pki.ca_path(),
+    );
+    // Weft's clients keep sessions and offer to resume them.
+    let tls = client_config(&client_store, inventory_id().unwrap()).unwrap();
+    // The other CA leaves the server's bundle.
+    let failed = calls_across_a_ca_leaving(addr, &tls, &bundle, &ours, &server_store).await;
     // A new connection from the same client (which would offer to resume)
     // is refused.
-    let failed = call().await;
     assert_eq!(
         failed.len(),
         1,
@@ -484,68 +519,22 @@ async fn a_server_whose_ca_left_the_bundle_cannot_be_reached_by_resuming() {
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
     // The server: inventory's identity from the other CA; it trusts ours.
-    let issued = other
-        .issue(
-            &inventory_id().unwrap(),
-            weft::certs::Validity::days(1),
-            &[],
-        )
-        .unwrap();
-    let (cert, key) = issued.write(dir.path(), "inventory", true).unwrap();
-    let server_store = CertStore::load(
-        weft_mesh::IdentityPaths {
-            cert,
-            key,
-            trust_bundle: pki.ca_path(),
-        },
-        Duration::from_secs(60),
-    )
-    .unwrap();
+    let server_store = issued_by(&other, &inventory_id().unwrap(), dir.path(), pki.ca_path());
     let (_reporter, health) = tonic_health::server::health_reporter();
     let addr = weft_tests::servers::serve_mtls(&server_store, tonic::service::Routes::new(health))
         .await
         .unwrap();
 
     // The client trusts ours and, at first, the other CA.
-    let bundle = dir.path().join("bundle.pem");
-    let ours = std::fs::read_to_string(pki.ca_path()).unwrap();
-    std::fs::write(&bundle, format!("{ours}\n{}", other.cert_pem())).unwrap();
+    let (bundle, ours) = bundle_with(&pki, &other, dir.path());
     let mut client = pki.operator("caller", "caller").unwrap();
     client.trust_bundle = bundle.clone();
     let client_store = CertStore::load(client, Duration::from_millis(50)).unwrap();
     let tls = client_config(&client_store, inventory_id().unwrap()).unwrap();
-    let call = || {
-        let channel = mtls_channel(addr, tls.clone()).unwrap();
-        async move { health_calls(channel, 1).await }
-    };
-    assert_eq!(
-        call().await,
-        Vec::<String>::new(),
-        "the first call, trusted"
-    );
-    let resumed = tls_connect(addr, tls.config()).await.unwrap();
-    assert_eq!(
-        resumed.get_ref().1.handshake_kind(),
-        Some(rustls::HandshakeKind::Resumed)
-    );
-    drop(resumed);
-    assert_eq!(
-        call().await,
-        Vec::<String>::new(),
-        "a resumed call, trusted"
-    );
-
     // The other CA leaves the client's bundle.
-    let generation = client_store.current().generation;
-    std::fs::write(&bundle, &ours).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while client_store.current().generation == generation {
-        assert!(Instant::now() < deadline, "the bundle was not reloaded");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let failed = calls_across_a_ca_leaving(addr, &tls, &bundle, &ours, &client_store).await;
     // A session is still there to resume, and a new channel would; it is
     // refused.
-    let failed = call().await;
     assert_eq!(
         failed.len(),
         1,
