@@ -5,28 +5,20 @@
 // Test code: a panic is a failed test with its location.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use weft_mesh::{CertStore, ClientOptions, MeshClient, SpiffeId};
 use weft_proto::inventory::v1 as pb;
 use weft_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
 use weft_tests::TestDb;
-use weft_tests::inventory::{Inventory, config, mtls};
-use weft_tests::pki::{TRUST_DOMAIN, TestPki};
+use weft_tests::inventory::Inventory;
+use weft_tests::pki::TRUST_DOMAIN;
 
 #[tokio::test]
 async fn a_channel_by_name_reaches_the_service_and_only_the_service_of_that_name() {
     let db = TestDb::create().await.unwrap();
-    let pki = Arc::new(TestPki::new().unwrap());
-    let cfg = config(
-        &db,
-        mtls(pki.service("inventory", "inventory").unwrap(), None),
-    );
-    let operator = pki.operator("operator-test", "test").unwrap();
-    let server = Inventory::start_with(cfg, Some(operator.clone()), Some(pki.clone()))
-        .await
-        .unwrap();
+    let server = Inventory::start(&db).await.unwrap();
+    let operator = server.client_identity().unwrap().clone();
     // Discovery that lists the inventory server under two names.
     let addr = server.addr();
     let store = CertStore::load(operator, Duration::from_secs(60)).unwrap();
