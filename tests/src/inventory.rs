@@ -14,6 +14,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use weft_inventory::{Config, Transport};
 use weft_mesh::{CertStore, IdentityPaths, Policy, SpiffeId, client_config, mtls_channel};
+use weft_proto::inventory::v1 as pb;
 use weft_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
 
 use crate::TestDb;
@@ -203,4 +204,22 @@ impl Drop for Inventory {
             task.abort();
         }
     }
+}
+
+/// `sku`'s stock as `client`'s GetStock reports it.
+pub async fn stock_of(
+    client: &mut InventoryServiceClient<Channel>,
+    sku: &str,
+) -> Result<pb::StockLevel> {
+    let levels = client
+        .get_stock(pb::GetStockRequest {
+            skus: vec![sku.into()],
+        })
+        .await?
+        .into_inner()
+        .stock;
+    levels
+        .into_iter()
+        .next()
+        .context("GetStock answered no level")
 }

@@ -17,7 +17,7 @@ use weft_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
 use weft_proto::money::v1::Money;
 use weft_service::{Db, IdempotencyKey};
 use weft_tests::TestDb;
-use weft_tests::inventory::{Inventory, config, mtls};
+use weft_tests::inventory::{Inventory, config, mtls, stock_of};
 use weft_tests::pki::TestPki;
 
 fn product(key: &str, sku: &str) -> pb::CreateProductRequest {
@@ -70,15 +70,8 @@ async fn a_key_belongs_to_its_caller_and_method() {
     bob.create_product(product("k", "B")).await.unwrap();
     // Alice's AdjustStock with k is another method: a call of its own.
     alice.adjust_stock(adjust("k", "A")).await.unwrap();
-    let stock = alice
-        .get_stock(pb::GetStockRequest {
-            skus: vec!["A".into()],
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .stock;
-    assert_eq!(stock[0].available, 3, "each adjustment ran once");
+    let stock = stock_of(&mut alice, "A").await.unwrap();
+    assert_eq!(stock.available, 3, "each adjustment ran once");
 
     // A true retry gets the first answer; the same key with another request
     // from the same caller to the same method is still refused.
@@ -88,15 +81,8 @@ async fn a_key_belongs_to_its_caller_and_method() {
         .unwrap()
         .into_inner();
     assert_eq!(again.stock.unwrap().available, 3, "the first answer");
-    let now = alice
-        .get_stock(pb::GetStockRequest {
-            skus: vec!["A".into()],
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .stock;
-    assert_eq!(now[0].available, 3, "the retry adjusted nothing");
+    let now = stock_of(&mut alice, "A").await.unwrap();
+    assert_eq!(now.available, 3, "the retry adjusted nothing");
     let other = alice.create_product(product("k", "C")).await.unwrap_err();
     assert_eq!(other.code(), Code::FailedPrecondition);
     server.stop().await.unwrap();
@@ -228,19 +214,8 @@ async fn a_refusal_is_the_keys_answer_however_late_the_retry() {
     let late = inventory.reserve_stock(reserve("r")).await.unwrap_err();
     assert_eq!(late.code(), first.code());
     assert_eq!(late.message(), first.message());
-    let stock = inventory
-        .get_stock(pb::GetStockRequest {
-            skus: vec!["R-1".into()],
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .stock;
-    assert_eq!(
-        (stock[0].available, stock[0].reserved),
-        (6, 0),
-        "nothing held"
-    );
+    let stock = stock_of(&mut inventory, "R-1").await.unwrap();
+    assert_eq!((stock.available, stock.reserved), (6, 0), "nothing held");
 
     // The same key with another request is still a conflict, and a new key
     // is a new call.

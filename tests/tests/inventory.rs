@@ -11,9 +11,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use weft_proto::inventory::v1 as pb;
 use weft_proto::money::v1::Money;
 use weft_tests::TestDb;
-use weft_tests::inventory::Inventory;
-
-type Client = pb::inventory_service_client::InventoryServiceClient<tonic::transport::Channel>;
+use weft_tests::inventory::{Inventory, stock_of};
 
 fn usd(amount_minor: i64) -> Option<Money> {
     Some(Money {
@@ -49,18 +47,6 @@ fn reserve(
         order_id: order.into(),
         lines,
     }
-}
-
-async fn stock_of(client: &mut Client, sku: &str) -> pb::StockLevel {
-    let mut levels = client
-        .get_stock(pb::GetStockRequest {
-            skus: vec![sku.into()],
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .stock;
-    levels.remove(0)
 }
 
 /// Every unit received is available, reserved or sold: checked in the database.
@@ -240,7 +226,7 @@ async fn reservations_commit_release_and_return() {
         "lines keep the order they were asked in"
     );
     assert_eq!(held.lines[0].unit_price, usd(1250));
-    let a = stock_of(&mut client, "A").await;
+    let a = stock_of(&mut client, "A").await.unwrap();
     assert_eq!((a.available, a.reserved, a.sold), (7, 3, 0));
 
     let committed = client
@@ -254,7 +240,7 @@ async fn reservations_commit_release_and_return() {
         .reservation
         .unwrap();
     assert_eq!(committed.status(), pb::ReservationStatus::Committed);
-    let a = stock_of(&mut client, "A").await;
+    let a = stock_of(&mut client, "A").await.unwrap();
     assert_eq!((a.available, a.reserved, a.sold), (7, 0, 3));
 
     // A committed reservation cannot be released, but can be returned.
@@ -277,7 +263,7 @@ async fn reservations_commit_release_and_return() {
         .reservation
         .unwrap();
     assert_eq!(returned.status(), pb::ReservationStatus::Returned);
-    let a = stock_of(&mut client, "A").await;
+    let a = stock_of(&mut client, "A").await.unwrap();
     assert_eq!((a.available, a.reserved, a.sold), (10, 0, 0));
 
     // Hold and release.
@@ -331,7 +317,7 @@ async fn reservations_commit_release_and_return() {
         .unwrap();
     assert_eq!(fetched.status(), pb::ReservationStatus::Released);
     assert_eq!(fetched.lines.len(), 1);
-    let a = stock_of(&mut client, "A").await;
+    let a = stock_of(&mut client, "A").await.unwrap();
     assert_eq!((a.available, a.reserved, a.sold), (10, 0, 0));
 
     server.stop().await.unwrap();
@@ -363,7 +349,7 @@ async fn a_reservation_is_all_or_nothing() {
     assert_eq!(err.code(), Code::NotFound);
     assert!(err.message().contains("NOPE"));
 
-    let a = stock_of(&mut client, "A").await;
+    let a = stock_of(&mut client, "A").await.unwrap();
     assert_eq!((a.available, a.reserved), (10, 0), "nothing stays held");
 
     // The refusal is its key's answer even once stock arrives; the request
@@ -627,7 +613,7 @@ async fn invalid_input_is_refused_naming_the_field() {
         );
     }
     // Nothing changed.
-    let a = stock_of(&mut client, "A").await;
+    let a = stock_of(&mut client, "A").await.unwrap();
     assert_eq!((a.available, a.reserved, a.sold), (5, 0, 0));
     server.stop().await.unwrap();
 }
@@ -671,7 +657,7 @@ async fn replays_return_the_first_result_and_conflicts_are_refused() {
         .into_inner();
     assert_eq!(first, replay);
     assert_eq!(
-        stock_of(&mut client, "A").await.available,
+        stock_of(&mut client, "A").await.unwrap().available,
         15,
         "applied once"
     );
@@ -687,7 +673,7 @@ async fn replays_return_the_first_result_and_conflicts_are_refused() {
         .unwrap()
         .into_inner();
     assert_eq!(held, replayed);
-    let a = stock_of(&mut client, "A").await;
+    let a = stock_of(&mut client, "A").await.unwrap();
     assert_eq!((a.available, a.reserved), (11, 4), "reserved once");
 
     let reservation_id = held.reservation.unwrap().reservation_id;
@@ -706,7 +692,7 @@ async fn replays_return_the_first_result_and_conflicts_are_refused() {
         .unwrap()
         .into_inner();
     assert_eq!(first, replay);
-    let a = stock_of(&mut client, "A").await;
+    let a = stock_of(&mut client, "A").await.unwrap();
     assert_eq!(
         (a.available, a.reserved, a.sold),
         (11, 0, 4),
@@ -753,7 +739,7 @@ async fn replays_return_the_first_result_and_conflicts_are_refused() {
         "{}",
         err.message()
     );
-    let a = stock_of(&mut client, "A").await;
+    let a = stock_of(&mut client, "A").await.unwrap();
     assert_eq!((a.available, a.reserved, a.sold), (11, 0, 4));
     let err = client
         .get_product(pb::GetProductRequest { sku: "B".into() })
@@ -786,7 +772,7 @@ async fn concurrent_replays_of_one_key_apply_once() {
         ids.insert(response.reservation.unwrap().reservation_id);
     }
     assert_eq!(ids.len(), 1, "every replay sees the one reservation");
-    let a = stock_of(&mut client, "A").await;
+    let a = stock_of(&mut client, "A").await.unwrap();
     assert_eq!((a.available, a.reserved), (97, 3));
     server.stop().await.unwrap();
 }
@@ -830,9 +816,9 @@ async fn fifty_concurrent_reservations_never_oversell_ten() {
         }
     }
     assert_eq!((ok, short), (10, 40));
-    let scarce = stock_of(&mut client, "SCARCE").await;
+    let scarce = stock_of(&mut client, "SCARCE").await.unwrap();
     assert_eq!((scarce.available, scarce.reserved), (0, 10));
-    let plenty = stock_of(&mut client, "PLENTY").await;
+    let plenty = stock_of(&mut client, "PLENTY").await.unwrap();
     assert_eq!(
         (plenty.available, plenty.reserved),
         (990, 10),
@@ -858,7 +844,7 @@ async fn data_and_idempotency_survive_a_restart() {
     // A new server on the same database (migrations already applied).
     let server = Inventory::start(&db).await.unwrap();
     let mut client = server.client().await.unwrap();
-    let a = stock_of(&mut client, "A").await;
+    let a = stock_of(&mut client, "A").await.unwrap();
     assert_eq!((a.available, a.reserved), (8, 2));
     let replay = client
         .reserve_stock(reserve("r", "o", vec![line("A", 2)]))
@@ -866,7 +852,7 @@ async fn data_and_idempotency_survive_a_restart() {
         .unwrap()
         .into_inner();
     assert_eq!(held, replay);
-    assert_eq!(stock_of(&mut client, "A").await.reserved, 2);
+    assert_eq!(stock_of(&mut client, "A").await.unwrap().reserved, 2);
     server.stop().await.unwrap();
 }
 
@@ -882,7 +868,7 @@ async fn replicas_starting_together_migrate_once() {
     let mut client = b.client().await.unwrap();
     client.create_product(create("p", "A", 1)).await.unwrap();
     let mut other = c.client().await.unwrap();
-    assert_eq!(stock_of(&mut other, "A").await.available, 1);
+    assert_eq!(stock_of(&mut other, "A").await.unwrap().available, 1);
     for server in [a, b, c] {
         server.stop().await.unwrap();
     }
