@@ -53,8 +53,9 @@ pub struct MeshConn {
     /// the server drops it.
     _slot: OwnedSemaphorePermit,
     /// When the connection ends however busy it is: its maximum age (when
-    /// the server sent GOAWAY) plus the grace. Reads and writes fail from
-    /// then on, and the server drops the connection.
+    /// the server sent GOAWAY) plus the grace. Reads fail from then on (the
+    /// server always has one pending, so the timer is watched there only,
+    /// not on every write), and the server drops the connection.
     closes: Pin<Box<tokio::time::Sleep>>,
 }
 
@@ -98,9 +99,6 @@ impl AsyncWrite for MeshConn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        if let Some(e) = self.past_lifetime(cx) {
-            return Poll::Ready(Err(e));
-        }
         Pin::new(&mut self.stream).poll_write(cx, buf)
     }
 
@@ -117,9 +115,6 @@ impl AsyncWrite for MeshConn {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        if let Some(e) = self.past_lifetime(cx) {
-            return Poll::Ready(Err(e));
-        }
         Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
     }
 
