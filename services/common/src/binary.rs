@@ -12,8 +12,19 @@ pub async fn listen(default: &str) -> std::io::Result<TcpListener> {
         .map_err(|e| std::io::Error::new(e.kind(), format!("binding {addr}: {e}")))
 }
 
-/// Resolves on SIGTERM (how ECS and Kubernetes stop a task) or Ctrl-C.
+/// The supervisor that started this process (`weft up` sets it): when it
+/// is gone, the process stops too.
+const SUPERVISOR: &str = "WEFT_SUPERVISOR_PID";
+
+/// Resolves on SIGTERM (how ECS and Kubernetes stop a task) or Ctrl-C; and,
+/// for a process started by a supervisor that set `WEFT_SUPERVISOR_PID`
+/// (`weft up`), when that supervisor ends, however it ends (the kernel sends
+/// SIGTERM then), so a killed `weft up` leaves no instance running.
 pub async fn shutdown_signal() {
+    if supervisor_gone() {
+        tracing::warn!("the supervisor that started this process is gone: stopping");
+        return;
+    }
     let ctrl_c = async {
         if let Err(e) = tokio::signal::ctrl_c().await {
             tracing::error!(error = %e, "cannot listen for Ctrl-C");
@@ -38,6 +49,32 @@ pub async fn shutdown_signal() {
         () = ctrl_c => {}
         () = term => {}
     }
+}
+
+/// Asks for SIGTERM when the parent process ends, if the parent is the
+/// supervisor named in `WEFT_SUPERVISOR_PID`; true when it has already
+/// ended (the request would come too late: the process was re-parented).
+#[cfg(target_os = "linux")]
+fn supervisor_gone() -> bool {
+    let Some(supervisor) = std::env::var(SUPERVISOR)
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok())
+    else {
+        return false;
+    };
+    if let Err(e) =
+        rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM))
+    {
+        tracing::warn!(error = %e, "cannot ask to stop with the supervisor");
+    }
+    let parent = rustix::process::getppid().map(|p| p.as_raw_nonzero().get());
+    parent != Some(supervisor)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn supervisor_gone() -> bool {
+    let _ = SUPERVISOR;
+    false
 }
 
 /// `<binary> health [--ready]`: asks the server on `WEFT_LISTEN` (else

@@ -85,6 +85,11 @@ pub struct Served {
     pub ping: Ping,
     /// The database pool, reported in the metrics.
     pub db: Option<crate::Db>,
+    /// Encoded `FileDescriptorSet`s that describe the service, served by
+    /// reflection (grpcurl, `weft call`); Weft's own contracts are always
+    /// there, a service of another contract adds its own with
+    /// [`Served::with_descriptors`].
+    pub descriptor_sets: Vec<&'static [u8]>,
 }
 
 impl Served {
@@ -104,7 +109,16 @@ impl Served {
                 let db = db.clone();
                 Box::pin(async move { db.ping().await.map_err(|e| e.to_string()) })
             }),
+            descriptor_sets: vec![weft_proto::FILE_DESCRIPTOR_SET],
         }
+    }
+
+    /// Adds the descriptor set of the service's own contract (what its
+    /// build script wrote from its `.proto` files), so reflection can
+    /// describe it.
+    pub fn with_descriptors(mut self, set: &'static [u8]) -> Self {
+        self.descriptor_sets.push(set);
+        self
     }
 }
 
@@ -131,6 +145,7 @@ pub async fn serve(
         routes,
         ping,
         db,
+        descriptor_sets,
     } = served;
     // The pool is reported while the server runs.
     let serving = Arc::new(());
@@ -181,8 +196,11 @@ pub async fn serve(
     // Advertise only what this server serves: the shared descriptor set also
     // describes the other services.
     let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(weft_proto::FILE_DESCRIPTOR_SET)
+        descriptor_sets
+            .iter()
+            .fold(tonic_reflection::server::Builder::configure(), |b, set| {
+                b.register_encoded_file_descriptor_set(set)
+            })
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .with_service_name(grpc_service)
             .with_service_name("grpc.health.v1.Health")
@@ -229,7 +247,7 @@ pub async fn serve(
         .concurrency_limit_per_connection(config.concurrency_per_connection)
         .layer(ObserveLayer::new(
             config.metrics.clone(),
-            served_paths(grpc_service),
+            served_paths(&descriptor_sets, grpc_service),
         ))
         .layer(AuthorizeLayer::new(policy, &trust_domain))
         .layer(DeadlineLayer)
@@ -301,14 +319,14 @@ pub async fn serve(
 
 /// Every method this server answers: its own service's, grpc.health.v1's
 /// and reflection's (metrics label every other path `unknown`).
-fn served_paths(grpc_service: &str) -> std::collections::HashSet<String> {
-    let mut paths = weft_mesh::observe::served_paths(
-        &[
-            weft_proto::FILE_DESCRIPTOR_SET,
-            tonic_health::pb::FILE_DESCRIPTOR_SET,
-        ],
-        &[grpc_service, "grpc.health.v1.Health"],
-    );
+fn served_paths(
+    descriptor_sets: &[&'static [u8]],
+    grpc_service: &str,
+) -> std::collections::HashSet<String> {
+    let mut sets = descriptor_sets.to_vec();
+    sets.push(tonic_health::pb::FILE_DESCRIPTOR_SET);
+    let mut paths =
+        weft_mesh::observe::served_paths(&sets, &[grpc_service, "grpc.health.v1.Health"]);
     // Reflection's two versions, one method each.
     paths.insert("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo".to_owned());
     paths.insert("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo".to_owned());

@@ -91,6 +91,9 @@ pub fn init(service: &'static str) -> Result<Telemetry, TelemetryError> {
         .with(
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
+                // Colours for a terminal only: a log file (weft up's, a
+                // container's) gets plain text.
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .event_format(format),
         )
         .init();
