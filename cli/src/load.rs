@@ -74,8 +74,20 @@ pub async fn run(mesh: &MeshArgs, args: LoadArgs) -> Result<()> {
                 let tx = tx.clone();
                 tokio::spawn(async move {
                     let began = Instant::now();
-                    let outcome = match orders.place_order(request).await {
+                    let placed = match orders.place_order(request).await {
+                        // An order still pending (its saga was taking over
+                        // from an instance that stopped, say) is followed
+                        // to its outcome: pending is not an answer.
                         Ok(r) => match r.into_inner().order {
+                            Some(o) if o.status() == pb::OrderStatus::Pending => {
+                                settle(&mut orders, o).await.map(tonic::Response::new)
+                            }
+                            other => Ok(tonic::Response::new(other)),
+                        },
+                        Err(s) => Err(s),
+                    };
+                    let outcome = match placed {
+                        Ok(r) => match r.into_inner() {
                             Some(o) if o.status() == pb::OrderStatus::Confirmed => None,
                             Some(o) => Some(match &o.rejection {
                                 Some(why) => format!("{:?}: {:?}: {}", o.status(), why.code(), why.message),
@@ -125,4 +137,29 @@ pub async fn run(mesh: &MeshArgs, args: LoadArgs) -> Result<()> {
         anyhow::bail!("{failed} orders failed");
     }
     Ok(())
+}
+
+/// How long a pending order is followed before it counts as not confirmed.
+const SETTLE_WITHIN: Duration = Duration::from_secs(60);
+
+/// Reads a pending order back until it is settled (or [`SETTLE_WITHIN`]
+/// passes, when it is returned as last seen).
+async fn settle(
+    orders: &mut OrdersServiceClient<weft_mesh::MeshChannel>,
+    mut order: pb::Order,
+) -> Result<Option<pb::Order>, tonic::Status> {
+    let deadline = Instant::now() + SETTLE_WITHIN;
+    while order.status() == pb::OrderStatus::Pending && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let read = orders
+            .get_order(pb::GetOrderRequest {
+                order_id: order.order_id.clone(),
+            })
+            .await?;
+        match read.into_inner().order {
+            Some(o) => order = o,
+            None => break,
+        }
+    }
+    Ok(Some(order))
 }

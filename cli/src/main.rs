@@ -1,7 +1,8 @@
-//! `weft`, the operator CLI: `weft up` runs the whole mesh on this machine;
-//! `weft ls`, `weft health`, `weft call` and `weft load` work on any mesh
-//! through its discovery backend; `weft certs` makes development
-//! certificates.
+//! `weft`, the operator CLI: `weft up` runs a mesh on this machine (a
+//! manifest's services, or Weft's demo) as supervised processes, and `weft
+//! logs`, `weft kill` and `weft restart` work on its instances; `weft ls`,
+//! `weft health`, `weft call` and `weft load` work on any mesh through its
+//! discovery backend; `weft certs` makes development certificates.
 
 mod call;
 mod db;
@@ -27,9 +28,28 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the whole mesh here: a database, certificates, two instances of
-    /// each service, demo data, and a live status table until Ctrl-C.
+    /// Run a mesh here from a manifest (weft.toml; without one, Weft's
+    /// demo): a database, certificates, each instance a supervised process,
+    /// and a live status table until Ctrl-C.
     Up(up::UpArgs),
+    /// Print an instance's log (of a running or stopped `weft up`).
+    Logs(up::LogsArgs),
+    /// Kill an instance of a running `weft up` at once (SIGKILL), to try a
+    /// failure; its supervisor restarts it.
+    Kill {
+        #[command(flatten)]
+        home: up::HomeArgs,
+        /// The instance (`inventory-1`).
+        instance: String,
+    },
+    /// Restart a service of a running `weft up`, one instance at a time:
+    /// each drains, starts again and is healthy before the next.
+    Restart {
+        #[command(flatten)]
+        home: up::HomeArgs,
+        /// The service (`inventory`).
+        service: String,
+    },
     /// List the instances of each service, with health and attributes.
     Ls {
         #[command(flatten)]
@@ -155,6 +175,13 @@ fn run() -> anyhow::Result<()> {
     runtime.block_on(async move {
         match command {
             Command::Up(args) => up::run(args).await,
+            Command::Logs(args) => up::logs(args).await,
+            Command::Kill { home, instance } => {
+                weft::control::ask(&home.home, &weft::control::Request::Kill(instance)).await
+            }
+            Command::Restart { home, service } => {
+                weft::control::ask(&home.home, &weft::control::Request::Restart(service)).await
+            }
             Command::Ls { mesh, services } => ls::ls(&mesh, &services).await,
             Command::Health { mesh, services } => ls::health(&mesh, &services).await,
             Command::Call { mesh, target, data } => call::run(&mesh, &target, &data).await,

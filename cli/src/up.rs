@@ -1,9 +1,16 @@
-//! `weft up`: the whole mesh on this machine. A database (`DATABASE_URL`, or
-//! a throwaway PostgreSQL cluster), the development CA and certificates, the
-//! local discovery directory, two instances of each service on free ports
-//! with the shipped policies, demo data; then a live status table until
-//! Ctrl-C drains and stops everything (a second Ctrl-C stops at once).
+//! `weft up`: a mesh on this machine, from a manifest (`weft.toml`, see
+//! [`weft::manifest`]) or, without one, Weft's own demo. It makes a
+//! database (`DATABASE_URL`, or a throwaway PostgreSQL cluster), the
+//! development CA and a certificate per service, each service's policy and
+//! the local discovery directory; then starts every instance as a process of
+//! its own, supervised (restarted with backoff when it exits unasked), each
+//! service once those it depends on are healthy; seeds the demo shop when
+//! asked; and shows a live status table until Ctrl-C drains and stops
+//! everything, dependents first (a second Ctrl-C stops at once). While it
+//! runs, `weft logs`, `weft kill` and `weft restart` work on its instances
+//! through its control socket.
 
+use std::collections::{BTreeMap, HashMap};
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -12,46 +19,49 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use tokio::sync::{mpsc, watch};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 use weft::certs::{DevCa, Validity};
+use weft::control::{self, Control, Request};
+use weft::manifest::{Manifest, PolicySource, Program, SHIPPED_POLICIES, Seed};
 use weft::postgres::Cluster;
-use weft_discovery::{Discovery, Filter, Resolver};
-use weft_mesh::{ClientOptions, IdentityPaths, Metrics, Policy, SpiffeId};
+use weft::supervise::{Instance, Phase, Spec};
+use weft_discovery::{Discovery, Filter, Resolver, Snapshot};
+use weft_mesh::{CertStore, ClientOptions, IdentityPaths, SpiffeId};
 use weft_proto::inventory::v1 as inventory_pb;
 use weft_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
 use weft_proto::payments::v1 as payments_pb;
 use weft_proto::payments::v1::payments_service_client::PaymentsServiceClient;
-use weft_service::{Config, RegistrationConfig, Transport};
 
 use crate::status::{self, Totals};
 use crate::target::{Mesh, MeshArgs};
 
-/// The shipped policies, built in so `weft up` works from any directory.
-const POLICIES: [(&str, &str); 3] = [
-    (
-        "inventory",
-        include_str!("../../config/policy/inventory.toml"),
-    ),
-    (
-        "payments",
-        include_str!("../../config/policy/payments.toml"),
-    ),
-    ("orders", include_str!("../../config/policy/orders.toml")),
-];
+/// How long a service's instances may take to become healthy.
+const READY_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Events kept under the status table on a terminal.
+const EVENTS_SHOWN: usize = 6;
 
 /// `weft up`'s settings.
 #[derive(Debug, Args)]
 pub struct UpArgs {
-    /// Where certificates, the discovery directory and the log live.
+    /// Where certificates, policies, the discovery directory, the control
+    /// socket and the logs live.
     #[arg(long, env = "WEFT_HOME", default_value = ".weft")]
     pub home: PathBuf,
-    /// The trust domain of a CA made now (an existing CA keeps its own).
-    #[arg(long, env = "WEFT_TRUST_DOMAIN", default_value = "weft.local")]
-    pub trust_domain: String,
-    /// Instances of each service.
-    #[arg(long, env = "WEFT_REPLICAS", default_value_t = 2)]
-    pub replicas: usize,
+    /// The manifest to run (default: weft.toml here if there is one, else
+    /// Weft's demo).
+    #[arg(long, short = 'f', env = "WEFT_MANIFEST")]
+    pub manifest: Option<PathBuf>,
+    /// The trust domain of a CA made now (default: the manifest's, else
+    /// weft.local; an existing CA keeps its own).
+    #[arg(long, env = "WEFT_TRUST_DOMAIN")]
+    pub trust_domain: Option<String>,
+    /// Instances of every service, over what the manifest says.
+    #[arg(long, env = "WEFT_REPLICAS")]
+    pub replicas: Option<usize>,
     /// A database to use instead of a throwaway cluster.
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: Option<String>,
@@ -60,15 +70,28 @@ pub struct UpArgs {
     pub every: u64,
 }
 
-/// One running instance.
-struct Instance {
-    service: &'static str,
-    id: String,
-    addr: SocketAddr,
-    metrics: Arc<Metrics>,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<Result<(), weft_service::ServeError>>,
-    last: Totals,
+/// `weft logs`' settings.
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// The `weft up` home directory.
+    #[arg(long, env = "WEFT_HOME", default_value = ".weft")]
+    pub home: PathBuf,
+    /// The instance (`inventory-1`; `weft up` lists them).
+    pub instance: String,
+    /// Keep printing what it writes, until Ctrl-C.
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    /// Only the last N lines.
+    #[arg(long, short = 'n')]
+    pub tail: Option<usize>,
+}
+
+/// Where the `weft up` to ask is.
+#[derive(Debug, Args)]
+pub struct HomeArgs {
+    /// The `weft up` home directory.
+    #[arg(long, env = "WEFT_HOME", default_value = ".weft")]
+    pub home: PathBuf,
 }
 
 fn step(what: &str) -> Instant {
@@ -81,37 +104,184 @@ fn done(started: Instant) {
     eprintln!("done ({:.1} s)", started.elapsed().as_secs_f64());
 }
 
+/// The running mesh: its instances and how to tell they are healthy.
+struct Supervised {
+    /// Every instance, in start order.
+    instances: Vec<Instance>,
+    /// Discovery, watched per service.
+    watches: HashMap<String, watch::Receiver<Snapshot>>,
+    /// The operator's certificate, for asking instances' health directly.
+    operator: CertStore,
+    trust_domain: String,
+    /// One rolling restart at a time: two would take down two instances.
+    restarting: tokio::sync::Mutex<()>,
+}
+
+impl Supervised {
+    fn of(&self, service: &str) -> impl Iterator<Item = &Instance> {
+        self.instances
+            .iter()
+            .filter(move |i| i.spec.service == service)
+    }
+
+    /// Waits until `instance` runs, answers SERVING itself and is listed
+    /// healthy in discovery (so clients pick it).
+    async fn wait_ready(&self, instance: &Instance) -> Result<()> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let service = &instance.spec.service;
+        let watch = self
+            .watches
+            .get(service)
+            .context("no discovery watch for the service")?;
+        let expected = SpiffeId::service(&self.trust_domain, service)?;
+        loop {
+            let running = matches!(instance.status().phase, Phase::Running { .. });
+            let listed = watch
+                .borrow()
+                .endpoints
+                .iter()
+                .any(|e| e.id == instance.spec.id && e.healthy);
+            if running && listed && self.serving(instance, &expected).await {
+                return Ok(());
+            }
+            if matches!(instance.status().phase, Phase::Stopped) {
+                bail!(
+                    "{} could not start: {} (its log: weft logs {})",
+                    instance.spec.id,
+                    instance.status().last_exit.unwrap_or_default(),
+                    instance.spec.id
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} is not healthy after {} s (its log: weft logs {}{})",
+                    instance.spec.id,
+                    READY_TIMEOUT.as_secs(),
+                    instance.spec.id,
+                    instance
+                        .status()
+                        .last_exit
+                        .map(|e| format!("; it last ended: {e}"))
+                        .unwrap_or_default()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Asks the instance itself whether it serves.
+    async fn serving(&self, instance: &Instance, expected: &SpiffeId) -> bool {
+        let Ok(tls) = weft_mesh::client_config(&self.operator, expected.clone()) else {
+            return false;
+        };
+        let Ok(channel) = weft_mesh::mtls_channel(instance.spec.listen, tls) else {
+            return false;
+        };
+        let answer = tokio::time::timeout(
+            Duration::from_secs(2),
+            HealthClient::new(channel).check(HealthCheckRequest::default()),
+        )
+        .await;
+        matches!(answer, Ok(Ok(r)) if r.get_ref().status() == ServingStatus::Serving)
+    }
+
+    async fn wait_service(&self, service: &str) -> Result<()> {
+        for instance in self.of(service) {
+            self.wait_ready(instance).await?;
+        }
+        Ok(())
+    }
+}
+
+impl Control for Supervised {
+    async fn handle(
+        &self,
+        request: Request,
+        progress: mpsc::UnboundedSender<String>,
+    ) -> Result<String, String> {
+        match request {
+            Request::Kill(id) => {
+                let instance = self
+                    .instances
+                    .iter()
+                    .find(|i| i.spec.id == id)
+                    .ok_or_else(|| format!("no instance {id} (weft up's table lists them)"))?;
+                let pid = instance.kill().await?;
+                instance.note(format!("{id} killed by weft kill (pid {pid})"));
+                Ok(format!(
+                    "killed {id} (pid {pid}); the supervisor restarts it"
+                ))
+            }
+            Request::Restart(service) => {
+                let instances: Vec<&Instance> = self.of(&service).collect();
+                if instances.is_empty() {
+                    return Err(format!("no service {service} in this mesh"));
+                }
+                let _one_at_a_time = self.restarting.lock().await;
+                for instance in &instances {
+                    let id = &instance.spec.id;
+                    let _ = progress.send(format!("{id}: draining"));
+                    instance.restart().await?;
+                    let _ = progress.send(format!("{id}: started again, waiting until healthy"));
+                    self.wait_ready(instance).await.map_err(|e| e.to_string())?;
+                    instance.note(format!("{id} restarted by weft restart"));
+                    let _ = progress.send(format!("{id}: healthy"));
+                }
+                Ok(format!(
+                    "restarted {} instance(s) of {service}, one at a time",
+                    instances.len()
+                ))
+            }
+        }
+    }
+}
+
 /// Runs the mesh until Ctrl-C.
 pub async fn run(args: UpArgs) -> Result<()> {
     let home = std::path::absolute(&args.home)?;
-    std::fs::create_dir_all(&home)?;
+    std::fs::create_dir_all(home.join("logs"))?;
     init_logs(&home)?;
+    let manifest = load_manifest(&args)?;
+    // Refuse a second weft up in this home before touching anything.
+    let control_listener = control::bind(&home).await?;
+
+    let programs = resolve_programs(&manifest).await?;
 
     // The database.
     let cluster: Arc<Mutex<Option<Cluster>>> = Arc::new(Mutex::new(None));
-    let database: tokio_postgres::Config = match &args.database_url {
-        Some(url) => url.parse().context("DATABASE_URL")?,
+    let database_url = match &args.database_url {
+        Some(url) => url.clone(),
         None => {
             let t = step("starting a throwaway PostgreSQL cluster");
             let started = tokio::task::spawn_blocking(Cluster::start).await??;
             started.watch_until_exit()?;
-            let config = started.config("postgres");
+            let url = started.url("postgres");
             if let Ok(mut slot) = cluster.lock() {
                 *slot = Some(started);
             }
             done(t);
-            config
+            url
         }
     };
-    // A second Ctrl-C stops at once, cluster included.
-    let hard_stop = cluster.clone();
 
-    let t = step("certificates");
+    let t = step("certificates and policies");
     let certs = home.join("certs");
-    let trust_domain = ensure_certs(&certs, &args.trust_domain)?;
+    let names: Vec<&str> = manifest.services.iter().map(|s| s.name.as_str()).collect();
+    let wanted_domain = args
+        .trust_domain
+        .clone()
+        .or_else(|| manifest.trust_domain.clone())
+        .unwrap_or_else(|| "weft.local".to_owned());
+    let trust_domain = ensure_certs(&certs, &wanted_domain, &names)?;
+    let policies = write_policies(&home, &manifest, &trust_domain)?;
     done(t);
 
+    // A directory of this run's own: records left by an earlier run that
+    // was killed would list instances that are gone.
     let discovery_dir = home.join("discovery");
+    if discovery_dir.exists() {
+        std::fs::remove_dir_all(&discovery_dir)?;
+    }
     std::fs::create_dir_all(&discovery_dir)?;
     let setting = format!("local://{}", discovery_dir.display());
     let mesh_args = MeshArgs {
@@ -119,68 +289,86 @@ pub async fn run(args: UpArgs) -> Result<()> {
         certs: certs.clone(),
         operator: "dev".into(),
     };
+    let discovery = Discovery::from_setting(&setting).await?;
+    let watches = names
+        .iter()
+        .map(|s| Ok(((*s).to_owned(), discovery.watch(s, &Filter::any())?)))
+        .collect::<Result<HashMap<_, _>>>()?;
+    let operator = CertStore::load(
+        IdentityPaths {
+            cert: certs.join("operator-dev.pem"),
+            key: certs.join("operator-dev.key"),
+            trust_bundle: certs.join("ca.pem"),
+        },
+        Duration::from_secs(3600),
+    )?;
 
-    let mut instances = Vec::new();
-    let t = step(&format!(
-        "starting {} inventory and {} payments instances (migrating the database)",
-        args.replicas, args.replicas
-    ));
-    for service in ["inventory", "payments"] {
-        for n in 1..=args.replicas {
-            instances
-                .push(start(service, n, &certs, &trust_domain, &setting, &database, None).await?);
+    let (events, mut event_rx) = mpsc::unbounded_channel::<String>();
+    let mut supervised = Supervised {
+        instances: Vec::new(),
+        watches,
+        operator,
+        trust_domain: trust_domain.clone(),
+        restarting: tokio::sync::Mutex::new(()),
+    };
+    // From here on, any failure stops what was started.
+    let started = start_all(
+        &args,
+        &manifest,
+        &programs,
+        &mut supervised,
+        &events,
+        Environment {
+            home: &home,
+            certs: &certs,
+            policies: &policies,
+            setting: &setting,
+            database_url: &database_url,
+        },
+        &mesh_args,
+    )
+    .await;
+    let demo = match started {
+        Ok(demo) => demo,
+        Err(e) => {
+            eprintln!();
+            stop_all(&manifest, &supervised).await;
+            stop_cluster(&cluster).await;
+            return Err(e);
         }
-    }
-    wait_healthy(&setting, "inventory", args.replicas, &instances).await?;
-    wait_healthy(&setting, "payments", args.replicas, &instances).await?;
-    done(t);
-
-    let t = step("demo data (products, accounts)");
-    let mesh = Mesh::connect(&mesh_args).await?;
-    let demo = demo_data(&mesh).await?;
-    done(t);
-
-    let t = step(&format!("starting {} orders instances", args.replicas));
-    for n in 1..=args.replicas {
-        instances.push(
-            start(
-                "orders",
-                n,
-                &certs,
-                &trust_domain,
-                &setting,
-                &database,
-                Some(&demo.merchant),
-            )
-            .await?,
-        );
-    }
-    wait_healthy(&setting, "orders", args.replicas, &instances).await?;
-    done(t);
+    };
 
     // Listening for Ctrl-C before saying it stops everything.
     let signal = next_interrupt()?;
     tokio::pin!(signal);
-    print_ready(&home, &certs, &instances, &demo);
+    let supervised = Arc::new(supervised);
+    let control_task = tokio::spawn(control::serve(control_listener, supervised.clone()));
+    print_ready(&home, &certs, &supervised, demo.as_ref());
 
     let tty = std::io::stdout().is_terminal();
     let mut last_tick = Instant::now();
-    let discovery = Discovery::from_setting(&setting).await?;
-    let watches: Vec<_> = ["inventory", "payments", "orders"]
-        .into_iter()
-        .map(|s| discovery.watch(s, &Filter::any()))
-        .collect::<Result<_, _>>()?;
+    let mut last: HashMap<String, Totals> = HashMap::new();
+    let mut recent: Vec<String> = Vec::new();
+    let mut ticker = tokio::time::interval(Duration::from_secs(args.every.max(1)));
+    ticker.tick().await;
     loop {
         tokio::select! {
             _ = &mut signal => break,
-            () = tokio::time::sleep(Duration::from_secs(args.every.max(1))) => {
+            Some(event) = event_rx.recv() => {
+                tracing::info!("{event}");
+                if tty {
+                    recent.push(event);
+                    let excess = recent.len().saturating_sub(EVENTS_SHOWN);
+                    recent.drain(..excess);
+                } else {
+                    println!("[up] {event}");
+                }
+            }
+            _ = ticker.tick() => {
                 let seconds = last_tick.elapsed().as_secs_f64();
                 last_tick = Instant::now();
-                let healthy: Vec<(String, bool)> = watches
-                    .iter()
-                    .flat_map(|w| w.borrow().endpoints.iter().map(|e| (e.id.clone(), e.healthy)).collect::<Vec<_>>())
-                    .collect();
-                print_status(&mut instances, &healthy, seconds, tty);
+                let scraped = scrape_all(&supervised.instances).await;
+                print_status(&supervised, &scraped, &mut last, seconds, tty, &recent);
             }
         }
     }
@@ -189,9 +377,26 @@ pub async fn run(args: UpArgs) -> Result<()> {
     // must not be missed.
     let second = next_interrupt()?;
     eprintln!("\n[up] stopping: draining every instance (Ctrl-C again to stop at once)");
+    let pids: Vec<u32> = supervised
+        .instances
+        .iter()
+        .filter_map(|i| match i.status().phase {
+            Phase::Running { pid } => Some(pid),
+            _ => None,
+        })
+        .collect();
+    let hard_stop = cluster.clone();
     tokio::spawn(async move {
         if second.await {
             eprintln!("[up] stopping at once");
+            for pid in pids {
+                if let Some(pid) = i32::try_from(pid)
+                    .ok()
+                    .and_then(rustix::process::Pid::from_raw)
+                {
+                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                }
+            }
             if let Ok(mut slot) = hard_stop.lock()
                 && let Some(mut c) = slot.take()
             {
@@ -200,53 +405,306 @@ pub async fn run(args: UpArgs) -> Result<()> {
             std::process::exit(130);
         }
     });
-    // Orders first: it calls the others while it drains.
-    for wave in ["orders", "inventory", "payments"] {
-        let t = step(&format!("stopping {wave}"));
-        for i in instances.iter_mut().filter(|i| i.service == wave) {
-            if let Some(stop) = i.stop.take() {
-                let _ = stop.send(());
-            }
-        }
-        for i in instances.iter_mut().filter(|i| i.service == wave) {
-            match tokio::time::timeout(Duration::from_secs(30), &mut i.task).await {
-                Ok(Ok(Ok(()))) => {}
-                Ok(Ok(Err(e))) => eprintln!("\n[up] {} stopped with an error: {e}", i.id),
-                Ok(Err(e)) => eprintln!("\n[up] {} failed: {e}", i.id),
-                Err(_) => {
-                    eprintln!("\n[up] {} did not stop within 30 s", i.id);
-                    i.task.abort();
-                }
-            }
-        }
-        done(t);
-    }
-    let taken = cluster.lock().ok().and_then(|mut c| c.take());
-    if let Some(mut c) = taken {
-        let t = step("removing the PostgreSQL cluster");
-        tokio::task::spawn_blocking(move || c.stop()).await??;
-        done(t);
-    }
+    control_task.abort();
+    let _ = std::fs::remove_file(control::socket_path(&home));
+    stop_all(&manifest, &supervised).await;
+    stop_cluster(&cluster).await;
     eprintln!("[up] stopped");
     Ok(())
 }
 
-/// Resolves (true) on the next SIGINT; the listener is registered now, not
-/// when first polled, so a Ctrl-C right after this call is not missed.
-#[cfg(unix)]
-fn next_interrupt() -> Result<impl std::future::Future<Output = bool>> {
-    let mut signal = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-    Ok(async move { signal.recv().await.is_some() })
+/// The manifest asked for, `weft.toml` here, or the demo; `--replicas`
+/// applied.
+fn load_manifest(args: &UpArgs) -> Result<Manifest> {
+    let here = Path::new("weft.toml");
+    let mut manifest = match &args.manifest {
+        Some(path) => {
+            Manifest::load(path).with_context(|| format!("manifest {}", path.display()))?
+        }
+        None if here.is_file() => {
+            eprintln!("[up] running ./weft.toml");
+            Manifest::load(here).context("manifest ./weft.toml")?
+        }
+        None => Manifest::demo()?,
+    };
+    if let Some(n) = args.replicas {
+        if n == 0 || n > weft::manifest::MAX_REPLICAS {
+            bail!("--replicas must be 1 to {}", weft::manifest::MAX_REPLICAS);
+        }
+        for s in &mut manifest.services {
+            s.replicas = n;
+        }
+    }
+    Ok(manifest)
 }
 
-/// Resolves (true) on the next Ctrl-C.
-#[cfg(not(unix))]
-fn next_interrupt() -> Result<impl std::future::Future<Output = bool>> {
-    Ok(async { tokio::signal::ctrl_c().await.is_ok() })
+/// Finds each service's program: a path, a name beside this binary or on
+/// PATH, or a cargo package built now.
+async fn resolve_programs(manifest: &Manifest) -> Result<HashMap<String, PathBuf>> {
+    let mut programs = HashMap::new();
+    for s in &manifest.services {
+        let path = match &s.program {
+            Program::Binary(name) => find_binary(name, &manifest.dir)
+                .with_context(|| format!("service {}: binary {name}", s.name))?,
+            Program::Package { package, bin } => {
+                let t = step(&format!("building {package} (cargo build)"));
+                let built = cargo_build(package, bin, &manifest.dir)
+                    .await
+                    .with_context(|| format!("service {}: package {package}", s.name))?;
+                done(t);
+                built
+            }
+        };
+        programs.insert(s.name.clone(), path);
+    }
+    Ok(programs)
 }
 
-/// Logs of every instance go to HOME/up.log, keeping the terminal for the
-/// status table.
+fn find_binary(name: &str, dir: &Path) -> Result<PathBuf> {
+    if name.contains('/') {
+        let path = dir.join(name);
+        if path.is_file() {
+            return Ok(path);
+        }
+        bail!("{} is not a file", path.display());
+    }
+    let beside = std::env::current_exe()?
+        .parent()
+        .map(|d| d.join(name))
+        .filter(|p| p.is_file());
+    if let Some(path) = beside {
+        return Ok(path);
+    }
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .with_context(|| {
+            format!("{name} is neither beside weft nor on PATH (build it: cargo build --bins)")
+        })
+}
+
+/// `cargo build -p PACKAGE --bin BIN` in the manifest's directory, with the
+/// profile weft itself was built with; returns the executable cargo made.
+async fn cargo_build(package: &str, bin: &str, dir: &Path) -> Result<PathBuf> {
+    let release = std::env::current_exe()?
+        .parent()
+        .and_then(Path::file_name)
+        .is_some_and(|p| p == "release");
+    let mut command =
+        tokio::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    command
+        .current_dir(dir)
+        .args([
+            "build",
+            "--message-format=json-render-diagnostics",
+            "-p",
+            package,
+            "--bin",
+            bin,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit());
+    if release {
+        command.arg("--release");
+    }
+    let out = command.output().await.context("running cargo")?;
+    if !out.status.success() {
+        bail!("cargo build failed (its errors are above)");
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["reason"] == "compiler-artifact" && v["target"]["name"] == bin)
+        .find_map(|v| v["executable"].as_str().map(PathBuf::from))
+        .with_context(|| format!("cargo built no executable named {bin}"))
+}
+
+/// Where an instance's settings point.
+struct Environment<'a> {
+    home: &'a Path,
+    certs: &'a Path,
+    policies: &'a HashMap<String, Option<PathBuf>>,
+    setting: &'a str,
+    database_url: &'a str,
+}
+
+/// Starts every service in order, each once those it depends on are
+/// healthy, seeding when the seed's services are; returns the demo's ids.
+async fn start_all(
+    args: &UpArgs,
+    manifest: &Manifest,
+    programs: &HashMap<String, PathBuf>,
+    supervised: &mut Supervised,
+    events: &mpsc::UnboundedSender<String>,
+    env: Environment<'_>,
+    mesh_args: &MeshArgs,
+) -> Result<Option<Demo>> {
+    let _ = args;
+    let mut demo: Option<Demo> = None;
+    for service in &manifest.services {
+        for dep in &service.depends_on {
+            let t = step(&format!("waiting for {dep}"));
+            supervised.wait_service(dep).await?;
+            done(t);
+        }
+        let needs_seed = service.env.values().any(|v| v.contains("{demo."));
+        if needs_seed && demo.is_none() {
+            demo = Some(seed(manifest, supervised, mesh_args).await?);
+        }
+        let t = step(&format!(
+            "starting {} {} instance(s)",
+            service.replicas, service.name
+        ));
+        for n in 1..=service.replicas {
+            let mut vars: BTreeMap<String, String> = [
+                ("DATABASE_URL", env.database_url.to_owned()),
+                ("WEFT_DISCOVERY", env.setting.to_owned()),
+                (
+                    "WEFT_TLS_CERT",
+                    env.certs
+                        .join(format!("{}.pem", service.name))
+                        .display()
+                        .to_string(),
+                ),
+                (
+                    "WEFT_TLS_KEY",
+                    env.certs
+                        .join(format!("{}.key", service.name))
+                        .display()
+                        .to_string(),
+                ),
+                (
+                    "WEFT_TLS_CA",
+                    env.certs.join("ca.pem").display().to_string(),
+                ),
+                ("WEFT_DRAIN_MS", "500".to_owned()),
+                ("WEFT_DB_POOL_SIZE", "8".to_owned()),
+                ("WEFT_VERSION", env!("CARGO_PKG_VERSION").to_owned()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+            match env.policies.get(&service.name) {
+                Some(Some(policy)) => {
+                    vars.insert("WEFT_POLICY".into(), policy.display().to_string());
+                }
+                _ => {
+                    vars.insert("WEFT_ALLOW_TRUST_DOMAIN".into(), "1".into());
+                }
+            }
+            for (k, v) in &service.env {
+                let mut value = v.replace("{home}", &env.home.display().to_string());
+                if let Some(d) = &demo {
+                    value = value.replace("{demo.merchant}", &d.merchant);
+                }
+                vars.insert(k.clone(), value);
+            }
+            let program = programs
+                .get(&service.name)
+                .context("no program resolved")?
+                .clone();
+            let id = format!("{}-{n}", service.name);
+            let spec = Spec {
+                service: service.name.clone(),
+                log: env.home.join("logs").join(format!("{id}.log")),
+                id,
+                program,
+                env: vars,
+                listen: free_port()?,
+                metrics: free_port()?,
+            };
+            let instance = Instance::start(spec, events.clone()).map_err(anyhow::Error::msg)?;
+            supervised.instances.push(instance);
+        }
+        done(t);
+    }
+    for service in &manifest.services {
+        let t = step(&format!("waiting for {}", service.name));
+        supervised.wait_service(&service.name).await?;
+        done(t);
+    }
+    if demo.is_none() && manifest.seed.is_some() {
+        demo = Some(seed(manifest, supervised, mesh_args).await?);
+    }
+    Ok(demo)
+}
+
+/// Runs the manifest's seed once its services are healthy.
+async fn seed(manifest: &Manifest, supervised: &Supervised, mesh_args: &MeshArgs) -> Result<Demo> {
+    let Some(seed) = manifest.seed else {
+        bail!("an env value names {{demo.…}}, but the manifest has no seed = \"demo\"");
+    };
+    match seed {
+        Seed::Demo => {
+            for needed in seed.needs() {
+                supervised.wait_service(needed).await?;
+            }
+            let t = step("demo data (products, accounts)");
+            let mesh = Mesh::connect(mesh_args).await?;
+            let demo = demo_data(&mesh).await?;
+            done(t);
+            Ok(demo)
+        }
+    }
+}
+
+/// A port free now on 127.0.0.1 (the instance binds it in a moment, and
+/// keeps it across restarts).
+fn free_port() -> Result<SocketAddr> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+/// Stops services in the reverse of start order, dependents first, each
+/// service's instances together.
+async fn stop_all(manifest: &Manifest, supervised: &Supervised) {
+    for service in manifest.services.iter().rev() {
+        let mine: Vec<&Instance> = supervised.of(&service.name).collect();
+        if mine.is_empty() {
+            continue;
+        }
+        let t = step(&format!("stopping {}", service.name));
+        let mut stops = tokio::task::JoinSet::new();
+        for i in mine {
+            let i = i.clone();
+            stops.spawn(async move { i.stop().await });
+        }
+        while stops.join_next().await.is_some() {}
+        done(t);
+    }
+}
+
+async fn stop_cluster(cluster: &Arc<Mutex<Option<Cluster>>>) {
+    let taken = cluster.lock().ok().and_then(|mut c| c.take());
+    if let Some(mut c) = taken {
+        let t = step("removing the PostgreSQL cluster");
+        match tokio::task::spawn_blocking(move || c.stop()).await {
+            Ok(Ok(())) => done(t),
+            Ok(Err(e)) => eprintln!("{e}"),
+            Err(e) => eprintln!("{e}"),
+        }
+    }
+}
+
+/// Resolves (true) on the next SIGINT or SIGTERM (a service manager's
+/// stop, or `timeout`: drained as a Ctrl-C is); the listeners are
+/// registered now, not when first polled, so a signal right after this call
+/// is not missed.
+fn next_interrupt() -> Result<impl std::future::Future<Output = bool>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            got = interrupt.recv() => got.is_some(),
+            got = terminate.recv() => got.is_some(),
+        }
+    })
+}
+
+/// weft up's own log goes to HOME/up.log (each instance has its own in
+/// HOME/logs), keeping the terminal for the status table.
 fn init_logs(home: &Path) -> Result<()> {
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -262,9 +720,9 @@ fn init_logs(home: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The CA (made if absent; its trust domain wins) and certificates for the
-/// three services and the `dev` operator.
-fn ensure_certs(dir: &Path, trust_domain: &str) -> Result<String> {
+/// The CA (made if absent; its trust domain wins) and certificates for
+/// each service and the `dev` operator; returns the trust domain.
+fn ensure_certs(dir: &Path, trust_domain: &str, services: &[&str]) -> Result<String> {
     let ca = if dir.join("ca.pem").is_file() {
         DevCa::load(dir).with_context(|| format!("loading the CA in {}", dir.display()))?
     } else {
@@ -272,18 +730,9 @@ fn ensure_certs(dir: &Path, trust_domain: &str) -> Result<String> {
         ca.write(dir, false)?;
         ca
     };
-    // An existing operator certificate tells the CA's trust domain.
-    let operator = IdentityPaths {
-        cert: dir.join("operator-dev.pem"),
-        key: dir.join("operator-dev.key"),
-        trust_bundle: dir.join("ca.pem"),
-    };
-    let td = match weft_mesh::CertStore::load(operator, Duration::from_secs(3600)) {
-        Ok(store) => store.current().id.trust_domain().to_owned(),
-        Err(_) => trust_domain.to_owned(),
-    };
+    let td = ca.trust_domain().unwrap_or(trust_domain).to_owned();
     let sans = ["127.0.0.1".to_owned(), "localhost".to_owned()];
-    for service in ["inventory", "payments", "orders"] {
+    for service in services {
         if !dir.join(format!("{service}.pem")).is_file() {
             let issued = ca.issue(&SpiffeId::service(&td, service)?, Validity::days(30), &sans)?;
             issued.write(dir, service, false)?;
@@ -296,98 +745,124 @@ fn ensure_certs(dir: &Path, trust_domain: &str) -> Result<String> {
     Ok(td)
 }
 
-async fn start(
-    service: &'static str,
-    n: usize,
-    certs: &Path,
+/// Writes each service's policy to HOME/policy/NAME.toml, its files
+/// concatenated (each is a list of `[[allow]]` rules) and the trust domain
+/// they are written for (`weft.local`) made the mesh's; checks each parses.
+/// A service with no policy gets `None`: every caller of the trust domain
+/// may call it.
+fn write_policies(
+    home: &Path,
+    manifest: &Manifest,
     trust_domain: &str,
-    setting: &str,
-    database: &tokio_postgres::Config,
-    merchant: Option<&str>,
-) -> Result<Instance> {
-    let policy_text = POLICIES
-        .iter()
-        .find(|(s, _)| *s == service)
-        .map(|(_, text)| text.replace("spiffe://weft.local/", &format!("spiffe://{trust_domain}/")))
-        .context("no policy")?;
-    let identity = IdentityPaths {
-        cert: certs.join(format!("{service}.pem")),
-        key: certs.join(format!("{service}.key")),
-        trust_bundle: certs.join("ca.pem"),
-    };
-    let transport = Transport::Mtls {
-        identity: weft_mesh::IdentitySource::Files(identity),
-        policy: Some(Policy::from_toml(&policy_text)?),
-        reload_every: Duration::from_secs(5),
-    };
-    let id = format!("{service}-{n}");
-    let mut config = Config::new(transport, database.clone());
-    config.pool_size = 8;
-    config.registration = Some(RegistrationConfig {
-        discovery: setting.to_owned(),
-        instance_id: id.clone(),
-        advertise: None,
-        attributes: [("version".to_owned(), env!("CARGO_PKG_VERSION").to_owned())].into(),
-    });
-    config.drain = weft_mesh::DrainConfig {
-        drain_period: Duration::from_millis(500),
-        grace_period: Duration::from_secs(10),
-        ..Default::default()
-    };
-    let metrics = Arc::new(Metrics::new());
-    config.metrics = metrics.clone();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let (stop, stopped) = oneshot::channel::<()>();
-    let shutdown = async {
-        let _ = stopped.await;
-    };
-    let task = match (service, merchant) {
-        ("inventory", _) => tokio::spawn(weft_inventory::run(listener, config, shutdown)),
-        ("payments", _) => tokio::spawn(weft_payments::run(listener, config, shutdown)),
-        ("orders", Some(merchant)) => {
-            let mut orders =
-                weft_orders::OrdersConfig::new(config, setting.to_owned(), merchant.to_owned());
-            orders.upstream.client.metrics = metrics.clone();
-            tokio::spawn(weft_orders::run(listener, orders, shutdown))
-        }
-        _ => bail!("cannot start {service}"),
-    };
-    Ok(Instance {
-        service,
-        id,
-        addr,
-        metrics,
-        stop: Some(stop),
-        task,
-        last: Totals::default(),
-    })
+) -> Result<HashMap<String, Option<PathBuf>>> {
+    let dir = home.join("policy");
+    std::fs::create_dir_all(&dir)?;
+    let mut out = HashMap::new();
+    for s in &manifest.services {
+        let text =
+            match &s.policy {
+                PolicySource::Open => {
+                    out.insert(s.name.clone(), None);
+                    continue;
+                }
+                PolicySource::Shipped(name) => SHIPPED_POLICIES
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, t)| (*t).to_owned())
+                    .context("no shipped policy")?,
+                PolicySource::Files(files) => {
+                    let mut text = String::new();
+                    for f in files {
+                        text.push_str(&std::fs::read_to_string(f).with_context(|| {
+                            format!("service {}: policy {}", s.name, f.display())
+                        })?);
+                        text.push('\n');
+                    }
+                    text
+                }
+            };
+        let text = text.replace("spiffe://weft.local/", &format!("spiffe://{trust_domain}/"));
+        weft_mesh::Policy::from_toml(&text)
+            .with_context(|| format!("service {}: its policy", s.name))?;
+        let path = dir.join(format!("{}.toml", s.name));
+        std::fs::write(&path, text)?;
+        out.insert(s.name.clone(), Some(path));
+    }
+    Ok(out)
 }
 
-async fn wait_healthy(
-    setting: &str,
-    service: &str,
-    count: usize,
-    instances: &[Instance],
-) -> Result<()> {
-    let discovery = Discovery::from_setting(setting).await?;
-    let mut rx = discovery.watch(service, &Filter::any())?;
-    let deadline = Instant::now() + Duration::from_secs(60);
+/// Each running instance's metrics, read from its endpoint (within 1 s).
+async fn scrape_all(instances: &[Instance]) -> HashMap<String, Totals> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in instances {
+        let (id, addr) = (i.spec.id.clone(), i.spec.metrics);
+        tasks.spawn(async move {
+            let body =
+                tokio::time::timeout(Duration::from_secs(1), weft::scrape::get(addr, "/metrics"))
+                    .await;
+            (id, body)
+        });
+    }
+    let mut out = HashMap::new();
+    while let Some(Ok((id, body))) = tasks.join_next().await {
+        if let Ok(Ok(text)) = body {
+            out.insert(id, status::totals(&text));
+        }
+    }
+    out
+}
+
+/// `weft logs`: an instance's log, all of it or its tail, and with
+/// `--follow` what it writes next.
+pub async fn logs(args: LogsArgs) -> Result<()> {
+    let id = &args.instance;
+    if id.is_empty()
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        bail!("{id:?} is not an instance name (such as inventory-1)");
+    }
+    let path = args.home.join("logs").join(format!("{id}.log"));
+    let text = std::fs::read(&path).with_context(|| {
+        format!(
+            "no log for {id} in {} (is --home the weft up's, and the name one its table lists?)",
+            args.home.join("logs").display()
+        )
+    })?;
+    let mut shown = text.len();
+    let start = match args.tail {
+        Some(n) => text
+            .iter()
+            .enumerate()
+            .rev()
+            .filter(|(_, b)| **b == b'\n')
+            .nth(n)
+            .map_or(0, |(i, _)| i + 1),
+        None => 0,
+    };
+    let mut out = std::io::stdout();
+    out.write_all(&text[start..])?;
+    out.flush()?;
+    if !args.follow {
+        return Ok(());
+    }
+    let signal = tokio::signal::ctrl_c();
+    tokio::pin!(signal);
     loop {
-        let healthy = rx.borrow().endpoints.iter().filter(|e| e.healthy).count();
-        if healthy >= count {
-            return Ok(());
+        tokio::select! {
+            _ = &mut signal => return Ok(()),
+            () = tokio::time::sleep(Duration::from_millis(250)) => {
+                let now = std::fs::read(&path).unwrap_or_default();
+                // A file that shrank was replaced: start from its beginning.
+                if now.len() < shown {
+                    shown = 0;
+                }
+                out.write_all(&now[shown..])?;
+                out.flush()?;
+                shown = now.len();
+            }
         }
-        if let Some(i) = instances.iter().find(|i| i.task.is_finished()) {
-            bail!(
-                "{} exited while starting (see the log in the weft home directory)",
-                i.id
-            );
-        }
-        if Instant::now() > deadline {
-            bail!("{service}: {healthy} of {count} instances healthy after 60 s");
-        }
-        let _ = tokio::time::timeout(Duration::from_millis(200), rx.changed()).await;
     }
 }
 
@@ -462,42 +937,60 @@ async fn demo_data(mesh: &Mesh) -> Result<Demo> {
     })
 }
 
-fn print_ready(home: &Path, certs: &Path, instances: &[Instance], demo: &Demo) {
-    let addr = |service: &str| {
-        instances
-            .iter()
-            .find(|i| i.service == service)
-            .map(|i| i.addr.to_string())
-            .unwrap_or_default()
+fn print_ready(home: &Path, certs: &Path, supervised: &Supervised, demo: Option<&Demo>) {
+    let first = |service: &str| {
+        supervised
+            .of(service)
+            .next()
+            .map(|i| i.spec.listen.to_string())
     };
     let tls = format!(
         "-cacert {c}/ca.pem -cert {c}/operator-dev.pem -key {c}/operator-dev.key",
         c = certs.display()
     );
-    let orders = addr("orders");
     println!(
-        "[up] ready: the mesh is up over mTLS; logs in {}/up.log",
+        "[up] ready: the mesh is up over mTLS; logs in {}/logs (weft logs INSTANCE)",
         home.display()
     );
-    println!(
-        "[up] demo accounts: alice {} (100,000.00 EUR), bob {} (50.00 EUR); products WIDGET-1, GADGET-1, GIZMO-1",
-        demo.alice, demo.bob
-    );
+    if let Some(demo) = demo {
+        println!(
+            "[up] demo accounts: alice {} (100,000.00 EUR), bob {} (50.00 EUR); products WIDGET-1, GADGET-1, GIZMO-1",
+            demo.alice, demo.bob
+        );
+    }
     println!("[up] try (grpcurl):");
-    println!("  grpcurl {tls} {orders} list");
-    println!(
-        "  grpcurl {tls} -d '{{\"idempotency_key\":\"order-1\",\"customer_id\":\"alice\",\"payment_account_id\":\"{}\",\"lines\":[{{\"sku\":\"WIDGET-1\",\"quantity\":\"2\"}}]}}' {orders} weft.orders.v1.OrdersService/PlaceOrder",
-        demo.alice
-    );
-    println!(
-        "  grpcurl {tls} -d '{{\"customer_id\":\"alice\"}}' {orders} weft.orders.v1.OrdersService/ListOrders"
-    );
+    let mut services = supervised
+        .instances
+        .iter()
+        .map(|i| i.spec.service.as_str())
+        .collect::<Vec<_>>();
+    services.dedup();
+    for service in &services {
+        if let Some(addr) = first(service) {
+            println!("  grpcurl {tls} {addr} list");
+        }
+    }
+    if let (Some(demo), Some(orders)) = (demo, first("orders")) {
+        println!(
+            "  grpcurl {tls} -d '{{\"idempotency_key\":\"order-1\",\"customer_id\":\"alice\",\"payment_account_id\":\"{}\",\"lines\":[{{\"sku\":\"WIDGET-1\",\"quantity\":\"2\"}}]}}' {orders} weft.orders.v1.OrdersService/PlaceOrder",
+            demo.alice
+        );
+        println!(
+            "  grpcurl {tls} -d '{{\"customer_id\":\"alice\"}}' {orders} weft.orders.v1.OrdersService/ListOrders"
+        );
+    }
     println!("[up] or with weft, by service name through discovery (from this directory):");
+    if let Some(demo) = demo {
+        println!(
+            "  weft call orders/PlaceOrder -d '{{\"idempotency_key\":\"order-2\",\"customer_id\":\"bob\",\"payment_account_id\":\"{}\",\"lines\":[{{\"sku\":\"GIZMO-1\",\"quantity\":\"1\"}}]}}'",
+            demo.bob
+        );
+        println!("  weft load --account {}", demo.alice);
+    }
     println!(
-        "  weft call orders/PlaceOrder -d '{{\"idempotency_key\":\"order-2\",\"customer_id\":\"bob\",\"payment_account_id\":\"{}\",\"lines\":[{{\"sku\":\"GIZMO-1\",\"quantity\":\"1\"}}]}}'",
-        demo.bob
+        "  weft ls; weft health; weft logs {0}-1 -f; weft kill {0}-1; weft restart {0}",
+        services.first().copied().unwrap_or("SERVICE")
     );
-    println!("  weft ls; weft health; weft load --account {}", demo.alice);
     println!("[up] Ctrl-C drains and stops everything");
     if std::io::stdout().is_terminal() {
         // The status table is redrawn from here.
@@ -506,7 +999,14 @@ fn print_ready(home: &Path, certs: &Path, instances: &[Instance], demo: &Demo) {
     let _ = std::io::stdout().flush();
 }
 
-fn print_status(instances: &mut [Instance], healthy: &[(String, bool)], seconds: f64, tty: bool) {
+fn print_status(
+    supervised: &Supervised,
+    scraped: &HashMap<String, Totals>,
+    last: &mut HashMap<String, Totals>,
+    seconds: f64,
+    tty: bool,
+    recent: &[String],
+) {
     let mut out = String::new();
     if tty {
         // Redraw in place, under the ready message: back to where it ended
@@ -514,33 +1014,73 @@ fn print_status(instances: &mut [Instance], healthy: &[(String, bool)], seconds:
         out.push_str("\x1b[u\x1b[J");
     }
     out.push_str(&format!(
-        "{:<10} {:<12} {:<22} {:<10} {:>8} {:>9} {:>9}\n",
-        "SERVICE", "INSTANCE", "ADDRESS", "HEALTH", "REQ/S", "P50", "P99"
+        "{:<10} {:<13} {:<16} {:>7} {:<10} {:>8} {:>8} {:>9} {:>9}\n",
+        "SERVICE", "INSTANCE", "ADDRESS", "PID", "STATE", "RESTARTS", "REQ/S", "P50", "P99"
     ));
-    for i in instances.iter_mut() {
-        let now = status::totals(&i.metrics.render());
-        let w = status::window(&i.last, &now, seconds);
-        i.last = now;
-        let health = match healthy.iter().find(|(id, _)| *id == i.id) {
-            Some((_, true)) => "healthy",
-            Some((_, false)) => "unhealthy",
-            None => "gone",
+    for i in &supervised.instances {
+        let status = i.status();
+        let healthy = supervised.watches.get(&i.spec.service).and_then(|w| {
+            w.borrow()
+                .endpoints
+                .iter()
+                .find(|e| e.id == i.spec.id)
+                .map(|e| e.healthy)
+        });
+        let (pid, state) = match status.phase {
+            Phase::Running { pid } => (
+                pid.to_string(),
+                match healthy {
+                    Some(true) => "healthy".to_owned(),
+                    Some(false) => "unhealthy".to_owned(),
+                    None => "starting".to_owned(),
+                },
+            ),
+            Phase::Waiting { at } => (
+                "-".to_owned(),
+                format!(
+                    "restart {:.0}s",
+                    at.saturating_duration_since(Instant::now())
+                        .as_secs_f64()
+                        .ceil()
+                ),
+            ),
+            Phase::Stopping => ("-".to_owned(), "draining".to_owned()),
+            Phase::Stopped => ("-".to_owned(), "stopped".to_owned()),
         };
-        let health = if i.task.is_finished() {
-            "exited"
-        } else {
-            health
+        let (rate, p50, p99) = match scraped.get(&i.spec.id) {
+            Some(now) => {
+                let before = last.get(&i.spec.id).cloned().unwrap_or_default();
+                // A restarted process counts from zero again.
+                let before = if now.calls < before.calls {
+                    Totals::default()
+                } else {
+                    before
+                };
+                let w = status::window(&before, now, seconds);
+                last.insert(i.spec.id.clone(), now.clone());
+                (
+                    format!("{:.1}", w.rate),
+                    status::ms(w.p50_ms),
+                    status::ms(w.p99_ms),
+                )
+            }
+            None => ("-".to_owned(), "-".to_owned(), "-".to_owned()),
         };
         out.push_str(&format!(
-            "{:<10} {:<12} {:<22} {:<10} {:>8.1} {:>9} {:>9}\n",
-            i.service,
-            i.id,
-            i.addr.to_string(),
-            health,
-            w.rate,
-            status::ms(w.p50_ms),
-            status::ms(w.p99_ms)
+            "{:<10} {:<13} {:<16} {:>7} {:<10} {:>8} {:>8} {:>9} {:>9}\n",
+            i.spec.service,
+            i.spec.id,
+            i.spec.listen.to_string(),
+            pid,
+            state,
+            status.restarts,
+            rate,
+            p50,
+            p99
         ));
+    }
+    for event in recent {
+        out.push_str(&format!("  {event}\n"));
     }
     print!("{out}");
     let _ = std::io::stdout().flush();

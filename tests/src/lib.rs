@@ -2,7 +2,8 @@
 //! Weft services, external tools) on 127.0.0.1 and cleans up after them.
 
 pub mod cluster;
-pub mod http;
+/// HTTP GET of endpoints such as /metrics.
+pub use weft::scrape as http;
 pub mod inventory;
 pub mod load;
 pub mod mesh;
@@ -12,6 +13,7 @@ pub mod postgres;
 pub mod process;
 pub mod servers;
 pub mod tools;
+pub mod up;
 pub mod wait;
 
 pub use postgres::TestDb;

@@ -5,139 +5,19 @@
 //! check that nothing is left running or registered.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use weft_tests::process::binary;
 use weft_tests::tools::tool;
-
-fn weft(home: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(binary("weft").unwrap())
-        .args(args)
-        .arg("--certs")
-        .arg(home.join("certs"))
-        .arg("--discovery")
-        .arg(format!("local://{}", home.join("discovery").display()))
-        .output()
-        .unwrap()
-}
-
-/// Ctrl-C, as a terminal sends it (SIGINT through the shell's own `kill`,
-/// so no procps is needed).
-fn interrupt(pid: &str) {
-    assert!(
-        Command::new("sh")
-            .args(["-c", &format!("kill -INT {pid}")])
-            .status()
-            .unwrap()
-            .success()
-    );
-}
-
-/// The command lines of running processes that contain `needle` (read from
-/// /proc, so no procps is needed).
-fn processes_mentioning(needle: &str) -> Vec<String> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_str()
-                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
-        })
-        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-        .map(|raw| String::from_utf8_lossy(&raw).replace('\0', " "))
-        .filter(|cmd| cmd.contains(needle))
-        .collect()
-}
-
-/// `weft up` running in `home`, and its output (stdout and stderr) line by
-/// line.
-struct Up {
-    child: Child,
-    pid: u32,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Up {
-    /// Starts it with the status table every `every` seconds and no
-    /// database given (so it makes a throwaway cluster).
-    fn start(home: &Path, every: &str) -> Self {
-        let mut child = Command::new(binary("weft").unwrap())
-            .args(["up", "--every", every, "--home"])
-            .arg(home)
-            .env_remove("DATABASE_URL")
-            .env_remove("WEFT_DISCOVERY")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let (tx, lines) = mpsc::channel::<String>();
-        for stream in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    let _ = tx.send(line);
-                }
-            });
-        }
-        Self {
-            pid: child.id(),
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// The next line, waiting at most until `until`.
-    fn next(&mut self, until: Instant) -> Option<String> {
-        let line = self
-            .lines
-            .recv_timeout(until.saturating_duration_since(Instant::now()))
-            .ok()?;
-        self.seen.push(line.clone());
-        Some(line)
-    }
-}
-
-/// The throwaway clusters `weft up` process `pid` has in the temporary
-/// directory.
-fn cluster_dirs(pid: u32) -> Vec<std::path::PathBuf> {
-    std::fs::read_dir(std::env::temp_dir())
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&format!("weft-pg-{pid}-")))
-        })
-        .collect()
-}
-
-fn instance_records(home: &Path) -> usize {
-    let Ok(services) = std::fs::read_dir(home.join("discovery")) else {
-        return 0;
-    };
-    services
-        .flatten()
-        .flat_map(|s| std::fs::read_dir(s.path()).into_iter().flatten().flatten())
-        .filter(|f| f.path().extension().is_some_and(|e| e == "instance"))
-        .count()
-}
+use weft_tests::up::{
+    Up, cluster_dirs, eventually, instance_records, is_zombie, processes_mentioning,
+    processes_with_env, signal, weft,
+};
 
 #[test]
 fn weft_up_runs_the_mesh_until_ctrl_c_and_leaves_nothing_behind() {
     let home = tempfile::tempdir().unwrap();
-    let mut up = Up::start(home.path(), "1");
+    let mut up = Up::start(home.path(), "1", &[]).unwrap();
     let pid = up.pid;
 
     // Ready within two minutes, with a PlaceOrder command to paste.
@@ -178,7 +58,8 @@ fn weft_up_runs_the_mesh_until_ctrl_c_and_leaves_nothing_behind() {
             "-d",
             r#"{"customer_id":"alice"}"#,
         ],
-    );
+    )
+    .unwrap();
     let listed = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -193,7 +74,8 @@ fn weft_up_runs_the_mesh_until_ctrl_c_and_leaves_nothing_behind() {
     let out = weft(
         home.path(),
         &["call", "orders/GetOrder", "-d", r#"{"order_id":"nope"}"#],
-    );
+    )
+    .unwrap();
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("order_id"),
@@ -202,11 +84,11 @@ fn weft_up_runs_the_mesh_until_ctrl_c_and_leaves_nothing_behind() {
     );
 
     // ls and health see six healthy, serving instances.
-    let out = weft(home.path(), &["ls"]);
+    let out = weft(home.path(), &["ls"]).unwrap();
     let ls = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{ls}");
     assert_eq!(ls.matches(" healthy ").count(), 6, "{ls}");
-    let out = weft(home.path(), &["health"]);
+    let out = weft(home.path(), &["health"]).unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -228,29 +110,16 @@ fn weft_up_runs_the_mesh_until_ctrl_c_and_leaves_nothing_behind() {
         }
     }
 
-    // Ctrl-C: everything drains and stops, deregistered, cluster removed.
+    // Ctrl-C: everything drains and stops, deregistered, cluster removed,
+    // no instance left running.
     assert_eq!(
         cluster_dirs(pid).len(),
         1,
         "a throwaway cluster while running"
     );
-    interrupt(&pid.to_string());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = up.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "weft up did not stop: {:#?}",
-            up.seen
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    while up
-        .next(Instant::now() + Duration::from_millis(200))
-        .is_some()
-    {}
+    let instances = processes_with_env("WEFT_SUPERVISOR_PID", &pid.to_string());
+    assert_eq!(instances.len(), 6, "six instance processes while running");
+    let status = up.interrupt(Duration::from_secs(60)).unwrap();
     let seen = &up.seen;
     assert!(status.success(), "weft up exited with {status}: {seen:#?}");
     assert!(seen.iter().any(|l| l.contains("[up] stopped")), "{seen:#?}");
@@ -260,41 +129,31 @@ fn weft_up_runs_the_mesh_until_ctrl_c_and_leaves_nothing_behind() {
         "instances left registered"
     );
     assert!(cluster_dirs(pid).is_empty(), "the cluster was not removed");
+    assert!(
+        processes_with_env("WEFT_SUPERVISOR_PID", &pid.to_string()).is_empty(),
+        "instances still running"
+    );
     // Nothing of the cluster runs any more (its watcher, which would have
     // cleaned up after a crash, notices the exit within a second or two).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let left = processes_mentioning(&format!("weft-pg-{pid}-"));
-        if left.is_empty() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "still running: {left:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    eventually(
+        Duration::from_secs(10),
+        "the cluster's processes end",
+        || processes_mentioning(&format!("weft-pg-{pid}-")).is_empty(),
+    )
+    .unwrap();
 }
 
 #[test]
 fn a_second_ctrl_c_stops_weft_up_at_once() {
     let home = tempfile::tempdir().unwrap();
-    let mut up = Up::start(home.path(), "60");
-    let pid = up.pid.to_string();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let line = up.next(deadline).expect("weft up never became ready");
-        if line.contains("Ctrl-C drains") {
-            break;
-        }
-    }
-    let interrupt = || interrupt(&pid);
-    interrupt();
+    let mut up = Up::start(home.path(), "60", &[]).unwrap();
+    up.wait_for("Ctrl-C drains", Duration::from_secs(120))
+        .unwrap();
+    signal(up.pid, "INT").unwrap();
     // Wait for the drain to begin, then interrupt again.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while let Some(line) = up.next(deadline) {
-        if line.contains("Ctrl-C again") {
-            break;
-        }
-    }
-    interrupt();
+    up.wait_for("Ctrl-C again", Duration::from_secs(10))
+        .unwrap();
+    signal(up.pid, "INT").unwrap();
     let started = Instant::now();
     let status = loop {
         if let Some(status) = up.child.try_wait().unwrap() {
@@ -307,46 +166,53 @@ fn a_second_ctrl_c_stops_weft_up_at_once() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(status.code(), Some(130));
-    // Even then the throwaway cluster is gone.
+    // Even then the throwaway cluster is gone, and the instances (killed
+    // at once) with it.
     let left = cluster_dirs(up.pid);
     assert!(left.is_empty(), "cluster left behind: {left:?}");
+    eventually(Duration::from_secs(5), "the instances end", || {
+        processes_with_env("WEFT_SUPERVISOR_PID", &up.pid.to_string()).is_empty()
+    })
+    .unwrap();
 }
 
 /// A `weft up` killed with SIGKILL, and not yet reaped by its parent (a
 /// zombie, as under a supervisor that is slow to wait), still has its
-/// throwaway cluster stopped and removed.
+/// throwaway cluster stopped and removed, and its instances stop.
 #[test]
-fn a_killed_weft_up_leaves_no_cluster_even_before_it_is_reaped() {
+fn a_killed_weft_up_leaves_no_cluster_and_no_instance_even_before_it_is_reaped() {
     let home = tempfile::tempdir().unwrap();
-    let mut up = Up::start(home.path(), "60");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let line = up.next(deadline).expect("weft up never became ready");
-        if line.contains("Ctrl-C drains") {
-            break;
-        }
-    }
+    let mut up = Up::start(home.path(), "60", &[]).unwrap();
+    up.wait_for("Ctrl-C drains", Duration::from_secs(120))
+        .unwrap();
     assert_eq!(
         cluster_dirs(up.pid).len(),
         1,
         "a throwaway cluster while running"
     );
-    let _ = Command::new("kill")
-        .args(["-KILL", &up.pid.to_string()])
-        .status();
-    // Not waited for: the process stays a zombie meanwhile.
-    let started = Instant::now();
-    while !cluster_dirs(up.pid).is_empty() {
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "the cluster of a killed, unreaped weft up was left behind"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let state = std::fs::read_to_string(format!("/proc/{}/stat", up.pid)).unwrap_or_default();
-    assert!(
-        state.contains(") Z "),
-        "the check ran while weft up was a zombie: {state}"
+    let supervisor = up.pid.to_string();
+    assert_eq!(
+        processes_with_env("WEFT_SUPERVISOR_PID", &supervisor).len(),
+        6
     );
+    signal(up.pid, "KILL").unwrap();
+    // Not waited for: the process stays a zombie meanwhile.
+    eventually(
+        Duration::from_secs(15),
+        "the cluster of a killed, unreaped weft up is removed",
+        || cluster_dirs(up.pid).is_empty(),
+    )
+    .unwrap();
+    assert!(
+        is_zombie(up.pid),
+        "the check ran while weft up was a zombie"
+    );
+    // The instances were told (SIGTERM from the kernel) and drain.
+    eventually(
+        Duration::from_secs(60),
+        "the instances of a killed weft up end",
+        || processes_with_env("WEFT_SUPERVISOR_PID", &supervisor).is_empty(),
+    )
+    .unwrap();
     up.child.wait().unwrap();
 }

@@ -1,5 +1,6 @@
-//! A minimal HTTP/1.1 GET for tests, to read endpoints such as /metrics the
-//! way a scraper does, without a client library.
+//! A minimal HTTP/1.1 GET, to read an instance's /metrics the way a
+//! scraper does (for `weft up`'s status table and the tests) without an HTTP
+//! client library.
 
 use std::net::SocketAddr;
 
