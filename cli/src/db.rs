@@ -18,7 +18,8 @@ const WITHIN: Duration = Duration::from_secs(120);
 /// What `weft db bootstrap` takes.
 #[derive(Debug, Args)]
 pub struct BootstrapArgs {
-    /// The service whose roles and schema to make (inventory, payments, orders).
+    /// The service whose roles and schema to make (inventory, payments,
+    /// orders, or one of your own: its registered name).
     #[arg(long)]
     service: String,
     /// Set the passwords of roles that exist too (by default only a role's
@@ -29,10 +30,18 @@ pub struct BootstrapArgs {
 
 /// Runs the bootstrap for one service.
 pub async fn run(args: BootstrapArgs) -> Result<()> {
-    if !matches!(args.service.as_str(), "inventory" | "payments" | "orders") {
+    // The name becomes a schema and part of role names
+    // (`DATABASE_SERVICE_migrate`), which PostgreSQL cuts at 63 bytes:
+    // 30 leaves the database's name 24.
+    let name = args.service.as_str();
+    let valid = (1..=30).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if !valid {
         anyhow::bail!(
-            "--service: {:?} is not a Weft service (inventory, payments, orders)",
-            args.service
+            "--service: {name:?} is not a service name (1 to 30 lowercase letters, digits, '-' or '_', starting with a letter)"
         );
     }
     let url =

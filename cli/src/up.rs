@@ -444,8 +444,21 @@ async fn resolve_programs(manifest: &Manifest) -> Result<HashMap<String, PathBuf
     let mut programs = HashMap::new();
     for s in &manifest.services {
         let path = match &s.program {
-            Program::Binary(name) => find_binary(name, &manifest.dir)
-                .with_context(|| format!("service {}: binary {name}", s.name))?,
+            Program::Binary(name) => match find_binary(name, &manifest.dir) {
+                Ok(path) => path,
+                // Weft's own services, from the workspace weft was built in
+                // (`cargo run -p weft -- up` builds weft alone).
+                Err(_) if is_weft_service(name) && workspace().is_some() => {
+                    let t = step(&format!("building {name} (cargo build)"));
+                    let dir = workspace().context("the workspace")?;
+                    let built = cargo_build(name, name, &dir).await?;
+                    done(t);
+                    built
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| format!("service {}: binary {name}", s.name));
+                }
+            },
             Program::Package { package, bin } => {
                 let t = step(&format!("building {package} (cargo build)"));
                 let built = cargo_build(package, bin, &manifest.dir)
@@ -458,6 +471,19 @@ async fn resolve_programs(manifest: &Manifest) -> Result<HashMap<String, PathBuf
         programs.insert(s.name.clone(), path);
     }
     Ok(programs)
+}
+
+/// Whether `name` is one of the service binaries Weft ships.
+fn is_weft_service(name: &str) -> bool {
+    matches!(name, "weft-inventory" | "weft-payments" | "weft-orders")
+}
+
+/// The workspace weft was built from, if it is still there.
+fn workspace() -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()?
+        .to_path_buf();
+    dir.join("Cargo.toml").is_file().then_some(dir)
 }
 
 fn find_binary(name: &str, dir: &Path) -> Result<PathBuf> {
