@@ -333,6 +333,42 @@ impl Service {
     }
 }
 
+/// The text of a policy from `source` for `trust_domain`: the files
+/// concatenated (each a list of `[[allow]]` rules) or the shipped policy,
+/// with the trust domain policies are written for (`weft.local`) made
+/// `trust_domain`'s; checked to parse. `None` for an open service (no
+/// policy: an empty one would refuse every caller). `weft up` and the test
+/// harness write policies with it.
+pub fn policy_text(
+    source: &PolicySource,
+    trust_domain: &str,
+) -> Result<Option<String>, ManifestError> {
+    let text = match source {
+        PolicySource::Open => return Ok(None),
+        PolicySource::Shipped(name) => SHIPPED_POLICIES
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| (*t).to_owned())
+            .ok_or_else(|| ManifestError::Invalid(format!("no shipped policy for {name}")))?,
+        PolicySource::Files(files) => {
+            let mut text = String::new();
+            for f in files {
+                text.push_str(
+                    &std::fs::read_to_string(f).map_err(|e| ManifestError::Read {
+                        path: f.display().to_string(),
+                        reason: e.to_string(),
+                    })?,
+                );
+                text.push('\n');
+            }
+            text
+        }
+    };
+    let text = text.replace("spiffe://weft.local/", &format!("spiffe://{trust_domain}/"));
+    weft_mesh::Policy::from_toml(&text).map_err(|e| ManifestError::Invalid(e.to_string()))?;
+    Ok(Some(text))
+}
+
 /// Orders services so each comes after those it depends on, keeping the
 /// written order among the ones free to start; refuses a cycle.
 fn in_start_order(mut pending: Vec<Service>) -> Result<Vec<Service>, ManifestError> {

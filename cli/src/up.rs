@@ -25,7 +25,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use weft::certs::{DevCa, Validity};
 use weft::control::{self, Control, Request};
-use weft::manifest::{Manifest, PolicySource, Program, SHIPPED_POLICIES, Seed};
+use weft::manifest::{Manifest, Program, Seed};
 use weft::postgres::Cluster;
 use weft::supervise::{Instance, Phase, Spec};
 use weft_discovery::{Discovery, Filter, Resolver, Snapshot};
@@ -771,11 +771,9 @@ fn ensure_certs(dir: &Path, trust_domain: &str, services: &[&str]) -> Result<Str
     Ok(td)
 }
 
-/// Writes each service's policy to HOME/policy/NAME.toml, its files
-/// concatenated (each is a list of `[[allow]]` rules) and the trust domain
-/// they are written for (`weft.local`) made the mesh's; checks each parses.
-/// A service with no policy gets `None`: every caller of the trust domain
-/// may call it.
+/// Writes each service's policy to HOME/policy/NAME.toml (see
+/// [`weft::manifest::policy_text`]). A service with no policy gets `None`:
+/// every caller of the trust domain may call it.
 fn write_policies(
     home: &Path,
     manifest: &Manifest,
@@ -785,31 +783,12 @@ fn write_policies(
     std::fs::create_dir_all(&dir)?;
     let mut out = HashMap::new();
     for s in &manifest.services {
-        let text =
-            match &s.policy {
-                PolicySource::Open => {
-                    out.insert(s.name.clone(), None);
-                    continue;
-                }
-                PolicySource::Shipped(name) => SHIPPED_POLICIES
-                    .iter()
-                    .find(|(n, _)| n == name)
-                    .map(|(_, t)| (*t).to_owned())
-                    .context("no shipped policy")?,
-                PolicySource::Files(files) => {
-                    let mut text = String::new();
-                    for f in files {
-                        text.push_str(&std::fs::read_to_string(f).with_context(|| {
-                            format!("service {}: policy {}", s.name, f.display())
-                        })?);
-                        text.push('\n');
-                    }
-                    text
-                }
-            };
-        let text = text.replace("spiffe://weft.local/", &format!("spiffe://{trust_domain}/"));
-        weft_mesh::Policy::from_toml(&text)
-            .with_context(|| format!("service {}: its policy", s.name))?;
+        let Some(text) = weft::manifest::policy_text(&s.policy, trust_domain)
+            .with_context(|| format!("service {}: its policy", s.name))?
+        else {
+            out.insert(s.name.clone(), None);
+            continue;
+        };
         let path = dir.join(format!("{}.toml", s.name));
         std::fs::write(&path, text)?;
         out.insert(s.name.clone(), Some(path));

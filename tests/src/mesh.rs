@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail, ensure};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use weft::manifest::PolicySource;
 use weft_discovery::{Discovery, Filter, Resolver};
 use weft_mesh::{CertStore, ClientOptions, IdentityPaths, MeshChannel, MeshClient, Policy};
 use weft_orders::{OrdersConfig, SagaConfig};
@@ -185,7 +186,6 @@ impl Mesh {
         );
         cfg.saga = self.saga.clone();
         cfg.upstream.call_timeout = Duration::from_secs(5);
-        cfg.upstream.client.metrics = cfg.service.metrics.clone();
         Ok(cfg)
     }
 
@@ -665,15 +665,14 @@ pub fn order_request(
 }
 
 /// The shipped policies, moved to the test trust domain.
+/// The shipped policies for the test's trust domain, written as `weft up`
+/// writes them.
 fn write_policies() -> Result<tempfile::TempDir> {
     let dir = tempfile::tempdir()?;
-    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/policy");
     for service in ["inventory", "payments", "orders"] {
-        let text = std::fs::read_to_string(shipped.join(format!("{service}.toml")))?;
-        std::fs::write(
-            dir.path().join(format!("{service}.toml")),
-            text.replace("spiffe://weft.local/", &format!("spiffe://{TRUST_DOMAIN}/")),
-        )?;
+        let text = weft::manifest::policy_text(&PolicySource::Shipped(service), TRUST_DOMAIN)?
+            .context("a shipped policy")?;
+        std::fs::write(dir.path().join(format!("{service}.toml")), text)?;
     }
     Ok(dir)
 }

@@ -6,10 +6,10 @@
 use std::time::Duration;
 
 use tonic::Code;
-use weft_mesh::{ClientOptions, MeshChannel, MeshClient};
+use weft_mesh::{ClientOptions, MeshChannel};
 use weft_proto::inventory::v1::GetProductRequest;
 use weft_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
-use weft_service::{Money, Transport};
+use weft_service::{Money, Node};
 
 /// What wishlist keeps of a product: its name and price now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,12 +25,12 @@ pub struct Product {
 /// Why the client could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    /// The mesh client could not be made (discovery, descriptors, TLS).
+    /// The node could not open a mesh client (discovery, descriptors).
+    #[error(transparent)]
+    Node(#[from] weft_service::NodeError),
+    /// The channel could not be made.
     #[error(transparent)]
     Mesh(#[from] weft_mesh::MeshClientError),
-    /// The certificates could not be loaded.
-    #[error("certificates: {0}")]
-    Certificates(#[from] weft_mesh::LoadError),
 }
 
 /// Why a product could not be looked up.
@@ -56,29 +56,23 @@ pub struct Inventory {
 }
 
 impl Inventory {
-    /// Opens discovery (`discovery` is a `WEFT_DISCOVERY` setting) and makes
-    /// the channel, over mTLS with the service's own identity or in plaintext
-    /// as `transport` says. A call that carries no deadline of its own gets
-    /// `timeout`, retries included.
+    /// A channel to inventory from the service's node: found through
+    /// `discovery` (a `WEFT_DISCOVERY` setting; the node's own client when
+    /// it registers there), over mTLS with the service's own identity, its
+    /// figures in the service's metrics. A call that carries no deadline of
+    /// its own gets `timeout`, retries included.
     pub async fn connect(
+        node: &Node,
         discovery: &str,
-        transport: &Transport,
         timeout: Duration,
     ) -> Result<Self, ConnectError> {
-        let identity = match transport {
-            Transport::Mtls {
-                identity,
-                reload_every,
-                ..
-            } => Some(identity.open(*reload_every).await?),
-            Transport::Plaintext => None,
-        };
         // Inventory's descriptors say which of its methods are safe to retry.
-        let mesh = MeshClient::connect(discovery, identity, &[weft_proto::FILE_DESCRIPTOR_SET])
+        let mesh = node
+            .client(discovery, &[weft_proto::FILE_DESCRIPTOR_SET])
             .await?
             .with_options(ClientOptions {
                 default_timeout: Some(timeout),
-                ..ClientOptions::default()
+                ..node.client_options()
             });
         Ok(Self {
             client: InventoryServiceClient::new(mesh.channel("inventory")?),

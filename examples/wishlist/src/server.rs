@@ -7,7 +7,7 @@ use std::future::Future;
 
 use tokio::net::TcpListener;
 use tonic::service::Routes;
-use weft_service::{ServeError, Served};
+use weft_service::{Node, ServeError, Served};
 
 use crate::api::WishlistApi;
 use crate::config::WishlistConfig;
@@ -46,13 +46,12 @@ pub async fn run(
     let service = &config.service;
     weft_service::migrate(service, migrations(), NAME).await?;
     let store = Store::new(service).map_err(|e| ServeError::Pool(e.to_string()))?;
-    let inventory = Inventory::connect(
-        &config.discovery,
-        &service.transport,
-        config.inventory_timeout,
-    )
-    .await
-    .map_err(|e| ServeError::Setup(e.to_string()))?;
+    // The node: one discovery client and one identity for registering,
+    // serving and calling inventory.
+    let node = Node::open(service.clone()).await?;
+    let inventory = Inventory::connect(&node, &config.discovery, config.inventory_timeout)
+        .await
+        .map_err(|e| ServeError::Setup(e.to_string()))?;
     let db = store.db().clone();
     let api = WishlistServiceServer::new(WishlistApi::new(store, inventory))
         .max_decoding_message_size(service.max_message_bytes);
@@ -62,5 +61,5 @@ pub async fn run(
     // methods by name, from the descriptor set the build script wrote.
     let served = Served::new(NAME, SERVICE_NAME, Routes::new(api), db)
         .with_descriptors(crate::FILE_DESCRIPTOR_SET);
-    weft_service::serve(listener, service, served, shutdown).await
+    node.serve(listener, served, shutdown).await
 }

@@ -36,10 +36,12 @@ pub struct Pending {
 
 impl Pending {
     /// Works out the address to advertise (`config.advertise`, else
-    /// `listening`) and builds the discovery client.
-    pub async fn new(
+    /// `listening`) to register with `discovery` (the client opened from
+    /// `config.discovery`).
+    pub fn new(
         service: &'static str,
         config: &RegistrationConfig,
+        discovery: Discovery,
         listening: SocketAddr,
     ) -> Result<Self, DiscoveryError> {
         let addr = match config.advertise {
@@ -47,7 +49,6 @@ impl Pending {
             Some(Advertise::Addr(addr)) => addr,
             Some(Advertise::Auto) => SocketAddr::new(routed_ip()?, listening.port()),
         };
-        let discovery = Discovery::from_setting(&config.discovery).await?;
         let mut registration = Registration::new(service, config.instance_id.clone(), addr);
         // A platform that registers the task itself (ECS service registries)
         // knows the address: ours may be unspecified then.

@@ -139,6 +139,18 @@ pub async fn serve(
     served: Served,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
+    let node = crate::Node::open(config.clone()).await?;
+    serve_node(listener, &node, served, shutdown).await
+}
+
+/// [`serve`] with what the node opened: its discovery client and identity.
+pub(crate) async fn serve_node(
+    listener: TcpListener,
+    node: &crate::Node,
+    served: Served,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let config = node.config();
     let Served {
         name,
         grpc_service,
@@ -175,9 +187,14 @@ pub async fn serve(
     reporter
         .set_service_status(LIVENESS, ServingStatus::NotServing)
         .await;
-    let pending = match &config.registration {
-        Some(r) => Some(Pending::new(name, r, listener.local_addr()?).await?),
-        None => None,
+    let pending = match (&config.registration, node.discovery()) {
+        (Some(r), Some(discovery)) => Some(Pending::new(
+            name,
+            r,
+            discovery.clone(),
+            listener.local_addr()?,
+        )?),
+        _ => None,
     };
     // Set once registration succeeds; the drain deregisters what is here.
     let registered: Arc<OnceLock<Registered>> = Arc::new(OnceLock::new());
@@ -212,12 +229,11 @@ pub async fn serve(
 
     let addr = listener.local_addr().ok();
     let (policy, trust_domain, tls) = match &config.transport {
-        Transport::Mtls {
-            identity,
-            policy,
-            reload_every,
-        } => {
-            let store = identity.open(*reload_every).await?;
+        Transport::Mtls { policy, .. } => {
+            let store = node
+                .identity()
+                .cloned()
+                .ok_or_else(|| ServeError::Setup("mTLS without an identity".into()))?;
             let id = store.current().id;
             if id.name() != name {
                 tracing::warn!(%id, "serving {name} with a certificate for another identity");

@@ -49,11 +49,16 @@ impl OrdersConfig {
             .as_ref()
             .map(|r| r.instance_id.clone())
             .unwrap_or_else(unregistered_instance_id);
+        // The clients report where the server does.
+        let client = ClientOptions {
+            metrics: service.metrics.clone(),
+            ..ClientOptions::default()
+        };
         Self {
             service,
             upstream: UpstreamConfig {
                 discovery,
-                client: ClientOptions::default(),
+                client,
                 call_timeout: Duration::from_secs(5),
             },
             merchant_account_id,

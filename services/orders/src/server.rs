@@ -9,7 +9,7 @@ use std::hash::{BuildHasher, Hasher};
 use tokio::net::TcpListener;
 use tonic::service::Routes;
 use weft_proto::orders::v1::orders_service_server::{OrdersServiceServer, SERVICE_NAME};
-use weft_service::{AbortOnDrop, ServeError, Served};
+use weft_service::{AbortOnDrop, Node, ServeError, Served};
 
 use crate::api::OrdersApi;
 use crate::config::OrdersConfig;
@@ -50,7 +50,10 @@ pub async fn run(
     let runner = embedded::migrations::runner();
     weft_service::migrate(service, runner, "orders").await?;
     let store = Store::new(service).map_err(|e| ServeError::Pool(e.to_string()))?;
-    let upstream = Upstreams::connect(&config.upstream, &service.transport)
+    // One discovery client and one identity for registering, serving and
+    // calling inventory and payments.
+    let node = Node::open(service.clone()).await?;
+    let upstream = Upstreams::connect(&node, &config.upstream)
         .await
         .map_err(|e| ServeError::Setup(e.to_string()))?;
     // Captures must have somewhere to go before any order is taken.
@@ -82,7 +85,7 @@ pub async fn run(
     let api = OrdersServiceServer::new(OrdersApi::new(saga, config.wait))
         .max_decoding_message_size(service.max_message_bytes);
     let served = Served::new(NAME, SERVICE_NAME, Routes::new(api), db);
-    let result = weft_service::serve(listener, service, served, shutdown).await;
+    let result = node.serve(listener, served, shutdown).await;
     drop(recovery);
     result
 }

@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
-use weft_mesh::{ClientOptions, MeshChannel, MeshClient};
+use weft_mesh::{ClientOptions, MeshChannel};
 use weft_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
 use weft_proto::payments::v1::payments_service_client::PaymentsServiceClient;
-use weft_service::Transport;
+use weft_service::Node;
 
 /// How orders reaches the services it calls.
 #[derive(Debug, Clone)]
@@ -23,12 +23,12 @@ pub struct UpstreamConfig {
 /// Why the clients could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
-    /// The mesh client could not be made (discovery, descriptors, TLS).
+    /// The node could not open a client (discovery, descriptors).
+    #[error(transparent)]
+    Node(#[from] weft_service::NodeError),
+    /// A channel could not be made.
     #[error(transparent)]
     Mesh(#[from] weft_mesh::MeshClientError),
-    /// The certificates could not be loaded.
-    #[error("certificates: {0}")]
-    Certificates(#[from] weft_mesh::LoadError),
 }
 
 /// Clients of the two services the saga calls.
@@ -43,27 +43,14 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
-    /// Resolves both services and builds their channels, over mTLS with the
-    /// service's own identity or in plaintext as the transport says.
-    pub async fn connect(
-        config: &UpstreamConfig,
-        transport: &Transport,
-    ) -> Result<Self, UpstreamError> {
-        let identity = match transport {
-            Transport::Mtls {
-                identity,
-                reload_every,
-                ..
-            } => Some(identity.open(*reload_every).await?),
-            Transport::Plaintext => None,
-        };
-        let mesh = MeshClient::connect(
-            &config.discovery,
-            identity,
-            &[weft_proto::FILE_DESCRIPTOR_SET],
-        )
-        .await?
-        .with_options(config.client.clone());
+    /// Resolves both services through the node (sharing its discovery
+    /// client and identity when the settings match) and builds their
+    /// channels.
+    pub async fn connect(node: &Node, config: &UpstreamConfig) -> Result<Self, UpstreamError> {
+        let mesh = node
+            .client(&config.discovery, &[weft_proto::FILE_DESCRIPTOR_SET])
+            .await?
+            .with_options(config.client.clone());
         Ok(Self {
             inventory: InventoryServiceClient::new(mesh.channel("inventory")?),
             payments: PaymentsServiceClient::new(mesh.channel("payments")?),
