@@ -407,11 +407,21 @@ class Rehearsal(unittest.TestCase):
             # Private CA, for the template's CertificateLifetimeSeconds.
             lifetime = int(self.cluster.parameters["CertificateLifetimeSeconds"])
             self.assertTrue(lifetime - 600 < expiry[service] <= lifetime, expiry)
-        # Traces: each task exported to the collector in its own task.
-        for service in self.cluster.services.values():
-            for task in service.tasks:
-                wait_for(f"{service.name} traces at the collector", lambda: task.collectors[0].exports, 30)
-                self.assertTrue(any(service.name.encode() in e for e in task.collectors[0].exports))
+        # Traces: each task exported to the collector in its own task. A
+        # task exports only once it has served a call, and one order reaches
+        # one task of each service: a task started by an earlier test may
+        # have served none yet, so orders keep coming while waiting.
+        tasks = [(s.name, t) for s in self.cluster.services.values() for t in s.tasks]
+
+        def every_task_exported():
+            if all(t.collectors[0].exports for _, t in tasks):
+                return True
+            self.place_order(f"telemetry-{time.monotonic()}")
+            return False
+
+        wait_for("every task's traces at its collector", every_task_exported, 60, every=1)
+        for name, task in tasks:
+            self.assertTrue(any(name.encode() in e for e in task.collectors[0].exports), name)
         figure(f"telemetry: {len(series)} series scraped across {sum(len(s.tasks) for s in self.cluster.services.values())} "
                f"tasks hold every series the collector sends to CloudWatch; every task's traces reached its collector")
 
