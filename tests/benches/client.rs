@@ -1,7 +1,10 @@
 //! The mesh client against a plain tonic channel, printed: throughput and
 //! p50/p99 of small unary calls (grpc.health.v1 Check) at concurrency 1, 16
 //! and 64, over mTLS: the Weft client to three instances, to one, and a plain
-//! `Channel` to one, in one run.
+//! `Channel` to one, in one run. Each row runs its clients in turn, `REPS`
+//! times, interleaved (plain, Weft, plain, Weft, …), and prints the median
+//! of the per-repetition ratios to the plain channel with their spread: a
+//! single run on a shared machine cannot tell 0.95 from 1.0.
 //! Run: `cargo bench -p weft-tests --bench client`.
 
 // Bench code: a panic is a failed run with its location.
@@ -19,6 +22,14 @@ use weft_tests::pki::TestPki;
 use weft_tests::servers::serve_mtls;
 
 const CALLS: usize = 20_000;
+
+/// Interleaved repetitions of every client per row.
+const REPS: usize = 5;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
 
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -136,26 +147,62 @@ async fn run() {
     let one_streamed = mesh(&addrs[..1], &client_store, expected.clone(), no_retries).await;
     let plain = mtls_channel(addrs[0], client_config(&client_store, expected).unwrap()).unwrap();
 
-    println!("| concurrency | client | calls/s | p50 µs | p99 µs | vs plain channel |");
+    println!(
+        "| concurrency | client | calls/s (median) | p50 µs | p99 µs | vs plain channel, median (min–max of {REPS}) |"
+    );
     println!("| --- | --- | --- | --- | --- | --- |");
     for concurrency in [1, 16, 64] {
-        let base = measure(HealthClient::new(plain.clone()), concurrency).await;
-        let w1 = measure(HealthClient::new(one.clone()), concurrency).await;
-        let w1s = measure(HealthClient::new(one_streamed.clone()), concurrency).await;
-        let w3 = measure(HealthClient::new(three.clone()), concurrency).await;
-        for (label, r) in [
-            ("plain Channel, 1 instance", base),
-            ("Weft, 1 instance", w1),
-            ("Weft, 1 instance, retries off", w1s),
-            ("Weft, 3 instances", w3),
-        ] {
+        let clients = [
+            (
+                "plain Channel, 1 instance",
+                Client::Plain(HealthClient::new(plain.clone())),
+            ),
+            (
+                "Weft, 1 instance",
+                Client::Mesh(HealthClient::new(one.clone())),
+            ),
+            (
+                "Weft, 1 instance, retries off",
+                Client::Mesh(HealthClient::new(one_streamed.clone())),
+            ),
+            (
+                "Weft, 3 instances",
+                Client::Mesh(HealthClient::new(three.clone())),
+            ),
+        ];
+        // runs[client][rep] = (calls/s, p50, p99)
+        let mut runs: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); clients.len()];
+        for _ in 0..REPS {
+            for (i, (_, client)) in clients.iter().enumerate() {
+                runs[i].push(client.measure(concurrency).await);
+            }
+        }
+        for (i, (label, _)) in clients.iter().enumerate() {
+            let ratios: Vec<f64> = (0..REPS).map(|r| runs[i][r].0 / runs[0][r].0).collect();
+            let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = ratios.iter().copied().fold(0.0, f64::max);
             println!(
-                "| {concurrency} | {label} | {:.0} | {:.0} | {:.0} | {:.2} |",
-                r.0,
-                r.1,
-                r.2,
-                r.0 / base.0
+                "| {concurrency} | {label} | {:.0} | {:.0} | {:.0} | {:.3} ({lo:.3}–{hi:.3}) |",
+                median(runs[i].iter().map(|r| r.0).collect()),
+                median(runs[i].iter().map(|r| r.1).collect()),
+                median(runs[i].iter().map(|r| r.2).collect()),
+                median(ratios),
             );
+        }
+    }
+}
+
+/// A client of either kind, measured the same way.
+enum Client {
+    Plain(HealthClient<tonic::transport::Channel>),
+    Mesh(HealthClient<MeshChannel>),
+}
+
+impl Client {
+    async fn measure(&self, concurrency: usize) -> (f64, f64, f64) {
+        match self {
+            Self::Plain(c) => measure(c.clone(), concurrency).await,
+            Self::Mesh(c) => measure(c.clone(), concurrency).await,
         }
     }
 }

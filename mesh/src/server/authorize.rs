@@ -17,9 +17,10 @@ use crate::identity::SpiffeId;
 use crate::incoming::PeerInfo;
 use crate::policy::Policy;
 
-/// The verified identity of the caller, in each request's extensions.
+/// The verified identity of the caller, in each request's extensions
+/// (shared with the connection's, not copied per call).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CallerIdentity(pub SpiffeId);
+pub struct CallerIdentity(pub Arc<SpiffeId>);
 
 /// The most denials logged per second; the rest are counted and the count
 /// is logged with the next one (a flood of denied calls cannot flood the log).
@@ -201,11 +202,11 @@ mod tests {
     fn request(path: &str, caller: Option<&str>) -> http::Request<()> {
         let mut request = http::Request::builder().uri(path).body(()).unwrap();
         if let Some(id) = caller {
-            request.extensions_mut().insert(PeerInfo {
-                remote_addr: None,
-                identity: SpiffeId::parse(id).unwrap(),
-                leaf: CertificateDer::from(vec![]),
-            });
+            request.extensions_mut().insert(PeerInfo::new(
+                None,
+                SpiffeId::parse(id).unwrap(),
+                CertificateDer::from(vec![]),
+            ));
         }
         request
     }

@@ -33,15 +33,35 @@ use crate::limits::ServerLimits;
 use crate::server_tls::client_verifier;
 
 /// Who is on the other end of a connection, as verified by mTLS. tonic puts
-/// it in every request's extensions.
+/// a clone in every request's extensions, so what it holds is shared, not
+/// copied per call.
 #[derive(Debug, Clone)]
 pub struct PeerInfo {
     /// The peer's address.
     pub remote_addr: Option<SocketAddr>,
     /// The identity in the peer's certificate.
-    pub identity: SpiffeId,
+    pub identity: Arc<SpiffeId>,
+    /// The identity as text (`spiffe://…`), made once per connection for
+    /// metric labels and log lines.
+    pub label: Arc<str>,
     /// The peer's leaf certificate.
-    pub leaf: CertificateDer<'static>,
+    pub leaf: Arc<CertificateDer<'static>>,
+}
+
+impl PeerInfo {
+    /// The peer `identity` with certificate `leaf`, at `remote_addr`.
+    pub fn new(
+        remote_addr: Option<SocketAddr>,
+        identity: SpiffeId,
+        leaf: CertificateDer<'static>,
+    ) -> Self {
+        Self {
+            remote_addr,
+            label: Arc::from(identity.to_string()),
+            identity: Arc::new(identity),
+            leaf: Arc::new(leaf),
+        }
+    }
 }
 
 /// An accepted, authenticated connection.
@@ -355,10 +375,6 @@ async fn handshake(
             return None;
         }
     };
-    let info = PeerInfo {
-        remote_addr: Some(remote),
-        identity,
-        leaf,
-    };
+    let info = PeerInfo::new(Some(remote), identity, leaf);
     Some((stream, info, slot))
 }

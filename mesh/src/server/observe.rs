@@ -6,12 +6,15 @@
 //! server serves, and every other path is `unknown`, so no caller can grow
 //! them (or a trace name) without bound.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
 
 use tower::{Layer, Service};
 use tracing::Instrument;
@@ -24,12 +27,89 @@ use crate::trace_context::{continue_trace, record_status};
 /// What a path that is not a served method is labelled as.
 pub const UNKNOWN: &str = "unknown";
 
+/// How many (method, caller) pairs keep their metric handles: the label
+/// sets are bounded already (served methods, identities the CA issued), so
+/// this only keeps a mesh of very many callers from growing the cache
+/// without limit; past it, calls look their handles up each time.
+const MAX_CACHED: usize = 4096;
+
+/// The metric handles of one method for one caller, looked up once: the
+/// hot path then bumps atomics instead of building and hashing label sets.
+#[derive(Debug)]
+struct CallHandles {
+    call: ServerCall,
+    requests: Counter,
+    latency: Histogram,
+    ok: Counter,
+}
+
+impl CallHandles {
+    fn new(metrics: &Metrics, call: ServerCall) -> Self {
+        let ok = ServerResult {
+            grpc_service: call.grpc_service.clone(),
+            grpc_method: call.grpc_method.clone(),
+            peer: call.peer.clone(),
+            grpc_code: code_name(tonic::Code::Ok).to_owned(),
+        };
+        Self {
+            requests: metrics.server_requests.get_or_create(&call).clone(),
+            latency: metrics.server_latency.get_or_create(&call).clone(),
+            ok: metrics.server_responses.get_or_create(&ok).clone(),
+            call,
+        }
+    }
+}
+
+/// One path's handles, by caller.
+type ByCaller = HashMap<Arc<str>, Arc<CallHandles>>;
+
+/// Handles by path (a served one, or [`UNKNOWN`]) and caller.
+#[derive(Debug, Default)]
+struct HandleCache {
+    by_path: RwLock<HashMap<String, ByCaller>>,
+}
+
+impl HandleCache {
+    fn get(&self, metrics: &Metrics, path: &str, peer: &Arc<str>) -> Arc<CallHandles> {
+        if let Ok(cache) = self.by_path.read()
+            && let Some(found) = cache.get(path).and_then(|p| p.get(peer))
+        {
+            return found.clone();
+        }
+        let (grpc_service, grpc_method) = if path == UNKNOWN {
+            (UNKNOWN.to_owned(), UNKNOWN.to_owned())
+        } else {
+            split_path(path)
+        };
+        let handles = Arc::new(CallHandles::new(
+            metrics,
+            ServerCall {
+                grpc_service,
+                grpc_method,
+                peer: peer.to_string(),
+            },
+        ));
+        if let Ok(mut cache) = self.by_path.write() {
+            let cached: usize = cache.values().map(HashMap::len).sum();
+            if cached < MAX_CACHED {
+                cache
+                    .entry(path.to_owned())
+                    .or_default()
+                    .insert(peer.clone(), handles.clone());
+            }
+        }
+        handles
+    }
+}
+
 /// Observes every call to the services inside it.
 #[derive(Debug, Clone)]
 pub struct ObserveLayer {
     metrics: Arc<Metrics>,
     /// The paths (`/package.Service/Method`) labelled as themselves.
     served: Arc<HashSet<String>>,
+    /// Their metric handles, by caller.
+    handles: Arc<HandleCache>,
 }
 
 impl ObserveLayer {
@@ -40,6 +120,7 @@ impl ObserveLayer {
         Self {
             metrics,
             served: Arc::new(served),
+            handles: Arc::default(),
         }
     }
 }
@@ -79,6 +160,7 @@ impl<S> Layer<S> for ObserveLayer {
             inner,
             metrics: self.metrics.clone(),
             served: self.served.clone(),
+            handles: self.handles.clone(),
         }
     }
 }
@@ -89,6 +171,7 @@ pub struct Observe<S> {
     inner: S,
     metrics: Arc<Metrics>,
     served: Arc<HashSet<String>>,
+    handles: Arc<HandleCache>,
 }
 
 impl<S, B> Service<http::Request<B>> for Observe<S>
@@ -107,34 +190,33 @@ where
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let started = Instant::now();
         let path = request.uri().path();
-        let (name, (grpc_service, grpc_method)) = if self.served.contains(path) {
-            (path.trim_start_matches('/'), split_path(path))
+        let name = if self.served.contains(path) {
+            path.trim_start_matches('/')
         } else {
-            (UNKNOWN, (UNKNOWN.to_owned(), UNKNOWN.to_owned()))
+            UNKNOWN
         };
         let peer = request
             .extensions()
             .get::<PeerInfo>()
-            .map(|p| p.identity.to_string())
-            .unwrap_or_else(|| "unauthenticated".to_owned());
+            .map_or_else(|| Arc::<str>::from("unauthenticated"), |p| p.label.clone());
+        let handles = self.handles.get(
+            &self.metrics,
+            if name == UNKNOWN { UNKNOWN } else { path },
+            &peer,
+        );
         let span = tracing::info_span!(
             "grpc.server",
             otel.name = %name,
             otel.kind = "server",
             rpc.system = "grpc",
-            rpc.service = %grpc_service,
-            rpc.method = %grpc_method,
+            rpc.service = %handles.call.grpc_service,
+            rpc.method = %handles.call.grpc_method,
             peer = %peer,
             rpc.grpc.status_code = tracing::field::Empty,
             otel.status_code = tracing::field::Empty,
         );
         continue_trace(&span, request.headers());
-        let call = ServerCall {
-            grpc_service,
-            grpc_method,
-            peer,
-        };
-        self.metrics.server_requests.get_or_create(&call).inc();
+        handles.requests.inc();
         let metrics = self.metrics.clone();
         let future = self.inner.call(request).instrument(span.clone());
         Box::pin(async move {
@@ -149,26 +231,79 @@ where
                     );
                 });
                 record_status(&span, code);
-                metrics
-                    .server_latency
-                    .get_or_create(&call)
-                    .observe(elapsed.as_secs_f64());
-                let ServerCall {
-                    grpc_service,
-                    grpc_method,
-                    peer,
-                } = call;
-                metrics
-                    .server_responses
-                    .get_or_create(&ServerResult {
-                        grpc_service,
-                        grpc_method,
-                        peer,
-                        grpc_code: code_name(code).to_owned(),
-                    })
-                    .inc();
+                handles.latency.observe(elapsed.as_secs_f64());
+                if code == tonic::Code::Ok {
+                    handles.ok.inc();
+                } else {
+                    let call = &handles.call;
+                    metrics
+                        .server_responses
+                        .get_or_create(&ServerResult {
+                            grpc_service: call.grpc_service.clone(),
+                            grpc_method: call.grpc_method.clone(),
+                            peer: call.peer.clone(),
+                            grpc_code: code_name(code).to_owned(),
+                        })
+                        .inc();
+                }
                 drop(span);
             }))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handles_are_looked_up_once_per_method_and_caller_and_the_cache_is_bounded() {
+        let metrics = Metrics::new();
+        let cache = HandleCache::default();
+        let alice: Arc<str> = Arc::from("spiffe://td/service/alice");
+        let bob: Arc<str> = Arc::from("spiffe://td/service/bob");
+        let first = cache.get(&metrics, "/pkg.S/M", &alice);
+        assert!(Arc::ptr_eq(
+            &first,
+            &cache.get(&metrics, "/pkg.S/M", &alice)
+        ));
+        assert!(!Arc::ptr_eq(&first, &cache.get(&metrics, "/pkg.S/M", &bob)));
+        assert_eq!(
+            (
+                first.call.grpc_service.as_str(),
+                first.call.grpc_method.as_str()
+            ),
+            ("pkg.S", "M")
+        );
+        let unknown = cache.get(&metrics, UNKNOWN, &alice);
+        assert_eq!(unknown.call.grpc_method, UNKNOWN);
+        // The handles are the registry's series: bumping one shows there.
+        first.requests.inc();
+        let text = metrics.render();
+        assert!(
+            text.contains(
+                r#"weft_server_requests_total{grpc_service="pkg.S",grpc_method="M",peer="spiffe://td/service/alice"} 1"#
+            ),
+            "{text}"
+        );
+        // Past the bound, handles still work but are not kept.
+        for i in 0..MAX_CACHED {
+            cache.get(
+                &metrics,
+                "/pkg.S/M",
+                &Arc::from(format!("spiffe://td/service/s{i}")),
+            );
+        }
+        let late: Arc<str> = Arc::from("spiffe://td/service/late");
+        let once = cache.get(&metrics, "/pkg.S/M", &late);
+        assert!(!Arc::ptr_eq(&once, &cache.get(&metrics, "/pkg.S/M", &late)));
+        let kept: usize = cache
+            .by_path
+            .read()
+            .unwrap()
+            .values()
+            .map(HashMap::len)
+            .sum();
+        assert_eq!(kept, MAX_CACHED);
     }
 }
