@@ -532,13 +532,16 @@ impl Mesh {
         broken("ledger does not sum to zero", &rows)?;
         let rows = db
             .query(
-                 "SELECT a.account_id || ': balance ' || a.balance_minor || ' held ' || a.held_minor \
-                 FROM payments.accounts a LEFT JOIN (SELECT account_id, sum(amount_minor) AS b, \
+                "SELECT a.account_id || ': balance ' || a.balance || ' held ' || a.held_minor \
+                 FROM (SELECT account_id, kind, held_minor, credit_limit_minor, balance_minor \
+                 + coalesce((SELECT sum(balance_minor) FROM payments.account_slots s \
+                 WHERE s.account_id = accounts.account_id), 0) AS balance \
+                 FROM payments.accounts) a LEFT JOIN (SELECT account_id, sum(amount_minor) AS b, \
                  coalesce(sum(amount_minor) FILTER (WHERE book = 'hold'), 0) AS h \
                  FROM payments.ledger_entries GROUP BY account_id) e USING (account_id) \
-                 WHERE a.balance_minor <> coalesce(e.b, 0) OR a.held_minor <> coalesce(e.h, 0) \
+                 WHERE a.balance <> coalesce(e.b, 0) OR a.held_minor <> coalesce(e.h, 0) \
                  OR a.held_minor <> 0 \
-                 OR (a.kind = 'customer' AND a.balance_minor + a.credit_limit_minor < 0)",
+                 OR (a.kind = 'customer' AND a.balance + a.credit_limit_minor < 0)",
                 &[],
             )
             .await?;
@@ -575,7 +578,9 @@ impl Mesh {
                  FROM payments.authorizations WHERE payee_account_id = $1), \
                  (SELECT coalesce(sum(total_minor), 0)::bigint FROM orders.orders \
                  WHERE status = 'CONFIRMED'), \
-                 (SELECT balance_minor FROM payments.accounts WHERE account_id = $1)",
+                 (SELECT balance_minor + coalesce((SELECT sum(balance_minor) \
+                 FROM payments.account_slots WHERE account_id = $1), 0)::bigint \
+                 FROM payments.accounts WHERE account_id = $1)",
                 &[&self.merchant_account_id],
             )
             .await?;

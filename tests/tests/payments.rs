@@ -399,6 +399,115 @@ async fn the_database_refuses_an_unbalanced_or_edited_ledger() {
     mesh.stop().await.unwrap();
 }
 
+/// Money into one busy payee is spread over its slots (so captures do not
+/// queue on its row), and still counted exactly: balances read while credits
+/// and refunds race are the ledger's, and a refund, which takes money out,
+/// first folds the slots into the row so the limit check sees all of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credits_spread_over_slots_are_counted_exactly_and_folded_before_money_leaves() {
+    let mesh = Mesh::without_orders().await.unwrap();
+    let payments = as_orders(&mesh).await;
+    let mut payers = Vec::new();
+    for n in 0..8 {
+        payers.push(
+            mesh.open_account(&format!("slots-payer-{n}"), 10_000)
+                .await
+                .unwrap(),
+        );
+    }
+    let merchant = mesh.open_account("slots-merchant", 0).await.unwrap();
+    let capture = |key: String, payer: String| {
+        let (mut payments, merchant) = (payments.clone(), merchant.clone());
+        async move {
+            let auth = authorized(&mut payments, authorize(&key, &payer, 100)).await;
+            payments
+                .capture(pb::CaptureRequest {
+                    idempotency_key: format!("{key}-capture"),
+                    authorization_id: auth.authorization_id.clone(),
+                    payee_account_id: merchant,
+                })
+                .await
+                .unwrap();
+            auth.authorization_id
+        }
+    };
+    let mut calls = tokio::task::JoinSet::new();
+    for n in 0..40 {
+        calls.spawn(capture(format!("slots-{n}"), payers[n % 8].clone()));
+    }
+    let mut captured = Vec::new();
+    while let Some(id) = calls.join_next().await {
+        captured.push(id.unwrap());
+    }
+    assert_eq!(mesh.balance(&merchant).await.unwrap(), (4000, 0));
+    let db = mesh.db.connect().await.unwrap();
+    // (slots holding the payee's money, what its own row holds)
+    let slots = async |db: &tokio_postgres::Client| -> (i64, i64) {
+        let row = db
+            .query_one(
+                "SELECT count(*), (SELECT balance_minor FROM payments.accounts WHERE account_id = $1) \
+                 FROM payments.account_slots WHERE account_id = $1",
+                &[&merchant],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    let (spread, row) = slots(&db).await;
+    assert!(spread > 1, "the credits went to {spread} slot(s)");
+    assert_eq!(row, 0, "none of it sits on the payee's row yet");
+
+    // Twenty more captures race twenty refunds of earlier ones: every
+    // refund needs the slots' money (the row holds none of it).
+    for n in 40..60 {
+        calls.spawn(capture(format!("slots-{n}"), payers[n % 8].clone()));
+    }
+    let mut refunds = tokio::task::JoinSet::new();
+    for (n, id) in captured.iter().take(20).enumerate() {
+        let mut payments = payments.clone();
+        let request = pb::RefundRequest {
+            idempotency_key: format!("slots-refund-{n}"),
+            authorization_id: id.clone(),
+            amount: Some(eur(100)),
+        };
+        refunds.spawn(async move { payments.refund(request).await });
+    }
+    while let Some(done) = refunds.join_next().await {
+        done.unwrap().unwrap();
+    }
+    while let Some(done) = calls.join_next().await {
+        done.unwrap();
+    }
+    assert_eq!(mesh.balance(&merchant).await.unwrap(), (4000, 0));
+    let (_, row) = slots(&db).await;
+    assert!(row > 0, "refunds folded the slots into the row");
+    // Refunding everything left empties the payee exactly.
+    for (n, id) in captured.iter().skip(20).enumerate() {
+        payments
+            .clone()
+            .refund(pb::RefundRequest {
+                idempotency_key: format!("slots-rest-{n}"),
+                authorization_id: id.clone(),
+                amount: Some(eur(100)),
+            })
+            .await
+            .unwrap();
+    }
+    assert_eq!(mesh.balance(&merchant).await.unwrap(), (2000, 0));
+    let over = payments
+        .clone()
+        .refund(pb::RefundRequest {
+            idempotency_key: "slots-over".into(),
+            authorization_id: captured[0].clone(),
+            amount: Some(eur(1)),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(over.code(), Code::FailedPrecondition, "{over:?}");
+    mesh.check_invariants().await.unwrap();
+    mesh.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_balance_that_would_pass_what_a_column_holds_is_out_of_range_not_internal() {
     let mesh = Mesh::without_orders().await.unwrap();

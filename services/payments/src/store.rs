@@ -22,6 +22,14 @@ const IDEMPOTENCY_TABLE: &str = "payments.idempotency_keys";
 
 const ACCOUNT_COLUMNS: &str = "account_id, owner, currency_code, balance_minor, held_minor, \
                                credit_limit_minor, create_time";
+/// An account as read (`a` is `payments.accounts`): its balance is its row's
+/// and its slots' (see migration V4).
+const ACCOUNT_READ: &str = "a.account_id, a.owner, a.currency_code, \
+     a.balance_minor + coalesce((SELECT sum(s.balance_minor) FROM payments.account_slots s \
+     WHERE s.account_id = a.account_id), 0)::bigint, \
+     a.held_minor, a.credit_limit_minor, a.create_time";
+/// The slots an account's credits are spread over (the table allows 16).
+const SLOTS: i16 = 16;
 const AUTHORIZATION_COLUMNS: &str = "authorization_id, account_id, reference, amount_minor, \
      currency_code, captured_minor, refunded_minor, status, decline_reason, create_time, \
      update_time, payee_account_id";
@@ -429,18 +437,47 @@ impl Tx<'_> {
             }
         }
         for (account_id, (balance, held)) in &deltas {
-            let updated = self
+            if *held == 0 && *balance > 0 {
+                // Money in: into one of the account's slots, so that credits
+                // to one account (a merchant's captures) do not wait for each
+                // other's commits on its row.
+                let slot = fastrand::i16(0..SLOTS);
+                self.0
+                    .execute(
+                        "INSERT INTO payments.account_slots (account_id, slot, balance_minor) \
+                         VALUES ($1, $2, $3) ON CONFLICT (account_id, slot) DO UPDATE \
+                         SET balance_minor = account_slots.balance_minor + EXCLUDED.balance_minor",
+                        &[account_id, &slot, balance],
+                    )
+                    .await
+                    .map_err(|e| missing_account(e, account_id))?;
+                continue;
+            }
+            // Money out or held: the row first (the lock order every path
+            // keeps; NO KEY, so a credit's reference check into a new slot
+            // does not wait for it), then its slots folded into it, so the
+            // row's limit check sees the whole balance.
+            let locked = self
                 .0
                 .execute(
-                    "UPDATE payments.accounts SET balance_minor = balance_minor + $2, \
+                    "SELECT 1 FROM payments.accounts WHERE account_id = $1 FOR NO KEY UPDATE",
+                    &[account_id],
+                )
+                .await?;
+            if locked != 1 {
+                return Err(not_found("account", account_id));
+            }
+            self.0
+                .execute(
+                    "WITH folded AS (DELETE FROM payments.account_slots WHERE account_id = $1 \
+                     RETURNING balance_minor) \
+                     UPDATE payments.accounts SET balance_minor = balance_minor + $2 \
+                     + coalesce((SELECT sum(balance_minor) FROM folded), 0)::bigint, \
                      held_minor = held_minor + $3 WHERE account_id = $1",
                     &[account_id, balance, held],
                 )
                 .await
                 .map_err(|e| limit_violation(e, account_id))?;
-            if updated != 1 {
-                return Err(not_found("account", account_id));
-            }
         }
         // All legs in one statement, under one new transaction id.
         let accounts: Vec<&str> = postings.iter().map(|p| p.account_id).collect();
@@ -469,6 +506,15 @@ impl Tx<'_> {
             .await?;
         Ok(())
     }
+}
+
+/// A credit to an account that does not exist (the slot's reference to it
+/// fails) is the account not found.
+fn missing_account(e: tokio_postgres::Error, account_id: &str) -> PaymentsError {
+    if e.code() == Some(&tokio_postgres::error::SqlState::FOREIGN_KEY_VIOLATION) {
+        return not_found("account", account_id);
+    }
+    e.into()
 }
 
 /// The database's limit check is the last line of defence; the code checks
@@ -512,10 +558,25 @@ async fn load_account<C: GenericClient>(
     account_id: &str,
     for_update: bool,
 ) -> Result<Account> {
-    let lock = if for_update { " FOR UPDATE" } else { "" };
+    if for_update {
+        // The lock first, the read after it in a statement of its own: a
+        // read that waited for the lock would see the row as it is now but
+        // the slots as they were when it began, and count money a fold
+        // moved between them twice. Once the row is held nothing folds, and
+        // slots only grow.
+        let locked = client
+            .execute(
+                "SELECT 1 FROM payments.accounts WHERE account_id = $1 FOR NO KEY UPDATE",
+                &[&account_id],
+            )
+            .await?;
+        if locked != 1 {
+            return Err(not_found("account", account_id));
+        }
+    }
     let row = client
         .query_opt(
-            &format!("SELECT {ACCOUNT_COLUMNS} FROM payments.accounts WHERE account_id = $1{lock}"),
+            &format!("SELECT {ACCOUNT_READ} FROM payments.accounts a WHERE a.account_id = $1"),
             &[&account_id],
         )
         .await?
