@@ -37,7 +37,7 @@ use weft_discovery::Snapshot;
 
 use crate::metrics::{Metrics, Upstream, UpstreamMethod};
 use crate::observed_body::status_in;
-use observe::{AttemptRecord, CallCache, call_span, finish_span, report_pool};
+use observe::{AttemptRecord, CallCache, call_span, report_pool};
 
 /// How a [`MeshChannel`] behaves.
 #[derive(Debug, Clone)]
@@ -212,14 +212,9 @@ impl Service<http::Request<tonic::body::Body>> for MeshChannel {
         let inner = self.inner.clone();
         let span = call_span(&inner.service, request.uri().path());
         crate::trace_context::send_trace(&span, request.headers_mut());
-        let sending = span.clone();
-        Box::pin(
-            async move {
-                let response = inner.send(request).await?;
-                Ok(finish_span(span, response))
-            }
-            .instrument(sending),
-        )
+        // The attempts run in the call's span; the one that answers ends it
+        // (see `AttemptRecord`).
+        Box::pin(async move { inner.send(request).await }.instrument(span))
     }
 }
 
@@ -415,7 +410,6 @@ impl Inner {
                 .pick_within(&tried, self.options.pick_timeout)
                 .await
                 .ok_or_else(|| self.no_endpoint())?;
-            tried.push(endpoint.id.clone());
             let request = http::Request::from_parts(
                 parts.clone(),
                 tonic::body::Body::new(http_body_util::Full::new(body.clone())),
@@ -425,6 +419,9 @@ impl Inner {
                 Attempt::Answered(response) => return Ok(response),
                 Attempt::Unavailable(response) => {
                     if safe_method && can_retry && self.may_retry(parts.uri.path()) {
+                        // Remembered only when retrying: a call answered at
+                        // once allocates nothing for it.
+                        tried.push(endpoint.id.clone());
                         continue;
                     }
                     return Ok(response);
@@ -432,6 +429,7 @@ impl Inner {
                 Attempt::Failed { error, unsent } => {
                     if (unsent || safe_method) && can_retry && self.may_retry(parts.uri.path()) {
                         tracing::debug!(service = %self.service, endpoint = %endpoint.id, %error, "retrying elsewhere");
+                        tried.push(endpoint.id.clone());
                         continue;
                     }
                     return Err(self.unavailable(&error));

@@ -84,14 +84,6 @@ pub(super) fn call_span(upstream: &str, path: &str) -> tracing::Span {
     )
 }
 
-/// Ends `span` with the call's status once the response body ends.
-pub(super) fn finish_span(
-    span: tracing::Span,
-    response: http::Response<tonic::body::Body>,
-) -> http::Response<tonic::body::Body> {
-    observe_response(response, move |code| record_status(&span, code))
-}
-
 /// The metric handles of one method at one endpoint, looked up once: the
 /// hot path then only bumps atomics instead of building label sets.
 struct CallMetrics {
@@ -215,6 +207,10 @@ pub(super) struct AttemptRecord {
     metrics: Arc<Metrics>,
     handles: Arc<CallMetrics>,
     started: Instant,
+    /// The call's span (the one the attempt runs in): the attempt that
+    /// answers ends it with its status, in the same body wrapper that ends
+    /// the attempt's metrics, so a response is wrapped once, not twice.
+    call: tracing::Span,
 }
 
 impl AttemptRecord {
@@ -232,6 +228,7 @@ impl AttemptRecord {
             metrics: metrics.clone(),
             handles,
             started: Instant::now(),
+            call: tracing::Span::current(),
         }
     }
 
@@ -240,12 +237,16 @@ impl AttemptRecord {
         self.end(Code::Unavailable);
     }
 
-    /// The attempt was answered: it ends with the response body.
+    /// The attempt was answered: it, and the call's span, end with the
+    /// response body.
     pub(super) fn answered(
         self,
         response: http::Response<tonic::body::Body>,
     ) -> http::Response<tonic::body::Body> {
-        observe_response(response, move |code| self.end(code))
+        observe_response(response, move |code| {
+            record_status(&self.call, code);
+            self.end(code);
+        })
     }
 
     fn end(self, code: Code) {

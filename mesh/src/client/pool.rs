@@ -81,31 +81,34 @@ impl Pool {
     /// [`EndpointState::last_resort`]).
     pub fn pick(&self, tried: &[String]) -> Option<Arc<EndpointState>> {
         let all = self.snapshot();
-        let mut available: Vec<&Arc<EndpointState>> =
-            all.iter().filter(|e| e.available()).collect();
-        if available.is_empty() {
-            available = all.iter().filter(|e| e.last_resort()).collect();
-        }
-        let fresh: Vec<&Arc<EndpointState>> = available
-            .iter()
-            .copied()
-            .filter(|e| !tried.contains(&e.id))
-            .collect();
-        let candidates = if fresh.is_empty() { available } else { fresh };
-        match candidates.len() {
-            0 => None,
-            1 => Some(candidates[0].clone()),
-            n => {
-                let a = fastrand::usize(..n);
-                let b = (a + 1 + fastrand::usize(..n - 1)) % n;
-                let (x, y) = (candidates[a], candidates[b]);
-                Some(if x.cost() <= y.cost() {
-                    x.clone()
-                } else {
-                    y.clone()
-                })
+        let untried = |e: &EndpointState| !tried.contains(&e.id);
+        // The first group with anyone in it: available and not yet tried,
+        // available, then the draining ones (untried first). Counted and
+        // indexed in place, so a pick allocates nothing.
+        let groups: [&dyn Fn(&EndpointState) -> bool; 4] = [
+            &|e| e.available() && untried(e),
+            &|e| e.available(),
+            &|e| e.last_resort() && untried(e),
+            &|e| e.last_resort(),
+        ];
+        for in_group in groups {
+            let nth = |i: usize| all.iter().filter(|e| in_group(e)).nth(i);
+            match all.iter().filter(|e| in_group(e)).count() {
+                0 => continue,
+                1 => return nth(0).cloned(),
+                n => {
+                    let a = fastrand::usize(..n);
+                    let b = (a + 1 + fastrand::usize(..n - 1)) % n;
+                    let (x, y) = (nth(a)?, nth(b)?);
+                    return Some(if x.cost() <= y.cost() {
+                        x.clone()
+                    } else {
+                        y.clone()
+                    });
+                }
             }
         }
+        None
     }
 
     /// Like [`Pool::pick`], waiting up to `within` for an endpoint to become
