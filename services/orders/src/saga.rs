@@ -111,9 +111,23 @@ impl Saga {
 
     /// Drives an order whose lease this driver holds already (one it has
     /// just placed).
+    ///
+    /// Forward steps are not written one by one: every step's call carries
+    /// a key of the order and the step, and the service it calls answers a
+    /// repeated key with its first answer (a refusal or a decline included),
+    /// so a driver that resumes from the last written step replays the calls
+    /// made since and reaches the same state. The order is written when it
+    /// settles, when it is rejected (before compensating), when a step must
+    /// wait, and when half the lease has gone (which renews it); each write
+    /// logs every transition since the last, in one transaction. On the
+    /// success path that is one write after the one that placed the order.
     pub async fn drive_leased(&self, mut order: Order) -> Result<Order, OrdersError> {
         let order_id = order.order_id.clone();
         let order_id = order_id.as_str();
+        // The order as the database has it, and what happened since.
+        let mut written = order.clone();
+        let mut since: Vec<(Step, Step, String)> = Vec::new();
+        let mut leased_at = tokio::time::Instant::now();
         loop {
             if order.step == Step::Done {
                 return Ok(order);
@@ -121,21 +135,35 @@ impl Saga {
             match self.step(&order).await {
                 Outcome::Advance(next, detail) => {
                     let next = *next;
+                    since.push((order.step, next.step, detail));
+                    let must_write = next.step == Step::Done
+                        || next.status != written.status
+                        || leased_at.elapsed() >= self.config.lease / 2;
+                    if !must_write {
+                        order = next;
+                        continue;
+                    }
                     match self
                         .store
-                        .save(&order, &next, &self.owner, self.config.lease, &detail)
+                        .save(&written, &next, &self.owner, self.config.lease, &since)
                         .await?
                     {
-                        Some(saved) => order = saved,
+                        Some(saved) => {
+                            order = saved;
+                            written = order.clone();
+                            since.clear();
+                            leased_at = tokio::time::Instant::now();
+                        }
                         // Another driver took over (our lease ran out).
                         None => return self.store.order(order_id).await,
                     }
                 }
                 Outcome::Wait(detail) => {
-                    let delay = self.backoff(order.attempts);
+                    let delay = self.backoff(written.attempts);
                     tracing::info!(order_id, step = order.step.as_str(), ?delay, %detail, "saga step deferred");
+                    // From the last written step: the steps since replay.
                     self.store
-                        .retry_later(&order, &self.owner, delay, &detail)
+                        .retry_later(&written, &self.owner, delay, &detail)
                         .await?;
                     return self.store.order(order_id).await;
                 }

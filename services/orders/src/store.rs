@@ -172,16 +172,18 @@ impl Store {
         Ok(Some(load_order(&client, order_id).await?))
     }
 
-    /// Moves the saga from `prev` to `next`, renewing the lease (or letting
-    /// it go once settled). Fenced: returns `None`, writing nothing, when
-    /// `owner` no longer holds the lease or the order moved on meanwhile.
+    /// Moves the saga from `prev` (the order as last written) to `next`,
+    /// logging `transitions` (every step taken since `prev`), renewing the
+    /// lease (or letting it go once settled), in one transaction. Fenced:
+    /// returns `None`, writing nothing, when `owner` no longer holds the lease
+    /// or the order moved on meanwhile.
     pub async fn save(
         &self,
         prev: &Order,
         next: &Order,
         owner: &str,
         lease: Duration,
-        detail: &str,
+        transitions: &[(Step, Step, String)],
     ) -> Result<Option<Order>> {
         let mut client = self.db.client().await?;
         let tx = client.transaction().await?;
@@ -243,15 +245,17 @@ impl Store {
                 .await?;
             }
         }
-        log(
-            &tx,
-            &prev.order_id,
-            prev.step.as_str(),
-            next.step.as_str(),
-            detail,
-            owner,
-        )
-        .await?;
+        for (from, to, detail) in transitions {
+            log(
+                &tx,
+                &prev.order_id,
+                from.as_str(),
+                to.as_str(),
+                detail,
+                owner,
+            )
+            .await?;
+        }
         tx.commit().await?;
         // What was written is `next` itself: no need to read it back.
         let mut saved = next.clone();
