@@ -117,10 +117,12 @@ impl Saga {
     /// repeated key with its first answer (a refusal or a decline included),
     /// so a driver that resumes from the last written step replays the calls
     /// made since and reaches the same state. The order is written when it
-    /// settles, when it is rejected (before compensating), when a step must
-    /// wait, and when half the lease has gone (which renews it); each write
-    /// logs every transition since the last, in one transaction. On the
-    /// success path that is one write after the one that placed the order.
+    /// settles, when it is rejected (before compensating), before a step
+    /// waits (a wait may outlast the services' memory of keys; a crash is
+    /// resumed within a lease), and when half the lease has gone (which
+    /// renews it); each write logs every transition since the last, in one
+    /// transaction. On the success path that is one write after the one
+    /// that placed the order.
     pub async fn drive_leased(&self, mut order: Order) -> Result<Order, OrdersError> {
         let order_id = order.order_id.clone();
         let order_id = order_id.as_str();
@@ -159,9 +161,21 @@ impl Saga {
                     }
                 }
                 Outcome::Wait(detail) => {
+                    // The progress so far is written before waiting: a wait
+                    // can outlast the services' memory of keys (a week by
+                    // default), and a replay must stay within it.
+                    if !since.is_empty() {
+                        match self
+                            .store
+                            .save(&written, &order, &self.owner, self.config.lease, &since)
+                            .await?
+                        {
+                            Some(saved) => written = saved,
+                            None => return self.store.order(order_id).await,
+                        }
+                    }
                     let delay = self.backoff(written.attempts);
                     tracing::info!(order_id, step = order.step.as_str(), ?delay, %detail, "saga step deferred");
-                    // From the last written step: the steps since replay.
                     self.store
                         .retry_later(&written, &self.owner, delay, &detail)
                         .await?;
