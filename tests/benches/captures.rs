@@ -18,6 +18,7 @@ use std::time::Instant;
 use weft_mesh::{ClientOptions, MeshChannel};
 use weft_proto::payments::v1 as pb;
 use weft_proto::payments::v1::payments_service_client::PaymentsServiceClient;
+use weft_tests::bench::{self, median, ratio_summary};
 use weft_tests::mesh::{Mesh, eur};
 
 /// Pairs per run.
@@ -30,16 +31,7 @@ const CONCURRENCY: usize = 32;
 const REPS: usize = 5;
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(run());
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    bench::run(run()).unwrap();
 }
 
 /// Pairs per second, and p99 of one pair in ms, paying `payees` in turn.
@@ -158,15 +150,13 @@ async fn run() {
         p16.push(b.1);
         ratios.push(a.0 / b.0);
     }
-    let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
-    let hi = ratios.iter().copied().fold(0.0, f64::max);
     println!("| payees | pairs/s (median of {REPS}) | p99 ms (median) |");
     println!("| --- | --- | --- |");
-    println!("| 1 | {:.0} | {:.1} |", median(r1), median(p1));
-    println!("| 16 | {:.0} | {:.1} |", median(r16), median(p16));
+    println!("| 1 | {:.0} | {:.1} |", median(&r1), median(&p1));
+    println!("| 16 | {:.0} | {:.1} |", median(&r16), median(&p16));
     println!(
-        "one payee / sixteen: median {:.3} (min–max {lo:.3}–{hi:.3})",
-        median(ratios)
+        "one payee / sixteen: median (min–max) {}",
+        ratio_summary(&ratios)
     );
     mesh.check_invariants().await.unwrap();
 }

@@ -18,6 +18,7 @@ use tonic::service::Routes;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 use weft_mesh::{CertStore, ClientOptions, MeshChannel, MeshClient, client_config, mtls_channel};
+use weft_tests::bench::{self, median, ratio_summary};
 use weft_tests::pki::TestPki;
 use weft_tests::servers::serve_mtls;
 
@@ -26,17 +27,8 @@ const CALLS: usize = 20_000;
 /// Interleaved repetitions of every client per row.
 const REPS: usize = 5;
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(run());
+    bench::run(run()).unwrap();
 }
 
 async fn mesh(
@@ -179,14 +171,12 @@ async fn run() {
         }
         for (i, (label, _)) in clients.iter().enumerate() {
             let ratios: Vec<f64> = (0..REPS).map(|r| runs[i][r].0 / runs[0][r].0).collect();
-            let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
-            let hi = ratios.iter().copied().fold(0.0, f64::max);
             println!(
-                "| {concurrency} | {label} | {:.0} | {:.0} | {:.0} | {:.3} ({lo:.3}–{hi:.3}) |",
-                median(runs[i].iter().map(|r| r.0).collect()),
-                median(runs[i].iter().map(|r| r.1).collect()),
-                median(runs[i].iter().map(|r| r.2).collect()),
-                median(ratios),
+                "| {concurrency} | {label} | {:.0} | {:.0} | {:.0} | {} |",
+                median(&runs[i].iter().map(|r| r.0).collect::<Vec<_>>()),
+                median(&runs[i].iter().map(|r| r.1).collect::<Vec<_>>()),
+                median(&runs[i].iter().map(|r| r.2).collect::<Vec<_>>()),
+                ratio_summary(&ratios),
             );
         }
     }

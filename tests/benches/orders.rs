@@ -3,7 +3,9 @@
 //! orders, inventory and payments over mTLS, one PostgreSQL), the database
 //! time and transactions per order, against a baseline in the same run: the
 //! four calls the saga makes (reserve, authorize, commit, capture) made
-//! directly by the bench through the same mesh, one after another.
+//! directly by the bench through the same mesh, one after another. Each row
+//! runs the two in turn, `REPS` times, and prints medians, and the median of
+//! the per-repetition ratios with their spread.
 //! Run: `cargo bench -p weft-tests --bench orders`.
 
 // Bench code: a panic is a failed run with its location.
@@ -17,18 +19,18 @@ use weft_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
 use weft_proto::orders::v1 as orders_pb;
 use weft_proto::payments::v1 as payments_pb;
 use weft_proto::payments::v1::payments_service_client::PaymentsServiceClient;
+use weft_tests::bench::{self, median, ratio_summary};
 use weft_tests::mesh::{Mesh, eur, order_request};
 
-const ORDERS: usize = 2_000;
+/// Orders per phase (one repetition of one side).
+const ORDERS: usize = 400;
+/// Interleaved repetitions of each side per row.
+const REPS: usize = 5;
 const ACCOUNTS: usize = 64;
 const SKUS: usize = 16;
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(run());
+    bench::run(run()).unwrap();
 }
 
 /// What one phase measured.
@@ -58,7 +60,7 @@ async fn db_counters(mesh: &Mesh) -> (f64, i64) {
     (row.get(0), row.get(1))
 }
 
-async fn phase<F, Fut>(mesh: &Mesh, concurrency: usize, call: F) -> Phase
+async fn phase<F, Fut>(mesh: &Mesh, concurrency: usize, offset: usize, call: F) -> Phase
 where
     F: Fn(usize) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send,
@@ -73,7 +75,7 @@ where
                 let mut latencies = Vec::with_capacity(per_task);
                 for i in 0..per_task {
                     let began = Instant::now();
-                    call(t * per_task + i).await;
+                    call(offset + t * per_task + i).await;
                     latencies.push(began.elapsed());
                 }
                 latencies
@@ -131,9 +133,15 @@ async fn run() {
     // matching the confirmed orders (an invariant checked at the end).
     let merchant = mesh.open_account("direct-payee", 0).await.unwrap();
 
+    let durable = {
+        let db = mesh.db.connect().await.unwrap();
+        let fsync: String = db.query_one("SHOW fsync", &[]).await.unwrap().get(0);
+        format!("fsync {fsync}")
+    };
     println!(
-        "orders bench: {ORDERS} orders per row, 1 line each over {SKUS} products, \
-         {ACCOUNTS} paying accounts, one merchant, 2 instances of each service, mTLS"
+        "orders bench: {ORDERS} orders per phase, {REPS} interleaved repetitions of each side per \
+         row (medians), 1 line each over {SKUS} products, {ACCOUNTS} paying accounts, one \
+         merchant, 2 instances of each service, mTLS, {durable}"
     );
     println!(
         "{:<34} {:>5} {:>10} {:>9} {:>9} {:>11} {:>9}",
@@ -198,7 +206,6 @@ async fn run() {
                 }
             }
         };
-        let baseline = phase(&mesh, concurrency, direct).await;
         let place = {
             let (orders, accounts) = (orders.clone(), accounts.clone());
             move |i: usize| {
@@ -221,23 +228,43 @@ async fn run() {
                 }
             }
         };
-        let saga = phase(&mesh, concurrency, place).await;
+        let (mut baselines, mut sagas) = (Vec::new(), Vec::new());
+        for rep in 0..REPS {
+            baselines.push(phase(&mesh, concurrency, rep * ORDERS, direct.clone()).await);
+            let place = place.clone();
+            sagas.push(phase(&mesh, concurrency, rep * ORDERS, place).await);
+        }
+        // Each figure is the median of its repetitions; the ratios are the
+        // medians of the per-repetition ratios, with their spread.
+        let med = |phases: &[Phase], f: fn(&Phase) -> f64| {
+            median(&phases.iter().map(f).collect::<Vec<_>>())
+        };
         for (name, p) in [
-            ("baseline: the 4 calls, direct", &baseline),
-            ("PlaceOrder (saga through orders)", &saga),
+            ("baseline: the 4 calls, direct", &baselines),
+            ("PlaceOrder (saga through orders)", &sagas),
         ] {
             println!(
                 "{name:<34} {concurrency:>5} {:>10.0} {:>9.2} {:>9.2} {:>11.2} {:>9.1}",
-                p.per_second, p.p50_ms, p.p99_ms, p.db_ms_per_order, p.xacts_per_order
+                med(p, |x| x.per_second),
+                med(p, |x| x.p50_ms),
+                med(p, |x| x.p99_ms),
+                med(p, |x| x.db_ms_per_order),
+                med(p, |x| x.xacts_per_order)
             );
         }
+        let ratios = |f: fn(&Phase) -> f64| {
+            let r: Vec<f64> = sagas
+                .iter()
+                .zip(&baselines)
+                .map(|(s, b)| f(s) / f(b))
+                .collect();
+            ratio_summary(&r)
+        };
         println!(
-            "{:<34} {concurrency:>5} {:>10.2} {:>9.2} {:>9.2} {:>11.2}",
-            "ratio saga / baseline",
-            saga.per_second / baseline.per_second,
-            saga.p50_ms / baseline.p50_ms,
-            saga.p99_ms / baseline.p99_ms,
-            saga.db_ms_per_order / baseline.db_ms_per_order,
+            "ratio saga / baseline, conc {concurrency}: orders/s {}, p50 {}, p99 {}",
+            ratios(|x| x.per_second),
+            ratios(|x| x.p50_ms),
+            ratios(|x| x.p99_ms),
         );
     }
     mesh.check_invariants().await.unwrap();

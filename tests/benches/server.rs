@@ -24,6 +24,7 @@ use tonic::service::Routes;
 use tonic::transport::server::Connected;
 use weft_mesh::{CertStore, IdentitySource, Policy, server_config};
 use weft_service::{Config, Served, Transport};
+use weft_tests::bench::{self, median, ratio_summary};
 use weft_tests::pki::TestPki;
 
 /// Interleaved repetitions of each side per row.
@@ -32,11 +33,7 @@ const REPS: usize = 5;
 const SECONDS: &str = "2";
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(run());
+    bench::run(run()).unwrap();
 }
 
 /// A TLS connection to the bare server (tonic needs to know it is
@@ -169,11 +166,6 @@ async fn load(
     )
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 async fn run() {
     let pki = TestPki::new().unwrap();
     let server_paths = pki.service("bench-server", "bench").unwrap();
@@ -202,16 +194,18 @@ async fn run() {
             b_p.push((b.1, b.2));
             w_p.push((w.1, w.2));
         }
-        let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
-        let hi = ratios.iter().copied().fold(0.0, f64::max);
         let p = |v: &[(f64, f64)], i: usize| {
-            median(v.iter().map(|x| if i == 0 { x.0 } else { x.1 }).collect())
+            median(
+                &v.iter()
+                    .map(|x| if i == 0 { x.0 } else { x.1 })
+                    .collect::<Vec<_>>(),
+            )
         };
         println!(
-            "| {concurrency} | {:.0} | {:.0} | {:.3} ({lo:.3}–{hi:.3}) | {:.0} / {:.0} | {:.0} / {:.0} |",
-            median(b_rates),
-            median(w_rates),
-            median(ratios),
+            "| {concurrency} | {:.0} | {:.0} | {} | {:.0} / {:.0} | {:.0} / {:.0} |",
+            median(&b_rates),
+            median(&w_rates),
+            ratio_summary(&ratios),
             p(&b_p, 0),
             p(&w_p, 0),
             p(&b_p, 1),

@@ -1,6 +1,7 @@
 //! The harness for Weft's end-to-end tests: it starts real parts (PostgreSQL,
 //! Weft services, external tools) on 127.0.0.1 and cleans up after them.
 
+pub mod bench;
 pub mod cluster;
 /// HTTP GET of endpoints such as /metrics.
 pub use weft::scrape as http;
