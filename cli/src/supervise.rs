@@ -246,6 +246,17 @@ async fn drain(child: &mut Child) -> String {
     }
 }
 
+/// Marks the instance running as `child`, from now; returns when it started.
+fn running(status: &Mutex<Status>, child: &Child) -> Instant {
+    let started = Instant::now();
+    let mut s = status.lock().unwrap_or_else(PoisonError::into_inner);
+    s.phase = Phase::Running {
+        pid: child.id().unwrap_or(0),
+    };
+    s.started = Some(started);
+    started
+}
+
 /// One instance's supervisor: owns its process until asked to stop.
 async fn supervise(
     spec: Spec,
@@ -279,13 +290,8 @@ async fn supervise(
                         match spawn(&spec) {
                             Ok(next) => {
                                 child = next;
-                                started = Instant::now();
-                                let pid = child.id().unwrap_or(0);
-                                set(&|s| {
-                                    s.phase = Phase::Running { pid };
-                                    s.started = Some(started);
-                                    s.last_exit = Some(format!("restarted ({ended})"));
-                                });
+                                started = running(&status, &child);
+                                set(&|s| s.last_exit = Some(format!("restarted ({ended})")));
                                 let _ = reply.send(Ok(()));
                             }
                             Err(e) => {
@@ -365,12 +371,8 @@ async fn supervise(
             match spawn(&spec) {
                 Ok(next) => {
                     child = next;
-                    started = Instant::now();
+                    started = running(&status, &child);
                     let pid = child.id().unwrap_or(0);
-                    set(&|s| {
-                        s.phase = Phase::Running { pid };
-                        s.started = Some(started);
-                    });
                     let _ = events.send(format!("{} started again (pid {pid})", spec.id));
                     break;
                 }

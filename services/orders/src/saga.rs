@@ -1,8 +1,11 @@
 //! The order saga: each step calls inventory or payments with a key derived
-//! from the order and the step, then records its outcome before the next
-//! step runs. A passing failure (an unreachable service, a timeout) leaves
-//! the step to be retried with backoff; a lasting one rejects the order and
-//! compensates what was done. Whoever drives a saga holds its lease.
+//! from the order and the step, so a step repeated after a crash gets its
+//! first answer again; the order is written at its outcome, at a rejection,
+//! before a wait and as its lease runs down, not after every step (see
+//! [`Saga::drive_leased`]). A passing failure (an unreachable service, a
+//! timeout) leaves the step to be retried with backoff; a lasting one
+//! rejects the order and compensates what was done. Whoever drives a saga
+//! holds its lease.
 
 use std::sync::Arc;
 use std::time::Duration;
