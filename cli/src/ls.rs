@@ -10,14 +10,12 @@ use tonic_health::pb::health_client::HealthClient;
 
 use crate::target::{Mesh, MeshArgs};
 
-/// The services `weft ls` and `weft health` show unless told otherwise.
-pub const SERVICES: [&str; 3] = ["inventory", "payments", "orders"];
-
-fn services(given: &[String]) -> Vec<String> {
+/// The services named, or, with none named, every service discovery knows.
+async fn services(mesh: &Mesh, given: &[String]) -> Result<Vec<String>> {
     if given.is_empty() {
-        SERVICES.iter().map(|s| (*s).to_owned()).collect()
+        mesh.services().await
     } else {
-        given.to_vec()
+        Ok(given.to_vec())
     }
 }
 
@@ -28,7 +26,7 @@ pub async fn ls(args: &MeshArgs, given: &[String]) -> Result<()> {
         "{:<10} {:<22} {:<22} {:<9} attributes",
         "SERVICE", "INSTANCE", "ADDRESS", "HEALTH"
     );
-    for service in services(given) {
+    for service in services(&mesh, given).await? {
         let snapshot = mesh.instances(&service).await?;
         if let Some(e) = &snapshot.last_error {
             println!("{service:<10} (discovery error: {e})");
@@ -59,7 +57,7 @@ pub async fn ls(args: &MeshArgs, given: &[String]) -> Result<()> {
 pub async fn health(args: &MeshArgs, given: &[String]) -> Result<()> {
     let mesh = Mesh::connect(args).await?;
     let mut bad = 0;
-    for service in services(given) {
+    for service in services(&mesh, given).await? {
         let snapshot = mesh.instances(&service).await?;
         for e in snapshot.endpoints.iter() {
             let tls = weft_mesh::client_config(mesh.store()?, mesh.expected(&service)?)?;

@@ -54,14 +54,14 @@ enum Command {
     Ls {
         #[command(flatten)]
         mesh: target::MeshArgs,
-        /// Services to list (default: inventory, payments, orders).
+        /// Services to list (default: every service discovery knows).
         services: Vec<String>,
     },
     /// Ask every instance's grpc.health.v1 whether it is serving.
     Health {
         #[command(flatten)]
         mesh: target::MeshArgs,
-        /// Services to check (default: inventory, payments, orders).
+        /// Services to check (default: every service discovery knows).
         services: Vec<String>,
     },
     /// Call a method by service name, JSON in and out, e.g.

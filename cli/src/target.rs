@@ -94,6 +94,11 @@ impl Mesh {
         }
     }
 
+    /// Every service discovery knows.
+    pub async fn services(&self) -> Result<Vec<String>> {
+        Ok(self.client.discovery().services().await?)
+    }
+
     /// The identity `service` must present.
     pub fn expected(&self, service: &str) -> Result<SpiffeId> {
         self.client

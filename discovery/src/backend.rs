@@ -139,6 +139,17 @@ impl Discovery {
         Self::connect(Setting::parse(setting)?, &ClientOptions::default()).await
     }
 
+    /// The services the backend knows, sorted (Cloud Map: the namespace's;
+    /// local: those with a directory; static: those configured): for
+    /// operators' listings.
+    pub async fn services(&self) -> Result<Vec<String>, DiscoveryError> {
+        match self {
+            Self::CloudMap(c) => c.registry().service_names().await,
+            Self::Local(_, resolver) => resolver.services(),
+            Self::Static(s) => Ok(s.services()),
+        }
+    }
+
     /// Whether the platform registers instances, leaving them only their
     /// health to report.
     pub fn registers_externally(&self) -> bool {

@@ -52,6 +52,12 @@ async fn register_resolve_filter_health_and_deregister() {
     cm.register(&instance("i-2", 7002, "1", "b")).await.unwrap();
     cm.register(&instance("i-3", 7003, "2", "a")).await.unwrap();
 
+    // The namespace's services, as `weft ls` lists them with no names.
+    assert_eq!(
+        cm.registry().service_names().await.unwrap(),
+        ["inventory", "payments"]
+    );
+
     let mut all = cm.watch("inventory", &Filter::any()).unwrap();
     let snapshot = until(&mut all, "three instances", |s| s.endpoints.len() == 3).await;
     let first = snapshot.endpoints.iter().find(|e| e.id == "i-1").unwrap();

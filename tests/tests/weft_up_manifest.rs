@@ -96,11 +96,16 @@ fn a_manifest_runs_supervised_and_survives_kills_and_restarts_under_load() {
         8,
         "eight instance processes"
     );
+    // With no names, ls and health cover every service discovery knows,
+    // the example included.
+    let listed = ok(weft(home, &["ls"]).unwrap());
+    assert_eq!(listed.matches(" healthy ").count(), 8, "{listed}");
+    assert!(listed.contains("wishlist-2"), "{listed}");
     assert_eq!(
         ok(weft(home, &["health"]).unwrap())
             .matches("Serving")
             .count(),
-        6
+        8
     );
     assert_eq!(
         ok(weft(home, &["health", "wishlist"]).unwrap())

@@ -148,6 +148,36 @@ impl CloudMapRegistry {
         })
     }
 
+    /// The names of every service in the namespace, sorted: for operators'
+    /// listings.
+    pub async fn service_names(&self) -> Result<Vec<String>, DiscoveryError> {
+        let namespace_id = self.namespace_id().await?;
+        let filter = ServiceFilter::builder()
+            .name(ServiceFilterName::NamespaceId)
+            .values(namespace_id)
+            .condition(FilterCondition::Eq)
+            .build()
+            .map_err(|e| DiscoveryError::Backend(e.to_string()))?;
+        let mut pages = self
+            .client
+            .list_services()
+            .filters(filter)
+            .into_paginator()
+            .send();
+        let mut names = Vec::new();
+        while let Some(page) = pages.next().await {
+            self.count();
+            let page = page.map_err(sdk_error)?;
+            names.extend(
+                page.services()
+                    .iter()
+                    .filter_map(|s| s.name().map(str::to_owned)),
+            );
+        }
+        names.sort();
+        Ok(names)
+    }
+
     /// Every instance registered in `service`, page by page, regardless of
     /// health (ListInstances does not report health): for operators' listings.
     pub async fn list_instances(&self, service: &str) -> Result<Vec<Endpoint>, DiscoveryError> {
