@@ -111,46 +111,39 @@ impl CloudMapRegistry {
         })
     }
 
-    /// A service's id in the namespace, looked up once per service.
+    /// A service's id in the namespace, looked up once per service (a
+    /// listing remembers every id it sees).
     pub async fn service_id(&self, service: &str) -> Result<String, DiscoveryError> {
         if let Some(id) = self.ids.lock().await.services.get(service) {
             return Ok(id.clone());
         }
-        let namespace_id = self.namespace_id().await?;
-        let filter = ServiceFilter::builder()
-            .name(ServiceFilterName::NamespaceId)
-            .values(namespace_id)
-            .condition(FilterCondition::Eq)
-            .build()
-            .map_err(|e| DiscoveryError::Backend(e.to_string()))?;
-        let mut pages = self
-            .client
-            .list_services()
-            .filters(filter)
-            .into_paginator()
-            .send();
-        while let Some(page) = pages.next().await {
-            self.count();
-            let page = page.map_err(sdk_error)?;
-            let found = page.services().iter().find(|s| s.name() == Some(service));
-            if let Some(id) = found.and_then(|s| s.id()) {
-                self.ids
-                    .lock()
-                    .await
-                    .services
-                    .insert(service.to_owned(), id.to_owned());
-                return Ok(id.to_owned());
-            }
-        }
-        Err(DiscoveryError::NotFound {
-            kind: "service",
-            name: format!("{}/{service}", self.namespace),
-        })
+        let listed = self.namespace_services().await?;
+        listed
+            .into_iter()
+            .find(|(name, _)| name == service)
+            .map(|(_, id)| id)
+            .ok_or_else(|| DiscoveryError::NotFound {
+                kind: "service",
+                name: format!("{}/{service}", self.namespace),
+            })
     }
 
     /// The names of every service in the namespace, sorted: for operators'
     /// listings.
     pub async fn service_names(&self) -> Result<Vec<String>, DiscoveryError> {
+        let mut names: Vec<String> = self
+            .namespace_services()
+            .await?
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// Every service of the namespace as (name, id), page by page; the ids
+    /// are remembered.
+    async fn namespace_services(&self) -> Result<Vec<(String, String)>, DiscoveryError> {
         let namespace_id = self.namespace_id().await?;
         let filter = ServiceFilter::builder()
             .name(ServiceFilterName::NamespaceId)
@@ -164,18 +157,21 @@ impl CloudMapRegistry {
             .filters(filter)
             .into_paginator()
             .send();
-        let mut names = Vec::new();
+        let mut out = Vec::new();
         while let Some(page) = pages.next().await {
             self.count();
             let page = page.map_err(sdk_error)?;
-            names.extend(
+            out.extend(
                 page.services()
                     .iter()
-                    .filter_map(|s| s.name().map(str::to_owned)),
+                    .filter_map(|s| Some((s.name()?.to_owned(), s.id()?.to_owned()))),
             );
         }
-        names.sort();
-        Ok(names)
+        let mut ids = self.ids.lock().await;
+        for (name, id) in &out {
+            ids.services.insert(name.clone(), id.clone());
+        }
+        Ok(out)
     }
 
     /// Every instance registered in `service`, page by page, regardless of
