@@ -454,19 +454,9 @@ impl Tx<'_> {
                 continue;
             }
             // Money out or held: the row first (the lock order every path
-            // keeps; NO KEY, so a credit's reference check into a new slot
-            // does not wait for it), then its slots folded into it, so the
-            // row's limit check sees the whole balance.
-            let locked = self
-                .0
-                .execute(
-                    "SELECT 1 FROM payments.accounts WHERE account_id = $1 FOR NO KEY UPDATE",
-                    &[account_id],
-                )
-                .await?;
-            if locked != 1 {
-                return Err(not_found("account", account_id));
-            }
+            // keeps), then its slots folded into it, so the row's limit check
+            // sees the whole balance.
+            lock_account(self.0, account_id).await?;
             self.0
                 .execute(
                     "WITH folded AS (DELETE FROM payments.account_slots WHERE account_id = $1 \
@@ -553,6 +543,21 @@ fn not_found(kind: &'static str, id: &str) -> PaymentsError {
     }
 }
 
+/// Locks an account's row for the rest of the transaction (NO KEY, so a
+/// credit's reference check into a new slot does not wait for it).
+async fn lock_account<C: GenericClient>(client: &C, account_id: &str) -> Result<()> {
+    let locked = client
+        .execute(
+            "SELECT 1 FROM payments.accounts WHERE account_id = $1 FOR NO KEY UPDATE",
+            &[&account_id],
+        )
+        .await?;
+    if locked != 1 {
+        return Err(not_found("account", account_id));
+    }
+    Ok(())
+}
+
 async fn load_account<C: GenericClient>(
     client: &C,
     account_id: &str,
@@ -564,15 +569,7 @@ async fn load_account<C: GenericClient>(
         // the slots as they were when it began, and count money a fold
         // moved between them twice. Once the row is held nothing folds, and
         // slots only grow.
-        let locked = client
-            .execute(
-                "SELECT 1 FROM payments.accounts WHERE account_id = $1 FOR NO KEY UPDATE",
-                &[&account_id],
-            )
-            .await?;
-        if locked != 1 {
-            return Err(not_found("account", account_id));
-        }
+        lock_account(client, account_id).await?;
     }
     let row = client
         .query_opt(
