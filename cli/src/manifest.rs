@@ -268,6 +268,16 @@ impl Manifest {
         })
     }
 
+    /// Runs `n` instances of every service (`weft up --replicas`), within
+    /// the same bound a manifest's `replicas` has.
+    pub fn set_replicas(&mut self, n: usize) -> Result<(), ManifestError> {
+        let n = replicas(n).map_err(ManifestError::Invalid)?;
+        for s in &mut self.services {
+            s.replicas = n;
+        }
+        Ok(())
+    }
+
     /// The service named `name`.
     pub fn service(&self, name: &str) -> Option<&Service> {
         self.services.iter().find(|s| s.name == name)
@@ -303,12 +313,7 @@ impl Service {
                 ));
             }
         };
-        let replicas = s.replicas.unwrap_or(2);
-        if replicas == 0 || replicas > MAX_REPLICAS {
-            return Err(bad(format!(
-                "replicas must be 1 to {MAX_REPLICAS}, not {replicas}"
-            )));
-        }
+        let replicas = replicas(s.replicas.unwrap_or(2)).map_err(bad)?;
         let policy = if !s.policy.is_empty() {
             PolicySource::Files(s.policy.iter().map(|p| dir.join(p)).collect())
         } else if let Some((name, _)) = SHIPPED_POLICIES.iter().find(|(n, _)| *n == s.name) {
@@ -367,6 +372,14 @@ pub fn policy_text(
     let text = text.replace("spiffe://weft.local/", &format!("spiffe://{trust_domain}/"));
     weft_mesh::Policy::from_toml(&text).map_err(|e| ManifestError::Invalid(e.to_string()))?;
     Ok(Some(text))
+}
+
+/// `n` if it is a number of instances a service may have.
+fn replicas(n: usize) -> Result<usize, String> {
+    if n == 0 || n > MAX_REPLICAS {
+        return Err(format!("replicas must be 1 to {MAX_REPLICAS}, not {n}"));
+    }
+    Ok(n)
 }
 
 /// Orders services so each comes after those it depends on, keeping the

@@ -219,7 +219,7 @@ fn describe(status: &ExitStatus) -> String {
 }
 
 /// Sends `signal` to the process `pid`.
-fn signal(pid: u32, signal: rustix::process::Signal) -> Result<(), String> {
+pub fn signal(pid: u32, signal: rustix::process::Signal) -> Result<(), String> {
     let pid = i32::try_from(pid)
         .ok()
         .and_then(rustix::process::Pid::from_raw)

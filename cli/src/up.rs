@@ -10,7 +10,7 @@
 //! runs, `weft logs`, `weft kill` and `weft restart` work on its instances
 //! through its control socket.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -313,7 +313,6 @@ pub async fn run(args: UpArgs) -> Result<()> {
     };
     // From here on, any failure stops what was started.
     let started = start_all(
-        &args,
         &manifest,
         &programs,
         &mut supervised,
@@ -390,12 +389,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
         if second.await {
             eprintln!("[up] stopping at once");
             for pid in pids {
-                if let Some(pid) = i32::try_from(pid)
-                    .ok()
-                    .and_then(rustix::process::Pid::from_raw)
-                {
-                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-                }
+                let _ = weft::supervise::signal(pid, rustix::process::Signal::KILL);
             }
             if let Ok(mut slot) = hard_stop.lock()
                 && let Some(mut c) = slot.take()
@@ -428,12 +422,7 @@ fn load_manifest(args: &UpArgs) -> Result<Manifest> {
         None => Manifest::demo()?,
     };
     if let Some(n) = args.replicas {
-        if n == 0 || n > weft::manifest::MAX_REPLICAS {
-            bail!("--replicas must be 1 to {}", weft::manifest::MAX_REPLICAS);
-        }
-        for s in &mut manifest.services {
-            s.replicas = n;
-        }
+        manifest.set_replicas(n).context("--replicas")?;
     }
     Ok(manifest)
 }
@@ -473,9 +462,14 @@ async fn resolve_programs(manifest: &Manifest) -> Result<HashMap<String, PathBuf
     Ok(programs)
 }
 
-/// Whether `name` is one of the service binaries Weft ships.
+/// Whether `name` is one of the service binaries Weft ships (`weft-NAME`
+/// for each service with a shipped policy).
 fn is_weft_service(name: &str) -> bool {
-    matches!(name, "weft-inventory" | "weft-payments" | "weft-orders")
+    name.strip_prefix("weft-").is_some_and(|s| {
+        weft::manifest::SHIPPED_POLICIES
+            .iter()
+            .any(|(n, _)| *n == s)
+    })
 }
 
 /// The workspace weft was built from, if it is still there.
@@ -559,7 +553,6 @@ struct Environment<'a> {
 /// Starts every service in order, each once those it depends on are
 /// healthy, seeding when the seed's services are; returns the demo's ids.
 async fn start_all(
-    args: &UpArgs,
     manifest: &Manifest,
     programs: &HashMap<String, PathBuf>,
     supervised: &mut Supervised,
@@ -567,17 +560,15 @@ async fn start_all(
     env: Environment<'_>,
     mesh_args: &MeshArgs,
 ) -> Result<Option<Demo>> {
-    let _ = args;
     let mut demo: Option<Demo> = None;
+    let mut ready = HashSet::new();
     for service in &manifest.services {
         for dep in &service.depends_on {
-            let t = step(&format!("waiting for {dep}"));
-            supervised.wait_service(dep).await?;
-            done(t);
+            wait_once(supervised, &mut ready, dep).await?;
         }
         let needs_seed = service.env.values().any(|v| v.contains("{demo."));
         if needs_seed && demo.is_none() {
-            demo = Some(seed(manifest, supervised, mesh_args).await?);
+            demo = Some(seed(manifest, supervised, &mut ready, mesh_args).await?);
         }
         let t = step(&format!(
             "starting {} {} instance(s)",
@@ -647,25 +638,46 @@ async fn start_all(
         done(t);
     }
     for service in &manifest.services {
-        let t = step(&format!("waiting for {}", service.name));
-        supervised.wait_service(&service.name).await?;
-        done(t);
+        wait_once(supervised, &mut ready, &service.name).await?;
     }
     if demo.is_none() && manifest.seed.is_some() {
-        demo = Some(seed(manifest, supervised, mesh_args).await?);
+        demo = Some(seed(manifest, supervised, &mut ready, mesh_args).await?);
     }
     Ok(demo)
 }
 
+/// Waits for every instance of `service` to be healthy, unless `ready`
+/// says it was already (start-up asks for each service several times: as
+/// a dependency, for the seed, and at the end).
+async fn wait_once(
+    supervised: &Supervised,
+    ready: &mut HashSet<String>,
+    service: &str,
+) -> Result<()> {
+    if ready.contains(service) {
+        return Ok(());
+    }
+    let t = step(&format!("waiting for {service}"));
+    supervised.wait_service(service).await?;
+    done(t);
+    ready.insert(service.to_owned());
+    Ok(())
+}
+
 /// Runs the manifest's seed once its services are healthy.
-async fn seed(manifest: &Manifest, supervised: &Supervised, mesh_args: &MeshArgs) -> Result<Demo> {
+async fn seed(
+    manifest: &Manifest,
+    supervised: &Supervised,
+    ready: &mut HashSet<String>,
+    mesh_args: &MeshArgs,
+) -> Result<Demo> {
     let Some(seed) = manifest.seed else {
         bail!("an env value names {{demo.…}}, but the manifest has no seed = \"demo\"");
     };
     match seed {
         Seed::Demo => {
             for needed in seed.needs() {
-                supervised.wait_service(needed).await?;
+                wait_once(supervised, ready, needed).await?;
             }
             let t = step("demo data (products, accounts)");
             let mesh = Mesh::connect(mesh_args).await?;
