@@ -13,15 +13,23 @@ use anyhow::{Context, Result, bail};
 
 use crate::process::binary;
 
-/// `weft` with `args`, pointed at the mesh of the `weft up` in `home`.
-pub fn weft(home: &Path, args: &[&str]) -> Result<std::process::Output> {
-    Ok(Command::new(binary("weft")?)
+/// `weft` with `args`, pointed at the mesh of the `weft up` in `home`, not
+/// yet started.
+pub fn weft_command(home: &Path, args: &[&str]) -> Result<Command> {
+    let mut command = Command::new(binary("weft")?);
+    command
         .args(args)
         .arg("--certs")
         .arg(home.join("certs"))
         .arg("--discovery")
-        .arg(format!("local://{}", home.join("discovery").display()))
-        .output()?)
+        .arg(format!("local://{}", home.join("discovery").display()));
+    Ok(command)
+}
+
+/// `weft` with `args`, pointed at the mesh of the `weft up` in `home`, run
+/// to its end.
+pub fn weft(home: &Path, args: &[&str]) -> Result<std::process::Output> {
+    Ok(weft_command(home, args)?.output()?)
 }
 
 /// `weft` with `args` and `--home` (logs, kill, restart), nothing else.

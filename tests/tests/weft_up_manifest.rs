@@ -14,7 +14,8 @@ use std::time::Duration;
 use weft_tests::process::binary;
 use weft_tests::tools::tool;
 use weft_tests::up::{
-    Up, cluster_dirs, eventually, instance_records, processes_with_env, weft, weft_home,
+    Up, cluster_dirs, eventually, instance_records, processes_with_env, weft, weft_command,
+    weft_home,
 };
 
 fn repository() -> PathBuf {
@@ -51,8 +52,10 @@ fn ok(out: std::process::Output) -> String {
 /// `weft load` placing `count` single-item orders of a product with stock
 /// for all of them, 20 a second.
 fn load(home: &Path, account: &str, count: u64) -> Child {
-    Command::new(binary("weft").unwrap())
-        .args([
+    let count = count.to_string();
+    weft_command(
+        home,
+        &[
             "load",
             "--rate",
             "20",
@@ -60,16 +63,15 @@ fn load(home: &Path, account: &str, count: u64) -> Child {
             "GIZMO-1",
             "--account",
             account,
-        ])
-        .args(["--count", &count.to_string()])
-        .arg("--certs")
-        .arg(home.join("certs"))
-        .arg("--discovery")
-        .arg(format!("local://{}", home.join("discovery").display()))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+            "--count",
+            &count,
+        ],
+    )
+    .unwrap()
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap()
 }
 
 #[test]
