@@ -17,6 +17,7 @@ use crate::convert::{self, status};
 use crate::domain::{NewOrder, Order, OrderLine};
 use crate::fault::crash_after;
 use crate::saga::Saga;
+use crate::store::Store;
 
 /// The most lines one order may hold.
 pub const MAX_LINES: usize = 100;
@@ -25,13 +26,15 @@ pub const MAX_LINES: usize = 100;
 #[derive(Debug, Clone)]
 pub struct OrdersApi {
     saga: Arc<Saga>,
+    store: Store,
     wait: Duration,
 }
 
 impl OrdersApi {
-    /// Serves calls by driving `saga`, waiting at most `wait` for it.
-    pub fn new(saga: Arc<Saga>, wait: Duration) -> Self {
-        Self { saga, wait }
+    /// Serves calls from `store`, driving `saga` for the calls that move
+    /// an order and waiting at most `wait` for it.
+    pub fn new(saga: Arc<Saga>, store: Store, wait: Duration) -> Self {
+        Self { saga, store, wait }
     }
 
     /// Drives the order's saga in its own task and waits for it until the
@@ -64,7 +67,7 @@ impl OrdersApi {
             }
             // Still going: answer with the order as it stands (PENDING);
             // the saga goes on and GetOrder shows how it ends.
-            Err(_) => self.saga.store().order(&order_id).await.map_err(status),
+            Err(_) => self.store.order(&order_id).await.map_err(status),
         }
     }
 }
@@ -103,8 +106,7 @@ impl OrdersService for OrdersApi {
             lines: lines(&req.lines)?,
         };
         let (order, created) = self
-            .saga
-            .store()
+            .store
             .place(&key, &new, self.saga.owner(), self.saga.config().lease)
             .await
             .map_err(status)?;
@@ -124,12 +126,7 @@ impl OrdersService for OrdersApi {
     ) -> Result<Response<pb::GetOrderResponse>, Status> {
         let req = request.into_inner();
         validate::id("order_id", &req.order_id)?;
-        let order = self
-            .saga
-            .store()
-            .order(&req.order_id)
-            .await
-            .map_err(status)?;
+        let order = self.store.order(&req.order_id).await.map_err(status)?;
         Ok(Response::new(pb::GetOrderResponse {
             order: Some(convert::order(&order)),
         }))
@@ -154,8 +151,7 @@ impl OrdersService for OrdersApi {
         };
         // One extra row tells whether another page follows.
         let mut orders = self
-            .saga
-            .store()
+            .store
             .list(&req.customer_id, before, limit + 1)
             .await
             .map_err(status)?;
@@ -182,8 +178,7 @@ impl OrdersService for OrdersApi {
         validate::id("order_id", &req.order_id)?;
         validate::optional_text("reason", &req.reason, 500)?;
         let order = self
-            .saga
-            .store()
+            .store
             .begin_cancel(&req.order_id, &req.reason)
             .await
             .map_err(status)?;

@@ -191,6 +191,34 @@ impl Order {
         next
     }
 
+    /// The order's total from its priced lines, all in one currency; why
+    /// not, when a line is unpriced, the currencies differ or the sum
+    /// overflows.
+    pub fn priced_total(&self) -> Result<Money, &'static str> {
+        let mut total: Option<Money> = None;
+        for line in &self.lines {
+            let price = line
+                .unit_price
+                .as_ref()
+                .ok_or("a line came back without a price")?;
+            let amount = price
+                .amount_minor
+                .checked_mul(line.quantity)
+                .ok_or("the order total is too large")?;
+            match &mut total {
+                None => total = Some(Money::new(amount, price.currency_code.clone())),
+                Some(t) if t.currency_code == price.currency_code => {
+                    t.amount_minor = t
+                        .amount_minor
+                        .checked_add(amount)
+                        .ok_or("the order total is too large")?;
+                }
+                Some(_) => return Err("the lines are priced in more than one currency"),
+            }
+        }
+        total.ok_or("the order has no lines")
+    }
+
     /// The idempotency key of this order's call for `step`: the same on every
     /// retry and resume, different for every order and step.
     pub fn key(&self, step: Step) -> String {

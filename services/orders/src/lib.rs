@@ -9,6 +9,7 @@ pub mod config;
 pub mod convert;
 pub mod domain;
 pub mod fault;
+pub mod machine;
 pub mod merchant;
 pub mod recovery;
 pub mod saga;

@@ -74,7 +74,7 @@ pub async fn run(
     }
     let db = store.db().clone();
     let saga = Saga::new(
-        store,
+        store.clone(),
         upstream,
         owner,
         merchant_account_id,
@@ -82,7 +82,7 @@ pub async fn run(
     );
     let recovery = AbortOnDrop(tokio::spawn(crate::recovery::run(saga.clone())));
 
-    let api = OrdersServiceServer::new(OrdersApi::new(saga, config.wait))
+    let api = OrdersServiceServer::new(OrdersApi::new(saga, store, config.wait))
         .max_decoding_message_size(service.max_message_bytes);
     let served = Served::new(NAME, SERVICE_NAME, Routes::new(api), db);
     let result = node.serve(listener, served, shutdown).await;
