@@ -1,11 +1,14 @@
 //! Orders end to end, printed: orders placed per second and p50/p99
 //! latency of PlaceOrder through the whole mesh (two instances each of
-//! orders, inventory and payments over mTLS, one PostgreSQL), the database
-//! time and transactions per order, against a baseline in the same run: the
+//! orders, inventory and payments over mTLS, each service in a database of
+//! its own on one PostgreSQL), the database time and each database's
+//! committed transactions per order, against a baseline in the same run: the
 //! four calls the saga makes (reserve, authorize, commit, capture) made
 //! directly by the bench through the same mesh, one after another. Each row
 //! runs the two in turn, `REPS` times, and prints medians, and the median of
-//! the per-repetition ratios with their spread.
+//! the per-repetition ratios with their spread. Every row is run twice, on a
+//! mesh with durable commits and on one whose commits do not wait for the
+//! disk.
 //! Run: `cargo bench -p weft-tests --bench orders`.
 
 // Bench code: a panic is a failed run with its location.
@@ -38,26 +41,42 @@ struct Phase {
     per_second: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// Time inside statements, all databases, per order.
     db_ms_per_order: f64,
-    xacts_per_order: f64,
+    /// Committed transactions per order in orders', inventory's and
+    /// payments' databases.
+    xacts_per_order: [f64; 3],
+    /// Orders' database's commits per second (in a baseline phase, where
+    /// no order is placed: its background of health checks and recovery
+    /// polls).
+    orders_xacts_per_second: f64,
+    /// Seconds between the two readings of the counters.
+    window_s: f64,
+    /// Orders placed.
+    orders: f64,
 }
 
-/// The database's counters: (active milliseconds, committed transactions).
-async fn db_counters(mesh: &Mesh) -> (f64, i64) {
+/// Each database's counters (orders, inventory, payments): active
+/// milliseconds and committed transactions.
+async fn db_counters(mesh: &Mesh) -> [(f64, i64); 3] {
     let db = mesh.db.connect().await.unwrap();
     // Statistics reach the view at most once a second per session.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     db.execute("SELECT pg_stat_clear_snapshot()", &[])
         .await
         .unwrap();
-    let row = db
-        .query_one(
-            "SELECT active_time, xact_commit FROM pg_stat_database WHERE datname = $1",
-            &[&mesh.db.name()],
-        )
-        .await
-        .unwrap();
-    (row.get(0), row.get(1))
+    let mut counters = [(0.0, 0); 3];
+    for (n, service) in ["orders", "inventory", "payments"].iter().enumerate() {
+        let row = db
+            .query_one(
+                "SELECT active_time, xact_commit FROM pg_stat_database WHERE datname = $1",
+                &[&mesh.db_of(service).name()],
+            )
+            .await
+            .unwrap();
+        counters[n] = (row.get(0), row.get(1));
+    }
+    counters
 }
 
 async fn phase<F, Fut>(mesh: &Mesh, concurrency: usize, offset: usize, call: F) -> Phase
@@ -65,7 +84,8 @@ where
     F: Fn(usize) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send,
 {
-    let (active_before, xacts_before) = db_counters(mesh).await;
+    let before = db_counters(mesh).await;
+    let window = Instant::now();
     let started = Instant::now();
     let per_task = ORDERS / concurrency;
     let tasks: Vec<_> = (0..concurrency)
@@ -87,7 +107,8 @@ where
         latencies.extend(task.await.unwrap());
     }
     let elapsed = started.elapsed();
-    let (active_after, xacts_after) = db_counters(mesh).await;
+    let after = db_counters(mesh).await;
+    let window_s = window.elapsed().as_secs_f64();
     latencies.sort();
     let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
     let n = latencies.len() as f64;
@@ -95,14 +116,26 @@ where
         per_second: n / elapsed.as_secs_f64(),
         p50_ms: at(0.50).as_secs_f64() * 1e3,
         p99_ms: at(0.99).as_secs_f64() * 1e3,
-        db_ms_per_order: (active_after - active_before) / n,
-        xacts_per_order: (xacts_after - xacts_before) as f64 / n,
+        db_ms_per_order: (0..3).map(|d| after[d].0 - before[d].0).sum::<f64>() / n,
+        xacts_per_order: std::array::from_fn(|d| (after[d].1 - before[d].1) as f64 / n),
+        orders_xacts_per_second: (after[0].1 - before[0].1) as f64 / window_s,
+        window_s,
+        orders: n,
     }
 }
 
 async fn run() {
-    let mut mesh = Mesh::without_orders().await.unwrap();
+    for durable in [true, false] {
+        rows(durable).await;
+    }
+}
+
+/// Every row on a mesh whose commits are `durable` or not.
+async fn rows(durable: bool) {
+    let mut mesh = Mesh::without_orders_apart(durable).await.unwrap();
     mesh.pool_size = 16;
+    // Recovery looks for due sagas as often as in production.
+    mesh.saga.recovery_every = Duration::from_secs(1);
     mesh.add_orders(2).await.unwrap();
     // Sixteen products: one would make its row the bottleneck.
     for n in 0..SKUS {
@@ -133,19 +166,29 @@ async fn run() {
     // matching the confirmed orders (an invariant checked at the end).
     let merchant = mesh.open_account("direct-payee", 0).await.unwrap();
 
-    let durable = {
+    let commits = {
         let db = mesh.db.connect().await.unwrap();
         let fsync: String = db.query_one("SHOW fsync", &[]).await.unwrap().get(0);
-        format!("fsync {fsync}")
+        let sync: String = db
+            .query_one("SHOW synchronous_commit", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let what = if fsync == "on" && sync != "off" {
+            "DURABLE commits"
+        } else {
+            "commits NOT durable"
+        };
+        format!("{what} (fsync {fsync}, synchronous_commit {sync})")
     };
     println!(
         "orders bench: {ORDERS} orders per phase, {REPS} interleaved repetitions of each side per \
          row (medians), 1 line each over {SKUS} products, {ACCOUNTS} paying accounts, one \
-         merchant, 2 instances of each service, mTLS, {durable}"
+         merchant, 2 instances of each service, mTLS, a database per service, {commits}"
     );
     println!(
-        "{:<34} {:>5} {:>10} {:>9} {:>9} {:>11} {:>9}",
-        "", "conc", "orders/s", "p50 ms", "p99 ms", "db ms/order", "xacts"
+        "{:<34} {:>5} {:>10} {:>9} {:>9} {:>11} {:>21}",
+        "", "conc", "orders/s", "p50 ms", "p99 ms", "db ms/order", "xacts: ord/inv/pay"
     );
     for concurrency in [1, 16, 64] {
         let round = concurrency;
@@ -244,14 +287,29 @@ async fn run() {
             ("PlaceOrder (saga through orders)", &sagas),
         ] {
             println!(
-                "{name:<34} {concurrency:>5} {:>10.0} {:>9.2} {:>9.2} {:>11.2} {:>9.1}",
+                "{name:<34} {concurrency:>5} {:>10.0} {:>9.2} {:>9.2} {:>11.2} {:>9.2}/{:.2}/{:.2}",
                 med(p, |x| x.per_second),
                 med(p, |x| x.p50_ms),
                 med(p, |x| x.p99_ms),
                 med(p, |x| x.db_ms_per_order),
-                med(p, |x| x.xacts_per_order)
+                med(p, |x| x.xacts_per_order[0]),
+                med(p, |x| x.xacts_per_order[1]),
+                med(p, |x| x.xacts_per_order[2]),
             );
         }
+        // Orders' own commits per order: its database's, less the
+        // background its baseline phases show (no order placed there).
+        let background = med(&baselines, |x| x.orders_xacts_per_second);
+        let own = median(
+            &sagas
+                .iter()
+                .map(|x| x.xacts_per_order[0] - background * x.window_s / x.orders)
+                .collect::<Vec<_>>(),
+        );
+        println!(
+            "orders' own commits per order, conc {concurrency}: {own:.2} \
+             (less a background of {background:.1} commits/s)"
+        );
         let ratios = |f: fn(&Phase) -> f64| {
             let r: Vec<f64> = sagas
                 .iter()

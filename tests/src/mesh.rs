@@ -1,8 +1,10 @@
 //! The whole mesh for tests: two instances each of inventory, payments and
-//! orders on one test database, over mTLS with the shipped policies, found
+//! orders on one test database (or one each, for benchmarks that count each
+//! service's commits), over mTLS with the shipped policies, found
 //! through a local discovery directory; operator and orders clients; and the
 //! invariants every test checks at its end.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,8 +57,12 @@ impl Drop for Running {
 /// The mesh of a test.
 #[derive(Debug)]
 pub struct Mesh {
-    /// The test's database (all three services, each in its own schema).
+    /// The test's database: all three services', each in its own schema
+    /// (as in production), or orders' alone when the mesh was started with
+    /// a database per service ([`Mesh::without_orders_apart`]).
     pub db: TestDb,
+    /// Inventory's and payments' databases, when apart from `db`.
+    apart: Option<(TestDb, TestDb)>,
     pki: Arc<TestPki>,
     registry: tempfile::TempDir,
     policies: tempfile::TempDir,
@@ -84,11 +90,29 @@ impl Mesh {
     /// Two instances each of inventory and payments, and a merchant
     /// account; orders is started by the test.
     pub async fn without_orders() -> Result<Self> {
+        Self::build(None, true).await
+    }
+
+    /// As [`Mesh::without_orders`], with each service in a database of its
+    /// own, so that each one's transactions can be counted apart
+    /// (`pg_stat_database` counts per database); unless `durable`, commits
+    /// do not wait for the disk
+    /// ([`TestDb::commit_without_waiting_for_disk`]).
+    pub async fn without_orders_apart(durable: bool) -> Result<Self> {
+        Self::build(
+            Some((TestDb::create().await?, TestDb::create().await?)),
+            durable,
+        )
+        .await
+    }
+
+    async fn build(apart: Option<(TestDb, TestDb)>, durable: bool) -> Result<Self> {
         let pki = Arc::new(TestPki::new()?);
         let operator = pki.operator("operator-mesh", "mesh")?;
         let orders_identity = pki.service("orders", "orders")?;
         let mut mesh = Self {
             db: TestDb::create().await?,
+            apart,
             pki,
             registry: tempfile::tempdir()?,
             policies: write_policies()?,
@@ -106,6 +130,11 @@ impl Mesh {
             orders_identity,
             pool_size: 4,
         };
+        if !durable {
+            for (_, db) in mesh.databases() {
+                db.commit_without_waiting_for_disk().await?;
+            }
+        }
         for _ in 0..2 {
             mesh.add("inventory").await?;
             mesh.add("payments").await?;
@@ -125,6 +154,27 @@ impl Mesh {
         )
     }
 
+    /// The database `service` keeps its state in.
+    pub fn db_of(&self, service: &str) -> &TestDb {
+        match (&self.apart, service) {
+            (Some((inventory, _)), "inventory") => inventory,
+            (Some((_, payments)), "payments") => payments,
+            _ => &self.db,
+        }
+    }
+
+    /// Every database of the mesh, each once, with the services in it.
+    pub fn databases(&self) -> Vec<(&'static str, &TestDb)> {
+        match &self.apart {
+            Some((inventory, payments)) => vec![
+                ("orders", &self.db),
+                ("inventory", inventory),
+                ("payments", payments),
+            ],
+            None => vec![("all", &self.db)],
+        }
+    }
+
     /// The mesh's PKI.
     pub fn pki(&self) -> &Arc<TestPki> {
         &self.pki
@@ -133,7 +183,7 @@ impl Mesh {
     fn service_config(&self, service: &'static str, n: usize) -> Result<Config> {
         let identity = self.pki.service(&format!("{service}-{n}"), service)?;
         let mut cfg = config(
-            &self.db,
+            self.db_of(service),
             mtls(identity, Some(policy(self.policies.path(), service)?)),
         );
         cfg.registration = Some(RegistrationConfig {
@@ -482,7 +532,9 @@ impl Mesh {
     /// total of the confirmed orders.
     pub async fn check_invariants(&self) -> Result<()> {
         self.wait_settled(Duration::from_secs(30)).await?;
-        let db = self.db.connect().await?;
+        let inventory = self.db_of("inventory").connect().await?;
+        let payments = self.db_of("payments").connect().await?;
+        let orders = self.db.connect().await?;
         let broken = |what: &str, rows: &[tokio_postgres::Row]| -> Result<()> {
             if rows.is_empty() {
                 return Ok(());
@@ -490,7 +542,7 @@ impl Mesh {
             let shown: Vec<String> = rows.iter().map(|r| r.get::<_, String>(0)).collect();
             bail!("{what}: {shown:?}")
         };
-        let rows = db
+        let rows = inventory
             .query(
                 "SELECT p.sku || ': ' || p.available || '+' || p.reserved || '+' || p.sold \
                  || ' <> ' || coalesce(m.received, 0) \
@@ -503,7 +555,7 @@ impl Mesh {
             )
             .await?;
         broken("stock not conserved or still reserved", &rows)?;
-        let rows = db
+        let rows = inventory
             .query(
                 "SELECT p.sku || ': sold ' || p.sold || ' <> committed ' || coalesce(c.q, 0) \
                  FROM inventory.products p LEFT JOIN (SELECT l.sku, sum(l.quantity) AS q \
@@ -514,7 +566,7 @@ impl Mesh {
             )
             .await?;
         broken("sold stock does not match committed reservations", &rows)?;
-        let rows = db
+        let rows = inventory
             .query(
                 "SELECT reservation_id || ' of order ' || order_id FROM inventory.reservations \
                  WHERE status = 'HELD'",
@@ -522,7 +574,7 @@ impl Mesh {
             )
             .await?;
         broken("reservations still held", &rows)?;
-        let rows = db
+        let rows = payments
             .query(
                 "SELECT currency_code || ' sums to ' || sum(amount_minor) \
                  FROM payments.ledger_entries GROUP BY currency_code HAVING sum(amount_minor) <> 0",
@@ -530,7 +582,7 @@ impl Mesh {
             )
             .await?;
         broken("ledger does not sum to zero", &rows)?;
-        let rows = db
+        let rows = payments
             .query(
                 "SELECT a.account_id || ': balance ' || a.balance || ' held ' || a.held_minor \
                  FROM (SELECT account_id, kind, held_minor, credit_limit_minor, balance_minor \
@@ -549,7 +601,7 @@ impl Mesh {
             "account figures disagree with the ledger, or money is held",
             &rows,
         )?;
-        let rows = db
+        let rows = payments
             .query(
                 "SELECT authorization_id || ' for ' || reference FROM payments.authorizations \
                  WHERE status = 'AUTHORIZED'",
@@ -557,55 +609,107 @@ impl Mesh {
             )
             .await?;
         broken("authorizations still open", &rows)?;
-        let rows = db
+        let rows = payments
             .query(
                 "SELECT reference || ' has ' || count(*) || ' authorizations' \
-                 FROM payments.authorizations GROUP BY reference HAVING count(*) > 1 \
-                 UNION ALL SELECT order_id || ' has ' || count(*) || ' reservations' \
+                 FROM payments.authorizations GROUP BY reference HAVING count(*) > 1",
+                &[],
+            )
+            .await?;
+        broken("an order charged more than once", &rows)?;
+        let rows = inventory
+            .query(
+                "SELECT order_id || ' has ' || count(*) || ' reservations' \
                  FROM inventory.reservations GROUP BY order_id HAVING count(*) > 1",
                 &[],
             )
             .await?;
-        broken("an order charged or reserved more than once", &rows)?;
+        broken("an order reserved more than once", &rows)?;
         // The rest relates orders to their effects; without orders, payments
-        // were moved by the test itself.
-        if !has_orders(&db).await? {
+        // were moved by the test itself. The services' databases may be
+        // apart, so the rows are related here.
+        if !has_orders(&orders).await? {
             return Ok(());
         }
-        let row = db
+        let row = payments
             .query_one(
                 "SELECT (SELECT coalesce(sum(captured_minor - refunded_minor), 0)::bigint \
                  FROM payments.authorizations WHERE payee_account_id = $1), \
-                 (SELECT coalesce(sum(total_minor), 0)::bigint FROM orders.orders \
-                 WHERE status = 'CONFIRMED'), \
                  (SELECT balance_minor + coalesce((SELECT sum(balance_minor) \
                  FROM payments.account_slots WHERE account_id = $1), 0)::bigint \
                  FROM payments.accounts WHERE account_id = $1)",
                 &[&self.merchant_account_id],
             )
             .await?;
-        let (captured, confirmed, merchant): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+        let (captured, merchant): (i64, i64) = (row.get(0), row.get(1));
+        let confirmed: i64 = orders
+            .query_one(
+                "SELECT coalesce(sum(total_minor), 0)::bigint FROM orders.orders \
+                 WHERE status = 'CONFIRMED'",
+                &[],
+            )
+            .await?
+            .get(0);
         ensure!(
             captured == confirmed && merchant == confirmed,
             "captured {captured} and merchant balance {merchant} must equal confirmed orders' total {confirmed}"
         );
-        let rows = db
+        let reservations: HashMap<String, String> = inventory
+            .query("SELECT order_id, status FROM inventory.reservations", &[])
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        // (status, captured and not refunded) by order.
+        let authorizations: HashMap<String, (String, bool)> = payments
             .query(
-                "SELECT o.order_id || ' ' || o.status || ' but reservation ' \
-                 || coalesce(r.status, 'none') || ', authorization ' || coalesce(a.status, 'none') \
-                 FROM orders.orders o \
-                 LEFT JOIN inventory.reservations r ON r.order_id = o.order_id \
-                 LEFT JOIN payments.authorizations a ON a.reference = o.order_id \
-                 WHERE (o.status = 'CONFIRMED' AND (r.status IS DISTINCT FROM 'COMMITTED' \
-                 OR (o.total_minor > 0 AND a.status IS DISTINCT FROM 'CAPTURED'))) \
-                 OR (o.status = 'CANCELLED' AND (r.status IS DISTINCT FROM 'RETURNED' \
-                 OR (a.status IS NOT NULL AND a.captured_minor <> a.refunded_minor))) \
-                 OR (o.status = 'REJECTED' AND (r.status IN ('HELD', 'COMMITTED') \
-                 OR a.status IN ('AUTHORIZED', 'CAPTURED')))",
+                "SELECT reference, status, captured_minor <> refunded_minor \
+                 FROM payments.authorizations",
                 &[],
             )
-            .await?;
-        broken("orders disagree with their reservation or payment", &rows)?;
+            .await?
+            .iter()
+            .map(|r| (r.get(0), (r.get(1), r.get(2))))
+            .collect();
+        let mut disagree = Vec::new();
+        for row in orders
+            .query(
+                "SELECT order_id, status, coalesce(total_minor, 0)::bigint FROM orders.orders",
+                &[],
+            )
+            .await?
+        {
+            let (order_id, status, total): (String, String, i64) =
+                (row.get(0), row.get(1), row.get(2));
+            let reservation = reservations.get(&order_id).map(String::as_str);
+            let authorization = authorizations.get(&order_id);
+            let auth_status = authorization.map(|(s, _)| s.as_str());
+            let wrong = match status.as_str() {
+                "CONFIRMED" => {
+                    reservation != Some("COMMITTED")
+                        || (total > 0 && auth_status != Some("CAPTURED"))
+                }
+                "CANCELLED" => {
+                    reservation != Some("RETURNED") || authorization.is_some_and(|(_, kept)| *kept)
+                }
+                "REJECTED" => {
+                    matches!(reservation, Some("HELD" | "COMMITTED"))
+                        || matches!(auth_status, Some("AUTHORIZED" | "CAPTURED"))
+                }
+                _ => false,
+            };
+            if wrong {
+                disagree.push(format!(
+                    "{order_id} {status} but reservation {}, authorization {}",
+                    reservation.unwrap_or("none"),
+                    auth_status.unwrap_or("none")
+                ));
+            }
+        }
+        ensure!(
+            disagree.is_empty(),
+            "orders disagree with their reservation or payment: {disagree:?}"
+        );
         Ok(())
     }
 

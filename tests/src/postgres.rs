@@ -101,6 +101,22 @@ impl TestDb {
         connect(&self.config).await
     }
 
+    /// Commits in this database stop waiting for their WAL to reach disk
+    /// (`synchronous_commit = off`, for sessions opened from now on): a
+    /// crash may lose the last commits, as on a server with fsync off, but
+    /// never corrupts. For benchmarks that set durable commits beside ones
+    /// that are not.
+    pub async fn commit_without_waiting_for_disk(&self) -> Result<()> {
+        let admin = connect(&self.admin).await?;
+        admin
+            .batch_execute(&format!(
+                "ALTER DATABASE {} SET synchronous_commit = off",
+                self.name
+            ))
+            .await?;
+        Ok(())
+    }
+
     /// Refuses new connections and ends the open ones: the database is
     /// "down" for its users until [`TestDb::restore`].
     pub async fn cut_off(&self) -> Result<()> {

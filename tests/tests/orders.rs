@@ -591,3 +591,64 @@ async fn a_step_that_keeps_failing_logs_its_retries_at_powers_of_two() {
         .collect();
     assert_eq!(logged, expected);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_database_per_service_orders_settle_and_the_invariants_relate_them() {
+    let mut mesh = Mesh::without_orders_apart(true).await.unwrap();
+    mesh.add_orders(2).await.unwrap();
+    // Each service's state is in its own database, and only there.
+    for (service, db) in mesh.databases() {
+        let db = db.connect().await.unwrap();
+        for schema in ["orders", "inventory", "payments"] {
+            let present: bool = db
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)",
+                    &[&schema],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(
+                present,
+                schema == service,
+                "{schema} in {service}'s database"
+            );
+        }
+    }
+    mesh.product("BOOK-1", 1250, 1).await.unwrap();
+    let account = mesh.open_account("alice", 10_000).await.unwrap();
+    let mut orders = mesh.orders().await.unwrap();
+    let sold = placed(
+        &mut orders,
+        order_request("a-1", "alice", &account, &[("BOOK-1", 1)]),
+    )
+    .await;
+    assert_eq!(status(&sold), pb::OrderStatus::Confirmed, "{sold:?}");
+    let none_left = placed(
+        &mut orders,
+        order_request("a-2", "alice", &account, &[("BOOK-1", 1)]),
+    )
+    .await;
+    assert_eq!(rejection(&none_left), pb::RejectionCode::OutOfStock);
+    mesh.check_invariants().await.unwrap();
+
+    // An order that claims a sale nothing in inventory or payments shows
+    // is caught, though its effects live in other databases.
+    mesh.db
+        .connect()
+        .await
+        .unwrap()
+        .batch_execute(&format!(
+            "UPDATE orders.orders SET status = 'CONFIRMED', step = 'DONE', total_minor = 0 \
+             WHERE order_id = '{}'",
+            none_left.order_id
+        ))
+        .await
+        .unwrap();
+    let err = mesh.check_invariants().await.unwrap_err().to_string();
+    assert!(
+        err.contains("disagree") && err.contains(&none_left.order_id),
+        "{err}"
+    );
+    mesh.stop().await.unwrap();
+}
