@@ -2,12 +2,14 @@
 //! manifest's services, or Weft's demo) as supervised processes, and `weft
 //! logs`, `weft kill` and `weft restart` work on its instances; `weft ls`,
 //! `weft health`, `weft call` and `weft load` work on any mesh through its
-//! discovery backend; `weft certs` makes development certificates.
+//! discovery backend; `weft route` changes where calls go, live; `weft
+//! certs` makes development certificates.
 
 mod call;
 mod db;
 mod load;
 mod ls;
+mod route;
 mod status;
 mod target;
 mod up;
@@ -82,6 +84,9 @@ enum Command {
         #[command(flatten)]
         load: load::LoadArgs,
     },
+    /// The live route table: show it, set a service's split, or shift
+    /// calls to a new version step by step with automatic rollback.
+    Route(route::RouteArgs),
     /// Development certificates: a CA, and certificates for services and operators.
     #[command(subcommand)]
     Certs(CertsCommand),
@@ -186,6 +191,7 @@ fn run() -> anyhow::Result<()> {
             Command::Health { mesh, services } => ls::health(&mesh, &services).await,
             Command::Call { mesh, target, data } => call::run(&mesh, &target, &data).await,
             Command::Load { mesh, load } => load::run(&mesh, load).await,
+            Command::Route(args) => route::run(args).await,
             Command::Certs(_) => Ok(()),
             Command::Db(DbCommand::Bootstrap(args)) => db::run(args).await,
         }

@@ -599,6 +599,14 @@ async fn start_all(
                 ("WEFT_DRAIN_MS", "500".to_owned()),
                 ("WEFT_DB_POOL_SIZE", "8".to_owned()),
                 ("WEFT_VERSION", env!("CARGO_PKG_VERSION").to_owned()),
+                // Every instance follows the mesh's route table: edit the
+                // file (or use `weft route`) and the change is live within
+                // a second, no restart.
+                (
+                    "WEFT_ROUTES",
+                    env.home.join("routes.toml").display().to_string(),
+                ),
+                ("WEFT_ROUTES_POLL_MS", "1000".to_owned()),
             ]
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v))

@@ -17,12 +17,16 @@ pub mod trace_context;
 pub use client::{connector, tls as client_tls};
 pub use identity::{certs, policy, private_ca, trust};
 pub use server::{
-    authorize, deadline, drain, incoming, limits, observe, observed_body, tls as server_tls,
+    authorize, deadline, drain, incoming, limits, observe, observed_body, rate_limit, retries,
+    tls as server_tls,
 };
 
 pub use authorize::{AuthorizeLayer, CallerIdentity};
 pub use certs::{CertStore, IdentityPaths, IdentitySource, LoadError, Origin};
-pub use client::{ClientOptions, Idempotency, MeshChannel, MeshClient, MeshClientError};
+pub use client::{
+    ClientOptions, FetchError, FileSource, Idempotency, MeshChannel, MeshClient, MeshClientError,
+    RouteEvents, RouteFetch, RoutePolling, RouteTable, Routes,
+};
 pub use client_tls::{ClientTls, client_config};
 pub use connector::{MtlsConnector, mtls_channel, plaintext_channel};
 pub use deadline::{DeadlineLayer, current_deadline};
@@ -33,4 +37,6 @@ pub use limits::ServerLimits;
 pub use metrics::Metrics;
 pub use observe::ObserveLayer;
 pub use policy::{Policy, PolicyError};
+pub use rate_limit::RateLimitLayer;
+pub use retries::{RetriesLayer, current_retries_spent, with_retries_spent};
 pub use server_tls::server_config;

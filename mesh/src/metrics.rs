@@ -70,6 +70,13 @@ pub struct ClientResult {
     pub grpc_code: String,
 }
 
+/// A `[[limit]]` rule of the policy.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitRule {
+    /// Its position among the policy's limits, from 1.
+    pub limit: String,
+}
+
 /// One upstream (or discovered service).
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Upstream {
@@ -114,6 +121,8 @@ pub struct Metrics {
     pub server_responses: Family<ServerResult, Counter>,
     /// Time from the request to the end of the response.
     pub server_latency: Histograms<ServerCall>,
+    /// Calls refused for being over their caller's rate limit, by rule.
+    pub server_rate_limited: Family<LimitRule, Counter>,
     /// Attempts sent to an endpoint.
     pub client_requests: Family<ClientCall, Counter>,
     /// Attempts answered (or failed), by status.
@@ -130,12 +139,16 @@ pub struct Metrics {
     pub client_retries: Family<UpstreamMethod, Counter>,
     /// Retries the budget refused.
     pub client_budget_refusals: Family<Upstream, Counter>,
+    /// Attempts sent to an endpoint in another Availability Zone.
+    pub client_cross_zone: Family<Upstream, Counter>,
     /// Seconds since discovery last answered for a service.
     pub discovery_staleness: Family<Upstream, Gauge<f64, std::sync::atomic::AtomicU64>>,
     /// Discovery backend errors seen for a service.
     pub discovery_errors: Family<Upstream, Counter>,
     /// Seconds until the served certificate expires (negative once it has).
     pub tls_certificate_expiry: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// The route table's source, as the process follows it.
+    pub routes: crate::client::RouteEvents,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -159,6 +172,7 @@ impl Metrics {
             server_requests: Family::default(),
             server_responses: Family::default(),
             server_latency: Family::new_with_constructor(latency_histogram),
+            server_rate_limited: Family::default(),
             client_requests: Family::default(),
             client_responses: Family::default(),
             client_latency: Family::new_with_constructor(latency_histogram),
@@ -167,10 +181,12 @@ impl Metrics {
             client_reconnects: Family::default(),
             client_retries: Family::default(),
             client_budget_refusals: Family::default(),
+            client_cross_zone: Family::default(),
             discovery_staleness: Family::default(),
             discovery_errors: Family::default(),
             own: Mutex::new(HashMap::new()),
             tls_certificate_expiry: Gauge::default(),
+            routes: crate::client::RouteEvents::default(),
         };
         if let Ok(mut r) = m.registry.lock() {
             r.register(
@@ -187,6 +203,36 @@ impl Metrics {
                 "server_request_duration_seconds",
                 "Time from a call's request to the end of its response",
                 m.server_latency.clone(),
+            );
+            r.register(
+                "server_rate_limited",
+                "Calls refused for being over their caller's rate limit, by limit rule",
+                m.server_rate_limited.clone(),
+            );
+            r.register(
+                "client_cross_zone",
+                "Attempts sent to an endpoint in another Availability Zone",
+                m.client_cross_zone.clone(),
+            );
+            r.register(
+                "routes_applied",
+                "Route tables applied from the routes source",
+                m.routes.applied.clone(),
+            );
+            r.register(
+                "routes_rejected",
+                "Route tables refused as malformed (the table in use was kept)",
+                m.routes.rejected.clone(),
+            );
+            r.register(
+                "routes_fetch_errors",
+                "Reads of the routes source that failed",
+                m.routes.fetch_errors.clone(),
+            );
+            r.register(
+                "routes_stale",
+                "1 while the routes source holds a table that was refused",
+                m.routes.stale.clone(),
             );
             r.register(
                 "client_requests",

@@ -67,13 +67,26 @@ impl Cluster {
     /// Starts instance `inv-<n>` on `db`, advertising `advertise` (a proxy in
     /// front of it, say) or its own address; returns its index.
     pub async fn add(&mut self, db: &TestDb, advertise: Option<SocketAddr>) -> Result<usize> {
+        self.add_with(db, advertise, &[]).await
+    }
+
+    /// [`Cluster::add`] with discovery attributes (`version`, `zone`, …).
+    pub async fn add_with(
+        &mut self,
+        db: &TestDb,
+        advertise: Option<SocketAddr>,
+        attributes: &[(&str, &str)],
+    ) -> Result<usize> {
         let n = self.instances.len();
         let mut cfg = config(db, mtls(self.pki.service("inventory", "inventory")?, None));
         cfg.registration = Some(RegistrationConfig {
             discovery: self.setting(),
             instance_id: format!("inv-{n}"),
             advertise: advertise.map(weft_service::config::Advertise::Addr),
-            attributes: Default::default(),
+            attributes: attributes
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
         });
         cfg.drain = self.drain;
         let client = self.pki.operator("operator-cluster", "cluster")?;
@@ -107,7 +120,21 @@ impl Cluster {
     /// Registers `addr` as inventory instance `id` in the cluster's
     /// discovery (for stand-in servers the test runs itself).
     pub async fn register(&self, id: &str, addr: SocketAddr) -> Result<()> {
-        let registration = weft_discovery::Registration::new("inventory", id, addr);
+        self.register_with(id, addr, &[]).await
+    }
+
+    /// [`Cluster::register`] with discovery attributes.
+    pub async fn register_with(
+        &self,
+        id: &str,
+        addr: SocketAddr,
+        attributes: &[(&str, &str)],
+    ) -> Result<()> {
+        let mut registration = weft_discovery::Registration::new("inventory", id, addr);
+        registration.attributes = attributes
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
         self.stand_ins.register(&registration).await?;
         Ok(())
     }

@@ -1,6 +1,7 @@
 //! One endpoint of a service as the client sees it: its HTTP/2 connection,
 //! its peak-EWMA latency and in-flight count (the load the balancer compares),
-//! and whether it may be picked (health, connection state, ejection).
+//! whether it may be picked (health, connection state, ejection), and its
+//! weight while it ramps up after joining or returning (slow start).
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -12,10 +13,14 @@ use weft_discovery::backoff::Backoff;
 
 /// How fast the latency estimate forgets: the decay time constant.
 const DECAY: Duration = Duration::from_secs(10);
-/// The latency assumed before the first response.
+/// The latency assumed before the first response when no peer has been
+/// measured either, and the value an unused estimate drifts back to.
 const DEFAULT_RTT: Duration = Duration::from_millis(5);
+/// The least weight of an endpoint in slow start: even at its first instant
+/// it takes some calls, so its estimate is measured.
+const MIN_WEIGHT: f64 = 0.1;
 
-/// When an endpoint fails and how long it stays out.
+/// When an endpoint fails, how long it stays out, and how it comes back.
 #[derive(Debug, Clone, Copy)]
 pub struct FailurePolicy {
     /// Consecutive failed calls that eject an endpoint.
@@ -24,6 +29,15 @@ pub struct FailurePolicy {
     pub base_ejection: Duration,
     /// The longest ejection.
     pub max_ejection: Duration,
+    /// How long a new or returning endpoint (just serving, or back from an
+    /// ejection) takes to reach its full share of calls: its weight grows
+    /// linearly from 0.1 to 1 over this window. Zero turns slow start off.
+    pub slow_start: Duration,
+    /// The latency an answer that means "overloaded" (RESOURCE_EXHAUSTED,
+    /// or UNAVAILABLE with a retry push-back) is charged at, however fast it
+    /// came: a throttled endpoint must look expensive to the balancer, not
+    /// fast.
+    pub overload_penalty: Duration,
 }
 
 impl Default for FailurePolicy {
@@ -32,6 +46,8 @@ impl Default for FailurePolicy {
             consecutive_failures: 7,
             base_ejection: Duration::from_secs(30),
             max_ejection: Duration::from_secs(300),
+            slow_start: Duration::from_secs(10),
+            overload_penalty: Duration::from_millis(250),
         }
     }
 }
@@ -52,12 +68,21 @@ pub struct EndpointState {
     pub id: String,
     /// The address.
     pub addr: std::net::SocketAddr,
+    /// Its discovery attributes (version, zone, …), which routes choose
+    /// endpoints by.
+    pub attributes: std::collections::BTreeMap<String, String>,
     /// The connections (tonic reconnects them; the endpoint stays out of the
     /// pool while they are down). Calls rotate over them.
     channels: Vec<Channel>,
     next_channel: AtomicUsize,
+    /// The latency estimate (nanoseconds) and when it was last updated.
     ewma: Mutex<(f64, Instant)>,
+    /// Whether any response has fed the estimate (else it is a seed).
+    measured: AtomicBool,
     in_flight: AtomicUsize,
+    /// When it last began serving (slow start counts from here, or from
+    /// the end of an ejection, whichever is later).
+    serving_since: Mutex<Instant>,
     /// Health as the endpoint's grpc.health.v1 Watch stream reports it; false
     /// while the stream is down (the connection failed).
     serving: AtomicBool,
@@ -87,10 +112,13 @@ impl EndpointState {
         Self {
             id,
             addr,
+            attributes: Default::default(),
             channels,
             next_channel: AtomicUsize::new(0),
             ewma: Mutex::new((DEFAULT_RTT.as_nanos() as f64, Instant::now())),
+            measured: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
+            serving_since: Mutex::new(Instant::now()),
             serving: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             consecutive_failures: AtomicU32::new(0),
@@ -100,6 +128,63 @@ impl EndpointState {
             policy,
             reconnect: Mutex::new(reconnect_backoff()),
             events: EndpointEvents::default(),
+        }
+    }
+
+    /// Its Availability Zone, if it registered one.
+    pub fn zone(&self) -> Option<&str> {
+        self.attributes.get("zone").map(String::as_str)
+    }
+
+    /// This endpoint with its discovery attributes.
+    pub fn with_attributes(
+        mut self,
+        attributes: std::collections::BTreeMap<String, String>,
+    ) -> Self {
+        self.attributes = attributes;
+        self
+    }
+
+    /// This endpoint, its latency estimate starting at `estimate` (the
+    /// average of its measured peers) rather than a fixed guess.
+    pub fn seeded(self, estimate: Option<Duration>) -> Self {
+        if let (Some(estimate), Ok(mut g)) = (estimate, self.ewma.lock()) {
+            g.0 = estimate.as_nanos() as f64;
+        }
+        self
+    }
+
+    /// The current latency estimate, if a response has fed it.
+    pub fn measured_latency(&self) -> Option<Duration> {
+        if !self.measured.load(Ordering::Acquire) {
+            return None;
+        }
+        let nanos = self
+            .ewma
+            .lock()
+            .map(|g| decayed(g.0, decay_weight(g.1, Instant::now())))
+            .ok()?;
+        Some(Duration::from_nanos(nanos as u64))
+    }
+
+    /// Its share of calls while in slow start, from 0.1 to 1: how long it
+    /// has served (since it began, or since its last ejection ended) over
+    /// the slow-start window.
+    pub fn weight(&self) -> f64 {
+        let window = self.policy.slow_start;
+        if window.is_zero() {
+            return 1.0;
+        }
+        let now = Instant::now();
+        let mut since = self.serving_since.lock().map(|g| *g).unwrap_or(now);
+        if let Ok(Some(until)) = self.ejected_until.lock().map(|g| *g) {
+            since = since.max(until);
+        }
+        let served = now.saturating_duration_since(since);
+        if served >= window {
+            1.0
+        } else {
+            (served.as_secs_f64() / window.as_secs_f64()).max(MIN_WEIGHT)
         }
     }
 
@@ -185,6 +270,7 @@ impl EndpointState {
                 current * w + rtt * (1.0 - w)
             };
             g.1 = now;
+            self.measured.store(true, Ordering::Release);
         }
     }
 
@@ -194,6 +280,9 @@ impl EndpointState {
         if serving && !was {
             if let Ok(mut b) = self.reconnect.lock() {
                 b.reset();
+            }
+            if let Ok(mut since) = self.serving_since.lock() {
+                *since = Instant::now();
             }
             tracing::debug!(id = %self.id, "endpoint in the pool");
         } else if !serving && was {
@@ -245,6 +334,13 @@ impl InFlight<'_> {
     /// The response arrived: its latency feeds the estimate.
     pub fn responded(self) {
         self.endpoint.observe(self.started.elapsed());
+    }
+
+    /// The answer said the endpoint is overloaded: it is charged at least
+    /// the overload penalty, so it draws fewer calls rather than more.
+    pub fn overloaded(self) {
+        let penalty = self.endpoint.policy.overload_penalty;
+        self.endpoint.observe(self.started.elapsed().max(penalty));
     }
 }
 
@@ -329,6 +425,27 @@ mod tests {
         );
         let _busy = (e.start(), e.start());
         assert!(e.cost() > slow * 2.5, "two calls in flight triple the cost");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_overloaded_answer_costs_the_penalty_however_fast_it_came() {
+        let (throttled, healthy) = (
+            endpoint(FailurePolicy::default()),
+            endpoint(FailurePolicy::default()),
+        );
+        for _ in 0..3 {
+            let call = throttled.start();
+            tokio::time::advance(Duration::from_micros(200)).await;
+            call.overloaded();
+            let call = healthy.start();
+            tokio::time::advance(Duration::from_millis(2)).await;
+            call.responded();
+        }
+        let penalty = FailurePolicy::default().overload_penalty.as_nanos() as f64;
+        assert!(throttled.cost() >= penalty * 0.99, "{}", throttled.cost());
+        assert!(throttled.cost() > healthy.cost() * 50.0);
+        // Overload is not failure: it does not count toward ejection.
+        assert!(throttled.available());
     }
 
     #[tokio::test(start_paused = true)]

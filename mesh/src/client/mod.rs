@@ -1,8 +1,10 @@
 //! The mesh client: a channel per service name, fed by discovery, with one
 //! HTTP/2 connection per endpoint, power-of-two-choices over peak-EWMA load,
 //! endpoints out of the pool on connection failure or NOT_SERVING, outlier
-//! ejection, and retries only where safe and within a budget. It is a tower
-//! service, so generated tonic clients take it like a `Channel`.
+//! ejection, slow start, overloaded answers charged as slow ones, and
+//! retries only where safe, within a budget, after a server's push-back and
+//! within what the chain of calls has left. It is a tower service, so
+//! generated tonic clients take it like a `Channel`.
 
 pub mod connector;
 mod endpoint;
@@ -10,13 +12,17 @@ mod front;
 mod observe;
 mod pool;
 mod retry;
+pub mod route_source;
+pub mod routes;
 mod timeouts;
 pub mod tls;
 
 pub use endpoint::{EndpointEvents, EndpointState, FailurePolicy};
 pub use front::{MeshClient, MeshClientError};
-pub use pool::{Connect, Pool, PoolEvents};
-pub use retry::{Idempotency, RetryBudget, never_sent};
+pub use pool::{Connect, Locality, Pool, PoolEvents};
+pub use retry::{Idempotency, PUSHBACK_HEADER, Pushback, RetryBudget, never_sent, pushback_in};
+pub use route_source::{FetchError, FileSource, RouteEvents, RouteFetch, RoutePolling, Routes};
+pub use routes::{MethodPolicy, RouteTable, RoutesError, ServiceRoutes, Subset};
 pub use timeouts::{MethodTimeouts, TimeoutSettingError, parse_duration};
 
 use std::future::Future;
@@ -62,7 +68,29 @@ pub struct ClientOptions {
     pub default_timeout: Option<Duration>,
     /// Where the channel's metrics go.
     pub metrics: Arc<Metrics>,
+    /// Retries a whole chain of calls may spend on any one path: a call
+    /// made while handling an attempt whose path already spent `n` retries
+    /// is retried at most `chain_retries - n` times (each attempt carries
+    /// its path's count). With the default of 2, a call made directly keeps
+    /// its three attempts, and a three-hop chain failing at its end makes
+    /// at most 10 attempts there instead of 27.
+    pub chain_retries: u32,
+    /// The process's route table (see [`routes`]): where calls go, and
+    /// each method's timeout and retries, ahead of the settings above.
+    pub routes: Routes,
+    /// The client's own Availability Zone: calls stay with endpoints that
+    /// registered the same `zone` while those hold at least
+    /// `zone_min_share` of the available ones, and spill over otherwise
+    /// (each call that crosses zones is counted: AWS charges for it).
+    /// `None`: no preference.
+    pub zone: Option<String>,
+    /// See `zone`.
+    pub zone_min_share: f64,
 }
+
+/// The longest push-back a call waits before retrying; a server asking
+/// for more is answered with its own response.
+const MAX_PUSHBACK: Duration = Duration::from_secs(10);
 
 impl Default for ClientOptions {
     fn default() -> Self {
@@ -76,6 +104,10 @@ impl Default for ClientOptions {
             method_timeouts: Default::default(),
             default_timeout: None,
             metrics: Metrics::global(),
+            chain_retries: 2,
+            routes: Routes::default(),
+            zone: None,
+            zone_min_share: 0.2,
         }
     }
 }
@@ -95,6 +127,8 @@ struct Inner {
     options: ClientOptions,
     follower: JoinHandle<()>,
     calls: Arc<CallCache>,
+    /// Calls that left the client's zone; `None` without a zone.
+    cross_zone: Option<prometheus_client::metrics::counter::Counter>,
 }
 
 impl Drop for Inner {
@@ -136,6 +170,17 @@ impl MeshChannel {
             options.connections_per_endpoint,
             events,
         );
+        if let Some(zone) = &options.zone {
+            pool.set_locality(Locality {
+                zone: zone.clone(),
+                min_share: options.zone_min_share,
+            });
+            drop(metrics.client_cross_zone.get_or_create(&upstream));
+        }
+        let cross_zone = options
+            .zone
+            .as_ref()
+            .map(|_| metrics.client_cross_zone.get_or_create(&upstream).clone());
         let calls = Arc::new(CallCache::default());
         report_pool(metrics, &service, &pool, snapshots, &calls);
         Self {
@@ -147,6 +192,7 @@ impl MeshChannel {
                 options,
                 follower,
                 calls,
+                cross_zone,
             }),
         }
     }
@@ -221,7 +267,11 @@ impl Service<http::Request<tonic::body::Body>> for MeshChannel {
 impl Inner {
     /// The call's deadline: the earliest of the incoming call's (propagated),
     /// the caller's own `grpc-timeout`, and the configured method timeout.
-    fn deadline(&self, parts: &http::request::Parts) -> Option<tokio::time::Instant> {
+    fn deadline(
+        &self,
+        parts: &http::request::Parts,
+        route_timeout: Option<Duration>,
+    ) -> Option<tokio::time::Instant> {
         let now = tokio::time::Instant::now();
         let own = parts
             .headers
@@ -229,10 +279,8 @@ impl Inner {
             .and_then(|v| v.to_str().ok())
             .and_then(crate::deadline::parse_grpc_timeout)
             .map(|t| now + t);
-        let configured = self
-            .options
-            .method_timeouts
-            .get(parts.uri.path())
+        let configured = route_timeout
+            .or_else(|| self.options.method_timeouts.get(parts.uri.path()))
             .or(self.options.default_timeout)
             .map(|t| now + t);
         [crate::deadline::current_deadline(), own, configured]
@@ -246,8 +294,22 @@ impl Inner {
         request: http::Request<tonic::body::Body>,
     ) -> Result<http::Response<tonic::body::Body>, BoxError> {
         let (mut parts, body) = request.into_parts();
-        let Some(deadline) = self.deadline(&parts) else {
-            return self.attempts(parts, body).await;
+        // The route is read once, as the call starts: a table that changes
+        // later does not change a call in flight.
+        let routes = self.options.routes.service(&self.service);
+        let (subset, policy) = match &routes {
+            Some(r) => (
+                r.subset_for(&parts.headers, fastrand::f64()),
+                r.policy_for(parts.uri.path()),
+            ),
+            None => (None, MethodPolicy::default()),
+        };
+        let route = Route {
+            subset,
+            policy: &policy,
+        };
+        let Some(deadline) = self.deadline(&parts, policy.timeout) else {
+            return self.attempts(parts, body, None, route).await;
         };
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
         if remaining.is_zero() {
@@ -264,7 +326,9 @@ impl Inner {
         let expired = || {
             Status::deadline_exceeded(format!("deadline exceeded calling {}", self.service)).into()
         };
-        match tokio::time::timeout_at(deadline, self.attempts(parts, body)).await {
+        match tokio::time::timeout_at(deadline, self.attempts(parts, body, Some(deadline), route))
+            .await
+        {
             // The server's timer can beat ours by a hair; tonic's server then
             // answers CANCELLED ("Timeout expired"). The deadline is what
             // ended the call, so say so, as gRPC clients do.
@@ -302,8 +366,30 @@ impl Inner {
         }
     }
 
-    fn no_endpoint(&self) -> BoxError {
-        Status::unavailable(format!("no available endpoint for {}", self.service)).into()
+    fn no_endpoint(&self, subset: Option<&Subset>) -> BoxError {
+        match subset {
+            Some(s) => Status::unavailable(format!(
+                "no available endpoint for {} with {s}",
+                self.service
+            ))
+            .into(),
+            None => {
+                Status::unavailable(format!("no available endpoint for {}", self.service)).into()
+            }
+        }
+    }
+
+    /// An endpoint for an attempt: one of the route's subset, waiting for
+    /// one up to the pick timeout.
+    async fn pick(
+        &self,
+        tried: &[String],
+        subset: Option<&Subset>,
+    ) -> Result<Arc<EndpointState>, BoxError> {
+        self.pool
+            .pick_within_in(tried, subset, self.options.pick_timeout)
+            .await
+            .ok_or_else(|| self.no_endpoint(subset))
     }
 
     fn unavailable(&self, error: &BoxError) -> BoxError {
@@ -321,6 +407,11 @@ impl Inner {
         request: http::Request<tonic::body::Body>,
     ) -> Attempt {
         let in_flight = endpoint.start();
+        if let (Some(crossed), Some(own)) = (&self.cross_zone, &self.options.zone)
+            && endpoint.zone().is_some_and(|z| z != own)
+        {
+            crossed.inc();
+        }
         let record = AttemptRecord::start(
             &self.options.metrics,
             &self.calls,
@@ -341,14 +432,30 @@ impl Inner {
         };
         match result {
             Ok(response) => {
-                in_flight.responded();
-                let response = record.answered(response);
-                if status_in(response.headers()) == Some(tonic::Code::Unavailable) {
-                    endpoint.call_failed();
-                    Attempt::Unavailable(response)
+                let status = status_in(response.headers());
+                let pushback = pushback_in(response.headers());
+                // An answer that means "overloaded" costs the balancer's
+                // penalty however fast it came: a throttled endpoint must
+                // draw fewer calls, not more.
+                let overloaded = status == Some(tonic::Code::ResourceExhausted)
+                    || (status == Some(tonic::Code::Unavailable) && pushback.is_some());
+                if overloaded {
+                    in_flight.overloaded();
                 } else {
-                    endpoint.call_succeeded();
-                    Attempt::Answered(response)
+                    in_flight.responded();
+                }
+                let response = record.answered(response);
+                match status {
+                    Some(tonic::Code::Unavailable) => {
+                        endpoint.call_failed();
+                        Attempt::Refused { response, pushback }
+                    }
+                    // Busy, not broken: no step toward ejection.
+                    Some(tonic::Code::ResourceExhausted) => Attempt::Refused { response, pushback },
+                    _ => {
+                        endpoint.call_succeeded();
+                        Attempt::Answered(response)
+                    }
                 }
             }
             Err(error) => {
@@ -372,31 +479,45 @@ impl Inner {
     /// for a replay.
     async fn single_attempt(
         &self,
-        parts: http::request::Parts,
+        mut parts: http::request::Parts,
         body: tonic::body::Body,
+        spent: u32,
+        subset: Option<&Subset>,
     ) -> Result<http::Response<tonic::body::Body>, BoxError> {
-        let endpoint = self
-            .pool
-            .pick_within(&[], self.options.pick_timeout)
-            .await
-            .ok_or_else(|| self.no_endpoint())?;
+        mark_attempt(&mut parts.headers, spent, 0);
+        let endpoint = self.pick(&[], subset).await?;
         match self
             .attempt(&endpoint, http::Request::from_parts(parts, body))
             .await
         {
-            Attempt::Answered(response) | Attempt::Unavailable(response) => Ok(response),
+            Attempt::Answered(response) | Attempt::Refused { response, .. } => Ok(response),
             Attempt::Failed { error, .. } => Err(self.unavailable(&error)),
         }
     }
 
     async fn attempts(
         &self,
-        parts: http::request::Parts,
+        mut parts: http::request::Parts,
         body: tonic::body::Body,
+        deadline: Option<tokio::time::Instant>,
+        route: Route<'_>,
     ) -> Result<http::Response<tonic::body::Body>, BoxError> {
-        if self.options.max_attempts <= 1 {
-            return self.single_attempt(parts, body).await;
+        // The retries the chain has left on this path bound this call's.
+        let spent = crate::retries::current_retries_spent();
+        let max_attempts = route
+            .policy
+            .attempts
+            .unwrap_or(self.options.max_attempts)
+            .min(
+                self.options
+                    .chain_retries
+                    .saturating_sub(spent)
+                    .saturating_add(1),
+            );
+        if max_attempts <= 1 {
+            return self.single_attempt(parts, body, spent, route.subset).await;
         }
+        let retry_on = route.policy.retry_on.as_deref();
         let safe_method = self.idempotency.is_safe(parts.uri.path());
         // Unary bodies are small: keep them so an attempt can be repeated.
         let body: Bytes = body.collect().await?.to_bytes();
@@ -405,23 +526,57 @@ impl Inner {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let endpoint = self
-                .pool
-                .pick_within(&tried, self.options.pick_timeout)
-                .await
-                .ok_or_else(|| self.no_endpoint())?;
+            let endpoint = self.pick(&tried, route.subset).await?;
+            mark_attempt(&mut parts.headers, spent, attempt - 1);
             let request = http::Request::from_parts(
                 parts.clone(),
                 tonic::body::Body::new(http_body_util::Full::new(body.clone())),
             );
-            let can_retry = attempt < self.options.max_attempts;
+            let can_retry = attempt < max_attempts;
             match self.attempt(&endpoint, request).await {
-                Attempt::Answered(response) => return Ok(response),
-                Attempt::Unavailable(response) => {
-                    if safe_method && can_retry && self.may_retry(parts.uri.path()) {
+                // A route may make other codes retryable for this method.
+                Attempt::Answered(response)
+                    if !(safe_method
+                        && can_retry
+                        && retry_on.is_some_and(|codes| {
+                            status_in(response.headers()).is_some_and(|c| codes.contains(&c))
+                        })
+                        && self.may_retry(parts.uri.path())) =>
+                {
+                    return Ok(response);
+                }
+                Attempt::Answered(_) => {
+                    tried.push(endpoint.id.clone());
+                    continue;
+                }
+                Attempt::Refused { response, pushback } => {
+                    // By default UNAVAILABLE is retried, and
+                    // RESOURCE_EXHAUSTED when the server says when; a route
+                    // may name the codes instead.
+                    let code = status_in(response.headers());
+                    let retryable = match retry_on {
+                        Some(codes) => code.is_some_and(|c| codes.contains(&c)),
+                        None => code == Some(tonic::Code::Unavailable) || pushback.is_some(),
+                    };
+                    if !retryable {
+                        return Ok(response);
+                    }
+                    let wait = match pushback {
+                        None => Duration::ZERO,
+                        Some(Pushback::After(wait)) => wait,
+                        Some(Pushback::Never) => return Ok(response),
+                    };
+                    // A push-back the deadline cannot wait out ends the
+                    // call with the server's own answer.
+                    let fits = wait <= MAX_PUSHBACK
+                        && deadline.is_none_or(|d| tokio::time::Instant::now() + wait < d);
+                    if safe_method && can_retry && fits && self.may_retry(parts.uri.path()) {
                         // Remembered only when retrying: a call answered at
                         // once allocates nothing for it.
                         tried.push(endpoint.id.clone());
+                        if !wait.is_zero() {
+                            tokio::time::sleep(wait).await;
+                        }
                         continue;
                     }
                     return Ok(response);
@@ -439,12 +594,42 @@ impl Inner {
     }
 }
 
+/// Where a call goes and how it is retried, from the route table.
+#[derive(Clone, Copy)]
+struct Route<'a> {
+    /// The endpoints it may go to; all of them for `None`.
+    subset: Option<&'a Subset>,
+    /// Its timeout and retries, where the route sets them.
+    policy: &'a MethodPolicy,
+}
+
+/// Tells the server which attempt this is and how many retries its path
+/// has spent (the chain's, and this call's `retry` so far), so that what it
+/// calls in turn retries only within what is left.
+fn mark_attempt(headers: &mut http::HeaderMap, spent: u32, retry: u32) {
+    use crate::retries::{PREVIOUS_ATTEMPTS_HEADER, RETRIES_HEADER};
+    for (key, n) in [
+        (RETRIES_HEADER, spent.saturating_add(retry)),
+        (PREVIOUS_ATTEMPTS_HEADER, retry),
+    ] {
+        if n == 0 {
+            headers.remove(key);
+        } else {
+            headers.insert(key, http::HeaderValue::from(n));
+        }
+    }
+}
+
 /// What one attempt came to.
 enum Attempt {
-    /// A response other than UNAVAILABLE.
+    /// A response other than UNAVAILABLE or RESOURCE_EXHAUSTED.
     Answered(http::Response<tonic::body::Body>),
-    /// A trailers-only UNAVAILABLE.
-    Unavailable(http::Response<tonic::body::Body>),
+    /// A trailers-only UNAVAILABLE or RESOURCE_EXHAUSTED, with the server's
+    /// push-back if it gave one.
+    Refused {
+        response: http::Response<tonic::body::Body>,
+        pushback: Option<Pushback>,
+    },
     /// No response: a transport error, and whether the request never left.
     Failed { error: BoxError, unsent: bool },
 }

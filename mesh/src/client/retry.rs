@@ -1,7 +1,8 @@
 //! What may be retried: a request that never reached a server, or a method
-//! whose proto says `NO_SIDE_EFFECTS` or `IDEMPOTENT`; and how many retries
-//! the budget allows (at most 20% of requests plus 10 per second), so retries
-//! cannot multiply an outage.
+//! whose proto says `NO_SIDE_EFFECTS` or `IDEMPOTENT`; how many retries the
+//! budget allows (at most 20% of requests plus 10 per second), so retries
+//! cannot multiply an outage; and when a server asks to be left alone
+//! (`grpc-retry-pushback-ms`).
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -49,6 +50,33 @@ impl Idempotency {
     pub fn is_safe(&self, path: &str) -> bool {
         self.safe.contains(path)
     }
+}
+
+/// The metadata key of a server's push-back.
+pub const PUSHBACK_HEADER: &str = "grpc-retry-pushback-ms";
+
+/// What a server's push-back asks of a retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushback {
+    /// Retry no sooner than this.
+    After(Duration),
+    /// Do not retry (a negative or unreadable value, as gRPC defines it).
+    Never,
+}
+
+/// The push-back in a response's metadata, if it has one.
+pub fn pushback_in(headers: &tonic::codegen::http::HeaderMap) -> Option<Pushback> {
+    let value = headers.get(PUSHBACK_HEADER)?;
+    Some(
+        match value
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<i64>().ok())
+        {
+            Some(ms) if ms >= 0 => Pushback::After(Duration::from_millis(ms.unsigned_abs())),
+            _ => Pushback::Never,
+        },
+    )
 }
 
 /// The retry budget shared by every call of a channel.
@@ -107,6 +135,23 @@ pub fn never_sent(error: &(dyn std::error::Error + 'static)) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn push_back_is_a_delay_or_a_refusal() {
+        use tonic::codegen::http::{HeaderMap, HeaderValue};
+        let mut headers = HeaderMap::new();
+        assert_eq!(pushback_in(&headers), None);
+        for (value, expected) in [
+            ("250", Pushback::After(Duration::from_millis(250))),
+            ("0", Pushback::After(Duration::ZERO)),
+            ("-1", Pushback::Never),
+            ("soon", Pushback::Never),
+            ("99999999999999999999", Pushback::Never),
+        ] {
+            headers.insert(PUSHBACK_HEADER, HeaderValue::from_static(value));
+            assert_eq!(pushback_in(&headers), Some(expected), "{value}");
+        }
+    }
 
     #[test]
     fn the_budget_allows_its_share_of_requests_and_no_more() {

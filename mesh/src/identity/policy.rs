@@ -16,7 +16,20 @@
 //! [[allow]]
 //! methods = ["weft.inventory.v1.InventoryService/GetStock", "grpc.reflection.*"]
 //! callers = ["spiffe://weft.local/operator/*"]
+//!
+//! # Each operator may make 20 calls a second (bursts of 40) to inventory.
+//! [[limit]]
+//! methods = ["weft.inventory.v1.InventoryService/*"]
+//! callers = ["spiffe://weft.local/operator/*"]
+//! rate = 20
+//! burst = 40
 //! ```
+//!
+//! A `[[limit]]` gives every caller identity it matches a token bucket of
+//! its own per rule (a pattern does not pool its callers): `rate` calls a
+//! second, up to `burst` at once (`rate` when not given, at least one).
+//! The first rule that matches a call applies; a call no rule matches is
+//! not limited.
 
 use std::path::Path;
 
@@ -56,7 +69,22 @@ pub enum PolicyError {
 struct PolicyFile {
     #[serde(default)]
     allow: Vec<RuleFile>,
+    #[serde(default)]
+    limit: Vec<LimitFile>,
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitFile {
+    methods: Vec<String>,
+    callers: Vec<String>,
+    rate: f64,
+    burst: Option<f64>,
+}
+
+/// The highest rate or burst a limit may set: beyond it a limit means
+/// nothing, and a typo should not pass for one.
+const MOST_PER_SECOND: f64 = 1_000_000.0;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -109,10 +137,64 @@ struct Rule {
     callers: Vec<Pattern>,
 }
 
+impl Rule {
+    /// A rule from its method and caller patterns; why not, for the
+    /// message that names the rule.
+    fn parse(methods: &[String], callers: &[String]) -> Result<Self, String> {
+        if methods.is_empty() || callers.is_empty() {
+            return Err("needs at least one method and one caller".into());
+        }
+        let methods = methods
+            .iter()
+            .map(|m| {
+                if m != "*" && !m.contains('/') && !m.ends_with('*') {
+                    return Err(format!(
+                        "method {m:?} must look like package.Service/Method"
+                    ));
+                }
+                Pattern::parse(m.trim_start_matches('/'))
+            })
+            .collect::<Result<_, _>>()?;
+        let callers = callers
+            .iter()
+            .map(|c| {
+                if c != "*" && !c.starts_with("spiffe://") {
+                    return Err(format!(
+                        "caller {c:?} must be a spiffe:// identity or pattern"
+                    ));
+                }
+                Pattern::parse(c)
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self { methods, callers })
+    }
+
+    fn matches(&self, caller: &str, method: &str, foreign: bool) -> bool {
+        self.methods.iter().any(|m| m.matches(method))
+            && self
+                .callers
+                .iter()
+                .any(|c| c.matches(caller) && !(foreign && c.is_any()))
+    }
+}
+
+/// A rate limit for the callers and methods it matches.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limit {
+    /// The rule's position among the `[[limit]]` rules, from 1 (its name
+    /// in metrics).
+    pub rule: usize,
+    /// Calls a second, per caller identity.
+    pub rate: f64,
+    /// Calls at once after a quiet spell.
+    pub burst: f64,
+}
+
 /// A loaded policy.
 #[derive(Debug, Clone)]
 pub struct Policy {
     rules: Vec<Rule>,
+    limits: Vec<(Rule, Limit)>,
 }
 
 impl Policy {
@@ -134,39 +216,72 @@ impl Policy {
             .into_iter()
             .enumerate()
             .map(|(i, r)| {
-                let rule = i + 1;
-                let err = |reason: String| PolicyError::Rule { rule, reason };
-                if r.methods.is_empty() || r.callers.is_empty() {
-                    return Err(err("needs at least one method and one caller".into()));
-                }
-                let methods = r
-                    .methods
-                    .iter()
-                    .map(|m| {
-                        if m != "*" && !m.contains('/') && !m.ends_with('*') {
-                            return Err(err(format!(
-                                "method {m:?} must look like package.Service/Method"
-                            )));
-                        }
-                        Pattern::parse(m.trim_start_matches('/')).map_err(err)
-                    })
-                    .collect::<Result<_, _>>()?;
-                let callers = r
-                    .callers
-                    .iter()
-                    .map(|c| {
-                        if c != "*" && !c.starts_with("spiffe://") {
-                            return Err(err(format!(
-                                "caller {c:?} must be a spiffe:// identity or pattern"
-                            )));
-                        }
-                        Pattern::parse(c).map_err(err)
-                    })
-                    .collect::<Result<_, _>>()?;
-                Ok(Rule { methods, callers })
+                let err = |reason: String| PolicyError::Rule {
+                    rule: i + 1,
+                    reason,
+                };
+                Rule::parse(&r.methods, &r.callers).map_err(err)
             })
             .collect::<Result<_, _>>()?;
-        Ok(Self { rules })
+        let limits = file
+            .limit
+            .into_iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let rule = i + 1;
+                let err = |reason: String| PolicyError::Rule {
+                    rule,
+                    reason: format!("limit: {reason}"),
+                };
+                let matching = Rule::parse(&l.methods, &l.callers).map_err(err)?;
+                let burst = l.burst.unwrap_or(l.rate.max(1.0));
+                if !(l.rate > 0.0 && l.rate <= MOST_PER_SECOND) {
+                    return Err(err(format!(
+                        "rate {} must be above 0 and at most {MOST_PER_SECOND} calls a second",
+                        l.rate
+                    )));
+                }
+                if !(1.0..=MOST_PER_SECOND).contains(&burst) {
+                    return Err(err(format!(
+                        "burst {burst} must be from 1 to {MOST_PER_SECOND} calls"
+                    )));
+                }
+                Ok((
+                    matching,
+                    Limit {
+                        rule,
+                        rate: l.rate,
+                        burst,
+                    },
+                ))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self { rules, limits })
+    }
+
+    /// Whether the policy sets any rate limit.
+    pub fn has_limits(&self) -> bool {
+        !self.limits.is_empty()
+    }
+
+    /// The limit on `caller` calling `path` on a server of
+    /// `own_trust_domain`: the first `[[limit]]` rule that matches.
+    pub fn limit_for(
+        &self,
+        own_trust_domain: &str,
+        caller: &SpiffeId,
+        path: &str,
+    ) -> Option<Limit> {
+        if self.limits.is_empty() {
+            return None;
+        }
+        let method = path.trim_start_matches('/');
+        let foreign = caller.trust_domain() != own_trust_domain;
+        let caller = caller.to_string();
+        self.limits
+            .iter()
+            .find(|(rule, _)| rule.matches(&caller, method, foreign))
+            .map(|(_, limit)| *limit)
     }
 
     /// Whether `caller` may call `path` (`/package.Service/Method`) on a
@@ -178,13 +293,9 @@ impl Policy {
             return true;
         }
         let caller = caller.to_string();
-        self.rules.iter().any(|rule| {
-            rule.methods.iter().any(|m| m.matches(method))
-                && rule
-                    .callers
-                    .iter()
-                    .any(|c| c.matches(&caller) && !(foreign && c.is_any()))
-        })
+        self.rules
+            .iter()
+            .any(|rule| rule.matches(&caller, method, foreign))
     }
 }
 
@@ -239,6 +350,84 @@ mod tests {
         assert!(allows(&payments, "/grpc.health.v1.Health/Check"));
         // An empty policy denies everything else.
         assert!(!Policy::from_toml("").unwrap().allows(TD, &orders, "/x.Y/Z"));
+    }
+
+    #[test]
+    fn the_first_matching_limit_applies_per_rule() {
+        let p = Policy::from_toml(
+            r#"
+            [[limit]]
+            methods = ["weft.orders.v1.OrdersService/PlaceOrder"]
+            callers = ["spiffe://weft.local/operator/*"]
+            rate = 5
+            [[limit]]
+            methods = ["weft.orders.v1.OrdersService/*"]
+            callers = ["*"]
+            rate = 100
+            burst = 300
+            "#,
+        )
+        .unwrap();
+        assert!(p.has_limits());
+        let alice = id("spiffe://weft.local/operator/alice");
+        let orders = id("spiffe://weft.local/service/orders");
+        let place = "/weft.orders.v1.OrdersService/PlaceOrder";
+        assert_eq!(
+            p.limit_for(TD, &alice, place),
+            Some(Limit {
+                rule: 1,
+                rate: 5.0,
+                burst: 5.0
+            })
+        );
+        assert_eq!(p.limit_for(TD, &orders, place).map(|l| l.rule), Some(2));
+        assert_eq!(
+            p.limit_for(TD, &alice, "/weft.orders.v1.OrdersService/GetOrder")
+                .map(|l| (l.rule, l.burst)),
+            Some((2, 300.0))
+        );
+        assert_eq!(
+            p.limit_for(TD, &alice, "/weft.payments.v1.PaymentsService/Void"),
+            None
+        );
+        // `*` names no trust domain, for limits as for permissions.
+        let foreign = id("spiffe://other.example/service/orders");
+        assert_eq!(p.limit_for(TD, &foreign, place), None);
+        assert!(!Policy::from_toml(POLICY).unwrap().has_limits());
+    }
+
+    #[test]
+    fn malformed_limits_are_explained() {
+        for (bad, says) in [
+            (
+                "[[limit]]\nmethods = [\"*\"]\ncallers = [\"*\"]\nrate = 0",
+                "rule 1: limit: rate 0",
+            ),
+            (
+                "[[limit]]\nmethods = [\"*\"]\ncallers = [\"*\"]\nrate = 1e9",
+                "at most",
+            ),
+            (
+                "[[limit]]\nmethods = [\"*\"]\ncallers = [\"*\"]\nrate = 5\nburst = 0.5",
+                "burst 0.5",
+            ),
+            (
+                "[[limit]]\nmethods = [\"*\"]\ncallers = [\"*\"]\nrate = nan",
+                "rate NaN",
+            ),
+            (
+                "[[limit]]\nmethods = [\"*\"]\ncallers = [\"*\"]\nrate = 5\nper = \"all\"",
+                "unknown field",
+            ),
+            ("[[limit]]\nmethods = [\"*\"]\ncallers = [\"*\"]", "rate"),
+            (
+                "[[limit]]\nmethods = [\"x\"]\ncallers = [\"*\"]\nrate = 1",
+                "package.Service/Method",
+            ),
+        ] {
+            let e = Policy::from_toml(bad).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -88,8 +88,14 @@ impl AuthorizeLayer {
     /// authenticated caller of `trust_domain` through (services refuse to
     /// start that way unless told to: see the service configuration).
     pub fn new(policy: Option<Policy>, trust_domain: &str) -> Self {
+        Self::shared(policy.map(Arc::new), trust_domain)
+    }
+
+    /// As [`AuthorizeLayer::new`], with a policy shared with other layers
+    /// (the rate limits read the same one).
+    pub fn shared(policy: Option<Arc<Policy>>, trust_domain: &str) -> Self {
         Self {
-            policy: policy.map(Arc::new),
+            policy,
             trust_domain: trust_domain.into(),
             denials: Arc::new(DenialLog::new(DENIALS_LOGGED_PER_SECOND)),
         }

@@ -1,5 +1,6 @@
 //! The server side of the mesh: the accept loop and its limits, server TLS,
-//! authorization, deadlines, the drain and the server's metrics.
+//! authorization, rate limits, deadlines, the retry bound across hops, the
+//! drain and the server's metrics.
 
 pub mod authorize;
 pub mod deadline;
@@ -8,4 +9,6 @@ pub mod incoming;
 pub mod limits;
 pub mod observe;
 pub mod observed_body;
+pub mod rate_limit;
+pub mod retries;
 pub mod tls;

@@ -97,6 +97,12 @@ pub struct Config {
     pub metrics: Arc<Metrics>,
     /// Where the metrics endpoint ended up listening (with port 0, say).
     pub metrics_bound: Arc<OnceLock<SocketAddr>>,
+    /// Where the process's route table comes from (`WEFT_ROUTES`: a file,
+    /// or `ssm:NAME` for a parameter in SSM Parameter Store); `None` for no
+    /// routes.
+    pub routes: Option<crate::routes::RoutesSetting>,
+    /// How often the route table is read (`WEFT_ROUTES_POLL_MS`, 5 s).
+    pub routes_poll: Duration,
 }
 
 /// Why the configuration could not be read.
@@ -137,6 +143,8 @@ impl Config {
             metrics_addr: None,
             metrics: Metrics::global(),
             metrics_bound: Arc::new(OnceLock::new()),
+            routes: None,
+            routes_poll: Duration::from_secs(5),
         }
     }
 
@@ -230,6 +238,17 @@ impl Config {
             config.drain.notify_budget = Duration::from_millis(ms);
         }
         config.metrics_addr = metrics_addr_from_env(defaults.metrics)?;
+        if let Ok(setting) = std::env::var("WEFT_ROUTES") {
+            config.routes = Some(crate::routes::RoutesSetting::parse(&setting).map_err(
+                |reason| ConfigError::Invalid {
+                    name: "WEFT_ROUTES",
+                    reason,
+                },
+            )?);
+        }
+        if let Some(ms) = env_number("WEFT_ROUTES_POLL_MS")? {
+            config.routes_poll = Duration::from_millis(ms.max(100));
+        }
         if let Some(days) = env_number("WEFT_IDEMPOTENCY_RETENTION_DAYS")? {
             if days == 0 {
                 return Err(ConfigError::Invalid {
@@ -277,6 +296,11 @@ impl Config {
                 .or_else(|| ecs.as_ref().and_then(|t| t.zone.clone()));
             if let Some(zone) = zone {
                 attributes.insert("zone".to_owned(), zone);
+            }
+            // Where its metrics can be read, for tools that judge a
+            // version by its own figures (`weft route shift`).
+            if let Some(metrics) = config.metrics_addr.filter(|a| a.port() != 0) {
+                attributes.insert("metrics_port".to_owned(), metrics.port().to_string());
             }
             config.registration = Some(RegistrationConfig {
                 discovery,

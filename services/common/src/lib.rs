@@ -16,6 +16,7 @@ pub mod node;
 pub mod pg_tls;
 pub mod registration;
 pub mod roles;
+pub mod routes;
 pub mod serve;
 pub mod telemetry;
 pub mod validate;

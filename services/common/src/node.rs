@@ -17,7 +17,7 @@ use std::future::Future;
 
 use tokio::net::TcpListener;
 use weft_discovery::{Discovery, DiscoveryError};
-use weft_mesh::{CertStore, ClientOptions, Idempotency, LoadError, MeshClient};
+use weft_mesh::{CertStore, ClientOptions, Idempotency, LoadError, MeshClient, Routes};
 
 use crate::config::{Config, Transport};
 use crate::serve::{ServeError, Served};
@@ -57,6 +57,8 @@ pub struct Node {
     discovery: Option<Discovery>,
     /// Its identity over mTLS, served and presented; `None` in plaintext.
     identity: Option<CertStore>,
+    /// The route table its channels follow (one poller per process).
+    routes: Routes,
 }
 
 impl Node {
@@ -75,16 +77,29 @@ impl Node {
             } => Some(identity.open(*reload_every).await?),
             Transport::Plaintext => None,
         };
+        let routes = match &config.routes {
+            Some(setting) => {
+                crate::routes::follow(setting, config.routes_poll, config.metrics.routes.clone())
+                    .await
+            }
+            None => Routes::default(),
+        };
         Ok(Self {
             config,
             discovery,
             identity,
+            routes,
         })
     }
 
     /// The configuration it was opened from.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The route table its channels follow (`WEFT_ROUTES`).
+    pub fn routes(&self) -> &Routes {
+        &self.routes
     }
 
     /// The identity it serves and calls with (`None` in plaintext).
@@ -103,6 +118,13 @@ impl Node {
     pub fn client_options(&self) -> ClientOptions {
         ClientOptions {
             metrics: self.config.metrics.clone(),
+            routes: self.routes.clone(),
+            // Calls prefer the zone this instance registered in.
+            zone: self
+                .config
+                .registration
+                .as_ref()
+                .and_then(|r| r.attributes.get("zone").cloned()),
             ..ClientOptions::default()
         }
     }

@@ -18,8 +18,8 @@ use tonic_health::server::HealthReporter;
 use weft_discovery::Health;
 use weft_discovery::backoff::Backoff;
 use weft_mesh::{
-    AuthorizeLayer, CertStore, DeadlineLayer, Metrics, ObserveLayer, serve_with_drain,
-    server_config, tls_incoming,
+    AuthorizeLayer, CertStore, DeadlineLayer, Metrics, ObserveLayer, RateLimitLayer, RetriesLayer,
+    serve_with_drain, server_config, tls_incoming,
 };
 
 use crate::config::{Config, Transport};
@@ -244,7 +244,7 @@ pub(crate) async fn serve_node(
             tracing::info!(?addr, %id, policy = policy.is_some(), "{name} serving mTLS");
             report_certificate(&config.metrics, store.clone(), Arc::downgrade(&serving));
             (
-                policy.clone(),
+                policy.clone().map(Arc::new),
                 id.trust_domain().to_owned(),
                 Some((server_config(&store)?, store.clone())),
             )
@@ -265,8 +265,14 @@ pub(crate) async fn serve_node(
             config.metrics.clone(),
             served_paths(&descriptor_sets, grpc_service),
         ))
-        .layer(AuthorizeLayer::new(policy, &trust_domain))
+        .layer(AuthorizeLayer::shared(policy.clone(), &trust_domain))
+        .layer(RateLimitLayer::new(
+            policy,
+            &trust_domain,
+            config.metrics.clone(),
+        ))
         .layer(DeadlineLayer)
+        .layer(RetriesLayer)
         .add_routes(routes)
         .add_service(health_service)
         .add_service(reflection_v1)

@@ -59,7 +59,12 @@ impl Upstreams {
         let mesh = node
             .client(&config.discovery, &[weft_proto::FILE_DESCRIPTOR_SET])
             .await?
-            .with_options(config.client.clone());
+            .with_options(ClientOptions {
+                // The process's route table, whatever else is set.
+                routes: node.routes().clone(),
+                zone: node.client_options().zone,
+                ..config.client.clone()
+            });
         Ok(Self {
             inventory: InventoryServiceClient::new(mesh.channel("inventory")?),
             payments: PaymentsServiceClient::new(mesh.channel("payments")?),

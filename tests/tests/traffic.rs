@@ -1,0 +1,502 @@
+//! Traffic control with real servers over mTLS: an endpoint that answers
+//! "overloaded" draws fewer calls than a healthy one; a caller over its
+//! rate limit is pushed back while another caller is not, and the mesh
+//! client waits the push-back out; a chain of three hops failing at its end
+//! makes at most the bound of attempts there; and calls stay in the
+//! client's zone while it is healthy and spill within a health round trip
+//! when it is not.
+
+// Test code: a panic is a failed test with its location.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tonic::service::Routes;
+use tonic::transport::Server;
+use tonic::{Code, Request, Response, Status};
+use weft_mesh::{
+    CertStore, ClientOptions, DeadlineLayer, MeshChannel, Policy, RetriesLayer, server_config,
+    tls_incoming,
+};
+use weft_proto::inventory::v1 as pb;
+use weft_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
+use weft_proto::inventory::v1::inventory_service_server::{
+    InventoryService, InventoryServiceServer,
+};
+use weft_tests::TestDb;
+use weft_tests::cluster::Cluster;
+use weft_tests::inventory::{Inventory, config, mtls};
+use weft_tests::load::{Client, finish, get_stock_load, seed, wait_for_endpoints};
+use weft_tests::pki::TRUST_DOMAIN;
+use weft_tests::servers::serve_mtls;
+
+/// An inventory whose GetStock is `$body` (with `$this` the value and
+/// `$request` the request) and whose other methods are not needed.
+macro_rules! get_stock_only {
+    ($ty:ty, |$this:ident, $request:ident| $body:block) => {
+        #[tonic::async_trait]
+        impl InventoryService for $ty {
+            async fn get_stock(
+                &self,
+                $request: Request<pb::GetStockRequest>,
+            ) -> Result<Response<pb::GetStockResponse>, Status> {
+                let $this = self;
+                $body
+            }
+            async fn create_product(
+                &self,
+                _: Request<pb::CreateProductRequest>,
+            ) -> Result<Response<pb::CreateProductResponse>, Status> {
+                Err(Status::unimplemented(""))
+            }
+            async fn get_product(
+                &self,
+                _: Request<pb::GetProductRequest>,
+            ) -> Result<Response<pb::GetProductResponse>, Status> {
+                Err(Status::unimplemented(""))
+            }
+            async fn list_products(
+                &self,
+                _: Request<pb::ListProductsRequest>,
+            ) -> Result<Response<pb::ListProductsResponse>, Status> {
+                Err(Status::unimplemented(""))
+            }
+            async fn adjust_stock(
+                &self,
+                _: Request<pb::AdjustStockRequest>,
+            ) -> Result<Response<pb::AdjustStockResponse>, Status> {
+                Err(Status::unimplemented(""))
+            }
+            async fn reserve_stock(
+                &self,
+                _: Request<pb::ReserveStockRequest>,
+            ) -> Result<Response<pb::ReserveStockResponse>, Status> {
+                Err(Status::unimplemented(""))
+            }
+            async fn commit_reservation(
+                &self,
+                _: Request<pb::CommitReservationRequest>,
+            ) -> Result<Response<pb::CommitReservationResponse>, Status> {
+                Err(Status::unimplemented(""))
+            }
+            async fn release_reservation(
+                &self,
+                _: Request<pb::ReleaseReservationRequest>,
+            ) -> Result<Response<pb::ReleaseReservationResponse>, Status> {
+                Err(Status::unimplemented(""))
+            }
+            async fn return_reservation(
+                &self,
+                _: Request<pb::ReturnReservationRequest>,
+            ) -> Result<Response<pb::ReturnReservationResponse>, Status> {
+                Err(Status::unimplemented(""))
+            }
+            async fn get_reservation(
+                &self,
+                _: Request<pb::GetReservationRequest>,
+            ) -> Result<Response<pb::GetReservationResponse>, Status> {
+                Err(Status::unimplemented(""))
+            }
+        }
+    };
+}
+
+/// Answers every GetStock at once with RESOURCE_EXHAUSTED, as a throttled
+/// backend does, while its health stays SERVING.
+#[derive(Clone)]
+struct Throttled(Arc<AtomicU64>);
+
+get_stock_only!(Throttled, |this, _request| {
+    this.0.fetch_add(1, Ordering::Relaxed);
+    Err(Status::resource_exhausted("too many requests"))
+});
+
+/// Fails every GetStock with UNAVAILABLE, counting the attempts.
+#[derive(Clone)]
+struct Down(Arc<AtomicU64>);
+
+get_stock_only!(Down, |this, _request| {
+    this.0.fetch_add(1, Ordering::Relaxed);
+    Err(Status::unavailable("backend down"))
+});
+
+/// Answers every GetStock, counting them.
+#[derive(Clone)]
+struct Answering(Arc<AtomicU64>);
+
+get_stock_only!(Answering, |this, _request| {
+    this.0.fetch_add(1, Ordering::Relaxed);
+    Ok(Response::new(pb::GetStockResponse::default()))
+});
+
+/// Forwards GetStock through the mesh client (the next hop).
+#[derive(Clone)]
+struct Relay(MeshChannel);
+
+get_stock_only!(Relay, |this, request| {
+    InventoryServiceClient::new(this.0.clone())
+        .get_stock(request.into_inner())
+        .await
+});
+
+fn calls_by_id(channel: &MeshChannel) -> HashMap<String, u64> {
+    channel
+        .endpoints()
+        .iter()
+        .map(|e| (e.id.clone(), e.calls.load(Ordering::Relaxed)))
+        .collect()
+}
+
+/// Calls a healthy inventory and a throttled stand-in drew over 2 s of load
+/// from 4 workers, with the client charging overloaded answers `penalty`.
+async fn healthy_and_throttled_shares(penalty: Duration) -> (u64, u64) {
+    let db = TestDb::create().await.unwrap();
+    let mut cluster = Cluster::new().unwrap();
+    cluster.add(&db, None).await.unwrap();
+    let store = CertStore::load(
+        cluster.pki().service("inventory", "inventory").unwrap(),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    let routes = Routes::new(health).add_service(InventoryServiceServer::new(Throttled(Arc::new(
+        AtomicU64::new(0),
+    ))));
+    let addr = serve_mtls(&store, routes).await.unwrap();
+    cluster.register("throttled", addr).await.unwrap();
+
+    let mut options = ClientOptions::default();
+    options.failure.overload_penalty = penalty;
+    let channel = cluster.channel(options).await.unwrap();
+    wait_for_endpoints(&channel, 2).await.unwrap();
+    let mut client = Client::new(channel.clone());
+    // Seeded through the healthy one (the throttled one refuses it).
+    while seed(&mut client).await.is_err() {}
+    let before = calls_by_id(&channel);
+    let running = Arc::new(AtomicBool::new(true));
+    let workers = get_stock_load(&client, 4, &running);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    finish(&running, workers).await.unwrap();
+    let after = calls_by_id(&channel);
+    let got = |id: &str| after.get(id).unwrap_or(&0) - before.get(id).unwrap_or(&0);
+    (got("inv-0"), got("throttled"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_answering_resource_exhausted_draws_fewer_calls_than_a_healthy_one() {
+    let (healthy, throttled) =
+        healthy_and_throttled_shares(weft_mesh::client::FailurePolicy::default().overload_penalty)
+            .await;
+    let ratio = throttled as f64 / healthy.max(1) as f64;
+    // Charged as a fast success, as before the penalty, it draws more.
+    let (was_healthy, was_throttled) = healthy_and_throttled_shares(Duration::ZERO).await;
+    let was = was_throttled as f64 / was_healthy.max(1) as f64;
+    eprintln!(
+        "throttled/healthy calls: {ratio:.3} ({throttled}/{healthy}) with the penalty, \
+         {was:.3} ({was_throttled}/{was_healthy}) without"
+    );
+    assert!(healthy > 100, "the healthy endpoint served only {healthy}");
+    assert!(ratio < 0.2, "with the penalty: {ratio:.3}");
+    assert!(
+        was > 1.0,
+        "without it the throttled endpoint draws more: {was:.3}"
+    );
+}
+
+/// A policy letting orders and operators read inventory, with orders
+/// limited to 5 GetStock calls a second (bursts of 5).
+fn limited_policy() -> Policy {
+    Policy::from_toml(&format!(
+        r#"
+        [[allow]]
+        methods = ["weft.inventory.v1.InventoryService/*"]
+        callers = ["spiffe://{TRUST_DOMAIN}/service/orders", "spiffe://{TRUST_DOMAIN}/operator/*"]
+
+        [[limit]]
+        methods = ["weft.inventory.v1.InventoryService/GetStock"]
+        callers = ["spiffe://{TRUST_DOMAIN}/service/orders"]
+        rate = 5
+        burst = 5
+        "#
+    ))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_over_its_rate_limit_is_pushed_back_and_another_is_not() {
+    let db = TestDb::create().await.unwrap();
+    let cluster = Cluster::new().unwrap();
+    let pki = cluster.pki().clone();
+    let cfg = config(
+        &db,
+        mtls(
+            pki.service("inventory", "inventory").unwrap(),
+            Some(limited_policy()),
+        ),
+    );
+    let metrics = cfg.metrics.clone();
+    let operator = pki.operator("operator-bob", "bob").unwrap();
+    let inventory = Inventory::start_with(cfg, Some(operator.clone()), Some(pki.clone()))
+        .await
+        .unwrap();
+    let mut bob = inventory.client().await.unwrap();
+    bob.create_product(pb::CreateProductRequest {
+        idempotency_key: "seed".into(),
+        sku: "A".into(),
+        name: "A".into(),
+        unit_price: Some(weft_tests::mesh::eur(1)),
+        initial_stock: 5,
+    })
+    .await
+    .unwrap();
+    let read = || pb::GetStockRequest {
+        skus: vec!["A".into()],
+    };
+
+    // Orders, on a plain channel: its burst, then push-back.
+    let mut orders = InventoryServiceClient::new(
+        inventory
+            .channel_as(pki.service("orders", "orders").unwrap())
+            .unwrap(),
+    );
+    let mut answers = Vec::new();
+    for _ in 0..8 {
+        answers.push(orders.get_stock(read()).await);
+    }
+    let ok = answers.iter().filter(|a| a.is_ok()).count();
+    assert_eq!(ok, 5, "the burst passes, then no more: {answers:?}");
+    let refused = answers.iter().find_map(|a| a.as_ref().err()).unwrap();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    let pushback: u64 = refused
+        .metadata()
+        .get("grpc-retry-pushback-ms")
+        .expect("a push-back")
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (1..=200).contains(&pushback),
+        "a token every 200 ms: {pushback}"
+    );
+    assert!(!refused.message().contains("orders"), "{refused:?}");
+    // Meanwhile another caller is not limited at all.
+    for _ in 0..20 {
+        bob.get_stock(read()).await.unwrap();
+    }
+    let text = metrics.render();
+    assert!(
+        text.contains("weft_server_rate_limited_total{limit=\"1\"} 3"),
+        "{}",
+        text.lines()
+            .filter(|l| l.contains("rate_limited"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+
+    // Through the mesh client, a safe method waits the push-back out: every
+    // call succeeds, paced at the limit.
+    cluster.register("limited", inventory.addr()).await.unwrap();
+    let channel = cluster.channel(ClientOptions::default()).await.unwrap();
+    wait_for_endpoints(&channel, 1).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut paced = InventoryServiceClient::new(channel);
+    let started = Instant::now();
+    for _ in 0..12 {
+        paced.get_stock(read()).await.unwrap();
+    }
+    let took = started.elapsed();
+    eprintln!("12 calls at 5/s (burst 5) through the mesh client took {took:?}");
+    // Five at once, then one every 200 ms (the client retries each refused
+    // call after the push-back, within its three attempts).
+    assert!(took >= Duration::from_millis(1000), "{took:?}");
+    inventory.stop().await.unwrap();
+}
+
+/// Serves `service` over mTLS as inventory of `cluster`'s PKI, with the
+/// layers that carry deadlines and the retry count across hops.
+async fn serve_hop<S: InventoryService>(cluster: &Cluster, service: S) -> std::net::SocketAddr {
+    let store = CertStore::load(
+        cluster.pki().service("inventory", "inventory").unwrap(),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    let server = Server::builder()
+        .layer(DeadlineLayer)
+        .layer(RetriesLayer)
+        .add_service(health)
+        .add_service(InventoryServiceServer::new(service))
+        .serve_with_incoming(tls_incoming(
+            listener,
+            server_config(&store).unwrap(),
+            &store,
+            &Default::default(),
+        ));
+    tokio::spawn(server);
+    addr
+}
+
+/// Attempts that reach the end of caller → A → B → C when C is down, with
+/// every client retrying up to three attempts within `chain_retries`.
+async fn attempts_at_the_end_of_three_hops(chain_retries: u32) -> u64 {
+    let options = || {
+        let mut options = ClientOptions {
+            chain_retries,
+            ..ClientOptions::default()
+        };
+        // One endpoint per hop: ejection would hide attempts.
+        options.failure.consecutive_failures = u32::MAX;
+        options
+    };
+    let (to_a, to_b, to_c) = (
+        Cluster::new().unwrap(),
+        Cluster::new().unwrap(),
+        Cluster::new().unwrap(),
+    );
+    let reached = Arc::new(AtomicU64::new(0));
+    let c = serve_hop(&to_c, Down(reached.clone())).await;
+    to_c.register("c", c).await.unwrap();
+    let b_channel = to_c.channel(options()).await.unwrap();
+    wait_for_endpoints(&b_channel, 1).await.unwrap();
+    let b = serve_hop(&to_b, Relay(b_channel)).await;
+    to_b.register("b", b).await.unwrap();
+    let a_channel = to_b.channel(options()).await.unwrap();
+    wait_for_endpoints(&a_channel, 1).await.unwrap();
+    let a = serve_hop(&to_a, Relay(a_channel)).await;
+    to_a.register("a", a).await.unwrap();
+    let caller = to_a.channel(options()).await.unwrap();
+    wait_for_endpoints(&caller, 1).await.unwrap();
+
+    let err = InventoryServiceClient::new(caller)
+        .get_stock(pb::GetStockRequest {
+            skus: vec!["A".into()],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    reached.load(Ordering::Relaxed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_three_hop_chain_failing_at_its_end_makes_at_most_the_bound_of_attempts() {
+    let bounded = attempts_at_the_end_of_three_hops(2).await;
+    let unbounded = attempts_at_the_end_of_three_hops(u32::MAX).await;
+    eprintln!(
+        "attempts at the far end: {bounded} with a chain bound of 2 retries, {unbounded} without"
+    );
+    // Every path from the caller to C spends at most 2 retries in all: the
+    // (a, b, c) retry counts with a + b + c <= 2, ten of them.
+    assert_eq!(bounded, 10);
+    // Without the bound each hop multiplies: 3 × 3 × 3.
+    assert_eq!(unbounded, 27);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_stay_in_the_zone_while_it_serves_and_spill_when_it_does_not() {
+    let cluster = Cluster::new().unwrap();
+    let store = CertStore::load(
+        cluster.pki().service("inventory", "inventory").unwrap(),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    let mut reporters = Vec::new();
+    let mut received = HashMap::new();
+    for (id, zone) in [
+        ("a1", "eu-west-1a"),
+        ("a2", "eu-west-1a"),
+        ("b1", "eu-west-1b"),
+        ("b2", "eu-west-1b"),
+    ] {
+        let (reporter, health) = tonic_health::server::health_reporter();
+        let count = Arc::new(AtomicU64::new(0));
+        let routes =
+            Routes::new(health).add_service(InventoryServiceServer::new(Answering(count.clone())));
+        let addr = serve_mtls(&store, routes).await.unwrap();
+        cluster
+            .register_with(id, addr, &[("zone", zone)])
+            .await
+            .unwrap();
+        received.insert(id, count);
+        reporters.push((zone, reporter));
+    }
+    let metrics = Arc::new(weft_mesh::Metrics::new());
+    let channel = cluster
+        .channel(ClientOptions {
+            zone: Some("eu-west-1a".into()),
+            metrics: metrics.clone(),
+            ..ClientOptions::default()
+        })
+        .await
+        .unwrap();
+    wait_for_endpoints(&channel, 4).await.unwrap();
+    let mut client = InventoryServiceClient::new(channel.clone());
+    let count = |ids: &[&str]| {
+        ids.iter()
+            .map(|id| received[id].load(Ordering::Relaxed))
+            .sum::<u64>()
+    };
+    for _ in 0..1000 {
+        client
+            .get_stock(pb::GetStockRequest { skus: vec![] })
+            .await
+            .unwrap();
+    }
+    let same = count(&["a1", "a2"]);
+    eprintln!("healthy: {same} of 1000 calls stayed in the zone");
+    assert!(same >= 950, "{same} of 1000 in the zone");
+
+    // The zone's instances say NOT_SERVING: the next calls go elsewhere,
+    // within a health round trip.
+    let before = count(&["b1", "b2"]);
+    let flipped = Instant::now();
+    for (zone, reporter) in &mut reporters {
+        if *zone == "eu-west-1a" {
+            reporter
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
+        }
+    }
+    loop {
+        client
+            .get_stock(pb::GetStockRequest { skus: vec![] })
+            .await
+            .unwrap();
+        if count(&["b1", "b2"]) > before {
+            break;
+        }
+        assert!(flipped.elapsed() < Duration::from_secs(2), "no spill");
+    }
+    let took = flipped.elapsed();
+    eprintln!("spilled to the other zone {took:?} after NOT_SERVING");
+    assert!(took < Duration::from_millis(500), "{took:?}");
+    let in_zone_before = count(&["a1", "a2"]);
+    for _ in 0..100 {
+        client
+            .get_stock(pb::GetStockRequest { skus: vec![] })
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        count(&["a1", "a2"]),
+        in_zone_before,
+        "nothing more to the draining zone"
+    );
+    let text = metrics.render();
+    assert!(
+        text.lines().any(
+            |l| l.starts_with("weft_client_cross_zone_total{upstream=\"inventory\"}")
+                && l.ends_with(&format!(" {}", count(&["b1", "b2"])))
+        ),
+        "{}",
+        text.lines()
+            .filter(|l| l.contains("cross_zone"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
