@@ -125,6 +125,7 @@ async fn a_live_route_table_splits_routes_by_header_and_follows_its_file() {
     // Slow start would shape the first seconds' shares; the split is what
     // is measured here.
     options.failure.slow_start = Duration::ZERO;
+    options.pick_timeout = Duration::from_millis(300);
     let channel = cluster.channel(options).await.unwrap();
     wait_for_endpoints(&channel, 4).await.unwrap();
     seed(&mut Client::new(channel.clone())).await.unwrap();
@@ -165,6 +166,34 @@ async fn a_live_route_table_splits_routes_by_header_and_follows_its_file() {
     let counts = calls(&channel, 1000, false).await;
     let share = share_of_new(&counts);
     assert!((0.42..=0.58).contains(&share), "still 50/50: {counts:?}");
+
+    // A split to a version with no endpoint gives way to the others; a
+    // header match to it fails rather than reach another version.
+    std::fs::write(
+        &path,
+        r#"
+        [services.inventory]
+        match = [{ header = "x-weft-route", value = "canary", subset = { version = "9.9" } }]
+        split = [{ subset = { version = "9.9" }, weight = 1 }]
+        "#,
+    )
+    .unwrap();
+    let applied = events.applied.get();
+    while events.applied.get() == applied {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let counts = calls(&channel, 200, false).await;
+    assert_eq!(counts.values().sum::<u64>(), 200, "{counts:?}");
+    let mut client = Client::new(channel.clone());
+    let mut request = tonic::Request::new(pb::GetStockRequest {
+        skus: vec!["A".into()],
+    });
+    request
+        .metadata_mut()
+        .insert("x-weft-route", "canary".parse().unwrap());
+    let err = client.get_stock(request).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("version=9.9"), "{err:?}");
 }
 
 /// A GetStock-only inventory that fails every `fail_every`-th call with

@@ -297,15 +297,16 @@ impl Inner {
         // The route is read once, as the call starts: a table that changes
         // later does not change a call in flight.
         let routes = self.options.routes.service(&self.service);
-        let (subset, policy) = match &routes {
+        let (placement, policy) = match &routes {
             Some(r) => (
-                r.subset_for(&parts.headers, fastrand::f64()),
+                r.placement(&parts.headers, fastrand::f64()),
                 r.policy_for(parts.uri.path()),
             ),
             None => (None, MethodPolicy::default()),
         };
         let route = Route {
-            subset,
+            subset: placement.map(|p| p.subset),
+            strict: placement.is_some_and(|p| p.strict),
             policy: &policy,
         };
         let Some(deadline) = self.deadline(&parts, policy.timeout) else {
@@ -384,8 +385,17 @@ impl Inner {
     async fn pick(
         &self,
         tried: &[String],
-        subset: Option<&Subset>,
+        route: Route<'_>,
     ) -> Result<Arc<EndpointState>, BoxError> {
+        let mut subset = route.subset;
+        // A split's subset with none available gives way to any endpoint;
+        // a header match's does not.
+        if !route.strict && subset.is_some() {
+            if let Some(e) = self.pool.pick_in(tried, subset) {
+                return Ok(e);
+            }
+            subset = None;
+        }
         self.pool
             .pick_within_in(tried, subset, self.options.pick_timeout)
             .await
@@ -482,10 +492,10 @@ impl Inner {
         mut parts: http::request::Parts,
         body: tonic::body::Body,
         spent: u32,
-        subset: Option<&Subset>,
+        route: Route<'_>,
     ) -> Result<http::Response<tonic::body::Body>, BoxError> {
         mark_attempt(&mut parts.headers, spent, 0);
-        let endpoint = self.pick(&[], subset).await?;
+        let endpoint = self.pick(&[], route).await?;
         match self
             .attempt(&endpoint, http::Request::from_parts(parts, body))
             .await
@@ -515,7 +525,7 @@ impl Inner {
                     .saturating_add(1),
             );
         if max_attempts <= 1 {
-            return self.single_attempt(parts, body, spent, route.subset).await;
+            return self.single_attempt(parts, body, spent, route).await;
         }
         let retry_on = route.policy.retry_on.as_deref();
         let safe_method = self.idempotency.is_safe(parts.uri.path());
@@ -526,7 +536,7 @@ impl Inner {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let endpoint = self.pick(&tried, route.subset).await?;
+            let endpoint = self.pick(&tried, route).await?;
             mark_attempt(&mut parts.headers, spent, attempt - 1);
             let request = http::Request::from_parts(
                 parts.clone(),
@@ -599,6 +609,8 @@ impl Inner {
 struct Route<'a> {
     /// The endpoints it may go to; all of them for `None`.
     subset: Option<&'a Subset>,
+    /// Whether only those (see [`routes::Placement`]).
+    strict: bool,
     /// Its timeout and retries, where the route sets them.
     policy: &'a MethodPolicy,
 }

@@ -149,6 +149,17 @@ impl std::fmt::Display for Subset {
     }
 }
 
+/// Where a route places a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placement<'a> {
+    /// The endpoints it goes to.
+    pub subset: &'a Subset,
+    /// Only those (a header match: test traffic must reach the version it
+    /// names or fail); else, with none of them available, any endpoint (a
+    /// split: a canary's share of calls is not failed for want of it).
+    pub strict: bool,
+}
+
 /// A method's timeout and retries, where a route sets them.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct MethodPolicy {
@@ -191,14 +202,30 @@ impl ServiceRoutes {
     /// match, else the subset the split draws with `roll` (uniform in
     /// `0..1`), else anywhere (`None`).
     pub fn subset_for(&self, headers: &HeaderMap, roll: f64) -> Option<&Subset> {
+        self.placement(headers, roll).map(|p| p.subset)
+    }
+
+    /// [`ServiceRoutes::subset_for`], saying whether the subset is strict.
+    pub fn placement(&self, headers: &HeaderMap, roll: f64) -> Option<Placement<'_>> {
         for (header, value, subset) in &self.matches {
             if headers
                 .get(header.as_str())
                 .is_some_and(|v| v.as_bytes() == value.as_bytes())
             {
-                return Some(subset);
+                return Some(Placement {
+                    subset,
+                    strict: true,
+                });
             }
         }
+        let subset = self.split_draw(roll)?;
+        Some(Placement {
+            subset,
+            strict: false,
+        })
+    }
+
+    fn split_draw(&self, roll: f64) -> Option<&Subset> {
         if self.total == 0 {
             return None;
         }
@@ -469,6 +496,16 @@ mod tests {
             Some("version=1.4".into())
         );
         assert!(table.service("payments").is_none());
+    }
+
+    #[test]
+    fn a_header_match_is_strict_and_a_split_is_not() {
+        let table = RouteTable::from_toml(TABLE).unwrap();
+        let routes = table.service("inventory").unwrap();
+        let mut headers = HeaderMap::new();
+        assert!(!routes.placement(&headers, 0.5).unwrap().strict);
+        headers.insert("x-weft-route", HeaderValue::from_static("canary"));
+        assert!(routes.placement(&headers, 0.5).unwrap().strict);
     }
 
     #[test]
