@@ -24,8 +24,8 @@ pub use server::{
 pub use authorize::{AuthorizeLayer, CallerIdentity};
 pub use certs::{CertStore, IdentityPaths, IdentitySource, LoadError, Origin};
 pub use client::{
-    ClientOptions, FetchError, FileSource, Idempotency, MeshChannel, MeshClient, MeshClientError,
-    RouteEvents, RouteFetch, RoutePolling, RouteTable, Routes,
+    ClientOptions, FetchError, FileSource, Idempotency, Live, MeshChannel, MeshClient,
+    MeshClientError, RouteFetch, RoutePolling, RouteTable, Routes, SourceEvents,
 };
 pub use client_tls::{ClientTls, client_config};
 pub use connector::{MtlsConnector, mtls_channel, plaintext_channel};
@@ -36,7 +36,7 @@ pub use incoming::{MeshConn, PeerInfo, tls_incoming};
 pub use limits::ServerLimits;
 pub use metrics::Metrics;
 pub use observe::ObserveLayer;
-pub use policy::{Policy, PolicyError};
+pub use policy::{Policy, PolicyError, SharedPolicy};
 pub use rate_limit::RateLimitLayer;
 pub use retries::{RetriesLayer, current_retries_spent, with_retries_spent};
 pub use server_tls::server_config;

@@ -148,7 +148,9 @@ pub struct Metrics {
     /// Seconds until the served certificate expires (negative once it has).
     pub tls_certificate_expiry: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// The route table's source, as the process follows it.
-    pub routes: crate::client::RouteEvents,
+    pub routes: crate::client::SourceEvents,
+    /// The policy file, as the server follows it.
+    pub policy: crate::client::SourceEvents,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -186,7 +188,8 @@ impl Metrics {
             discovery_errors: Family::default(),
             own: Mutex::new(HashMap::new()),
             tls_certificate_expiry: Gauge::default(),
-            routes: crate::client::RouteEvents::default(),
+            routes: crate::client::SourceEvents::default(),
+            policy: crate::client::SourceEvents::default(),
         };
         if let Ok(mut r) = m.registry.lock() {
             r.register(
@@ -233,6 +236,26 @@ impl Metrics {
                 "routes_stale",
                 "1 while the routes source holds a table that was refused",
                 m.routes.stale.clone(),
+            );
+            r.register(
+                "policy_applied",
+                "Policies applied from the policy file",
+                m.policy.applied.clone(),
+            );
+            r.register(
+                "policy_rejected",
+                "Policies in the policy file refused (the policy in use was kept)",
+                m.policy.rejected.clone(),
+            );
+            r.register(
+                "policy_fetch_errors",
+                "Reads of the policy file that failed",
+                m.policy.fetch_errors.clone(),
+            );
+            r.register(
+                "policy_stale",
+                "1 while the policy file holds a policy that was refused",
+                m.policy.stale.clone(),
             );
             r.register(
                 "client_requests",

@@ -22,7 +22,7 @@ use weft_proto::inventory::v1::inventory_service_server::{
 };
 use weft_service::metrics_endpoint::{Probes, serve_metrics};
 
-use weft_mesh::{ClientOptions, FileSource, MeshChannel, RouteEvents, RoutePolling, Routes};
+use weft_mesh::{ClientOptions, FileSource, MeshChannel, RoutePolling, Routes, SourceEvents};
 use weft_proto::inventory::v1 as pb;
 use weft_tests::TestDb;
 use weft_tests::cluster::Cluster;
@@ -108,7 +108,7 @@ async fn a_live_route_table_splits_routes_by_header_and_follows_its_file() {
     let path = dir.path().join("routes.toml");
     std::fs::write(&path, split(5)).unwrap();
     let poll = Duration::from_millis(200);
-    let events = RouteEvents::default();
+    let events = SourceEvents::default();
     let routes = Routes::follow(
         FileSource(path.clone()),
         RoutePolling {
@@ -344,7 +344,7 @@ async fn weft_route_shift_to_a_failing_version_rolls_back_by_itself() {
             every: Duration::from_millis(200),
             ..RoutePolling::default()
         },
-        RouteEvents::default(),
+        SourceEvents::default(),
     )
     .await;
     let mut options = ClientOptions {

@@ -500,3 +500,90 @@ async fn calls_stay_in_the_zone_while_it_serves_and_spill_when_it_does_not() {
             .join("\n")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_policy_file_applies_within_a_poll_and_a_malformed_one_is_refused() {
+    let db = TestDb::create().await.unwrap();
+    let cluster = Cluster::new().unwrap();
+    let pki = cluster.pki().clone();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("policy.toml");
+    let allow_bob = format!(
+        "[[allow]]\nmethods = [\"weft.inventory.v1.InventoryService/*\"]\ncallers = [\"spiffe://{TRUST_DOMAIN}/operator/bob\"]\n"
+    );
+    std::fs::write(&path, &allow_bob).unwrap();
+    let mut cfg = config(
+        &db,
+        mtls(
+            pki.service("inventory", "inventory").unwrap(),
+            Some(Policy::load(&path).unwrap()),
+        ),
+    );
+    cfg.policy_file = Some(path.clone());
+    cfg.policy_poll = Duration::from_millis(200);
+    let metrics = cfg.metrics.clone();
+    let operator = pki.operator("operator-bob", "bob").unwrap();
+    let inventory = Inventory::start_with(cfg, Some(operator), Some(pki.clone()))
+        .await
+        .unwrap();
+    let mut bob = inventory.client().await.unwrap();
+    let read = pb::ListProductsRequest::default;
+    for _ in 0..5 {
+        bob.list_products(read()).await.unwrap();
+    }
+    let applied = |m: &weft_mesh::Metrics| m.policy.applied.get();
+    let before = applied(&metrics);
+
+    // A limit appears: within a poll, bob is held to it.
+    std::fs::write(
+        &path,
+        format!(
+            "{allow_bob}[[limit]]\nmethods = [\"weft.inventory.v1.InventoryService/*\"]\ncallers = [\"spiffe://{TRUST_DOMAIN}/operator/bob\"]\nrate = 1\nburst = 1\n"
+        ),
+    )
+    .unwrap();
+    let written = Instant::now();
+    while applied(&metrics) == before {
+        assert!(written.elapsed() < Duration::from_secs(2), "not reloaded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("policy reloaded {:?} after the write", written.elapsed());
+    let mut refused = 0;
+    for _ in 0..3 {
+        if let Err(e) = bob.list_products(read()).await {
+            assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 2, "one call a second, bursts of one");
+
+    // A malformed policy is refused; the one in use stays.
+    std::fs::write(
+        &path,
+        "[[allow]]\nmethods = [\"Nope\"]\ncallers = [\"*\"]\n",
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(metrics.policy.rejected.get(), 1);
+    assert_eq!(metrics.policy.stale.get(), 1);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    bob.list_products(read()).await.unwrap();
+    assert_eq!(
+        bob.list_products(read()).await.unwrap_err().code(),
+        Code::ResourceExhausted,
+        "still limited"
+    );
+
+    // Bob's permission withdrawn: denied from the next poll on.
+    std::fs::write(
+        &path,
+        format!("[[allow]]\nmethods = [\"weft.inventory.v1.InventoryService/*\"]\ncallers = [\"spiffe://{TRUST_DOMAIN}/operator/alice\"]\n"),
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        bob.list_products(read()).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
+    inventory.stop().await.unwrap();
+}

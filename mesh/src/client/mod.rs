@@ -21,7 +21,9 @@ pub use endpoint::{EndpointEvents, EndpointState, FailurePolicy};
 pub use front::{MeshClient, MeshClientError};
 pub use pool::{Connect, Locality, Pool, PoolEvents};
 pub use retry::{Idempotency, PUSHBACK_HEADER, Pushback, RetryBudget, never_sent, pushback_in};
-pub use route_source::{FetchError, FileSource, RouteEvents, RouteFetch, RoutePolling, Routes};
+pub use route_source::{
+    FetchError, FileSource, Live, RouteFetch, RoutePolling, Routes, SourceEvents,
+};
 pub use routes::{MethodPolicy, RouteTable, RoutesError, ServiceRoutes, Subset};
 pub use timeouts::{MethodTimeouts, TimeoutSettingError, parse_duration};
 

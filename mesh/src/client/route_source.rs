@@ -1,11 +1,11 @@
-//! Where a process's route table comes from and how it stays current: one
-//! poller per process reads the table's text from its source (a file, or a
-//! parameter in SSM Parameter Store) every period with jitter, applies a
-//! changed text if it parses, and otherwise keeps the table it has. A
-//! source that cannot be read backs off (doubling to a bound) and keeps the
-//! last known good table; a malformed text is refused, counted and logged
-//! once per distinct text. Calls read the table when they start, so a
-//! change never alters a call in flight.
+//! Where a process's route table (and its policy) come from and how they
+//! stay current: one poller per process and source reads the text from its
+//! source (a file, or a parameter in SSM Parameter Store) every period with
+//! jitter, applies a changed text if it parses, and otherwise keeps what it
+//! has. A source that cannot be read backs off (doubling to a bound) and
+//! keeps the last known good value; a malformed text is refused, counted
+//! and logged once per distinct text. Calls read the table when they start,
+//! so a change never alters a call in flight.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -93,10 +93,10 @@ impl Default for RoutePolling {
     }
 }
 
-/// Counters of a route source, for the process's metrics.
+/// Counters of a live source (routes, policy), for the process's metrics.
 #[derive(Debug, Clone, Default)]
-pub struct RouteEvents {
-    /// Tables applied.
+pub struct SourceEvents {
+    /// Values applied.
     pub applied: Counter,
     /// Texts refused as malformed (each distinct text once).
     pub rejected: Counter,
@@ -107,50 +107,51 @@ pub struct RouteEvents {
     pub stale: Gauge,
 }
 
-/// The route table a process's channels read; follows its source for as
+/// A value read from a live source (see [`Live::follow`]), current for as
 /// long as any handle lives.
-#[derive(Debug, Clone)]
-pub struct Routes {
-    rx: watch::Receiver<Arc<RouteTable>>,
+#[derive(Debug)]
+pub struct Live<T> {
+    rx: watch::Receiver<Arc<T>>,
     _poller: Option<Arc<AbortOnDrop>>,
 }
 
-#[derive(Debug)]
-struct AbortOnDrop(JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
+impl<T> Clone for Live<T> {
+    fn clone(&self) -> Self {
+        Self {
+            rx: self.rx.clone(),
+            _poller: self._poller.clone(),
+        }
     }
 }
 
-impl Default for Routes {
-    fn default() -> Self {
-        Self::fixed(RouteTable::default())
-    }
-}
+/// How a live source's text becomes its value: `None` is the source saying
+/// there is none; an error refuses the text (the value in use is kept).
+pub type Parse<T> = fn(Option<&str>) -> Result<T, String>;
 
-impl Routes {
-    /// A table that never changes.
-    pub fn fixed(table: RouteTable) -> Self {
-        let (_tx, rx) = watch::channel(Arc::new(table));
+impl<T: Send + Sync + 'static> Live<T> {
+    /// A value that never changes.
+    pub fn fixed(value: T) -> Self {
+        let (_tx, rx) = watch::channel(Arc::new(value));
         Self { rx, _poller: None }
     }
 
-    /// Follows `source`, reading it first before returning (so the first
-    /// calls already see its table; a first read that fails starts with no
-    /// routes and keeps trying).
+    /// Follows `source` from `initial`, reading it once before returning
+    /// (so the first calls already see its value; a first read that fails
+    /// keeps `initial` and keeps trying).
     pub async fn follow(
         source: impl RouteFetch,
         polling: RoutePolling,
-        events: RouteEvents,
+        events: SourceEvents,
+        initial: T,
+        parse: Parse<T>,
     ) -> Self {
-        let (tx, rx) = watch::channel(Arc::new(RouteTable::default()));
+        let (tx, rx) = watch::channel(Arc::new(initial));
         let mut poller = Poller {
             source,
             polling,
             events,
             tx,
+            parse,
             last_text: None,
             errors: Backoff::new(
                 polling.error_backoff,
@@ -182,27 +183,84 @@ impl Routes {
         }
     }
 
-    /// The table now.
-    pub fn current(&self) -> Arc<RouteTable> {
+    /// The value now.
+    pub fn current(&self) -> Arc<T> {
         self.rx.borrow().clone()
     }
 
-    /// The routes of `service` now, if the table names it.
-    pub fn service(&self, service: &str) -> Option<Arc<ServiceRoutes>> {
-        self.rx.borrow().service(service).cloned()
-    }
-
-    /// A receiver that sees every new table (for tests and tools).
-    pub fn watch(&self) -> watch::Receiver<Arc<RouteTable>> {
+    /// A receiver that sees every new value (for tests and tools).
+    pub fn watch(&self) -> watch::Receiver<Arc<T>> {
         self.rx.clone()
     }
 }
 
-struct Poller<S> {
+/// The route table a process's channels read; follows its source for as
+/// long as any handle lives.
+#[derive(Debug, Clone)]
+pub struct Routes(Live<RouteTable>);
+
+#[derive(Debug)]
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl Default for Routes {
+    fn default() -> Self {
+        Self::fixed(RouteTable::default())
+    }
+}
+
+/// A route table from its text; no text is no routes.
+fn parse_routes(text: Option<&str>) -> Result<RouteTable, String> {
+    match text {
+        None => Ok(RouteTable::default()),
+        Some(t) => RouteTable::from_toml(t).map_err(|e| e.to_string()),
+    }
+}
+
+impl Routes {
+    /// A table that never changes.
+    pub fn fixed(table: RouteTable) -> Self {
+        Self(Live::fixed(table))
+    }
+
+    /// Follows `source`, reading it first before returning (so the first
+    /// calls already see its table; a first read that fails starts with no
+    /// routes and keeps trying).
+    pub async fn follow(
+        source: impl RouteFetch,
+        polling: RoutePolling,
+        events: SourceEvents,
+    ) -> Self {
+        Self(Live::follow(source, polling, events, RouteTable::default(), parse_routes).await)
+    }
+
+    /// The table now.
+    pub fn current(&self) -> Arc<RouteTable> {
+        self.0.current()
+    }
+
+    /// The routes of `service` now, if the table names it.
+    pub fn service(&self, service: &str) -> Option<Arc<ServiceRoutes>> {
+        self.0.rx.borrow().service(service).cloned()
+    }
+
+    /// A receiver that sees every new table (for tests and tools).
+    pub fn watch(&self) -> watch::Receiver<Arc<RouteTable>> {
+        self.0.watch()
+    }
+}
+
+struct Poller<S, T> {
     source: S,
     polling: RoutePolling,
-    events: RouteEvents,
-    tx: watch::Sender<Arc<RouteTable>>,
+    events: SourceEvents,
+    tx: watch::Sender<Arc<T>>,
+    parse: Parse<T>,
     /// The text last read (applied or refused), so an unchanged text costs
     /// nothing and a refused one is logged once.
     last_text: Option<Option<String>>,
@@ -210,7 +268,7 @@ struct Poller<S> {
     throttles: Backoff,
 }
 
-impl<S: RouteFetch> Poller<S> {
+impl<S: RouteFetch, T> Poller<S, T> {
     /// Reads the source once; returns how long to wait before the next read.
     async fn once(&mut self) -> Duration {
         let text = match self.source.fetch().await {
@@ -221,28 +279,24 @@ impl<S: RouteFetch> Poller<S> {
                     FetchError::Throttled(_) => self.throttles.next_delay(),
                     FetchError::Failed(_) => self.errors.next_delay(),
                 };
-                tracing::warn!(source = %self.source.describe(), error = %e, ?delay, "cannot read the routes; keeping the table in use");
+                tracing::warn!(source = %self.source.describe(), error = %e, ?delay, "cannot read; keeping what is in use");
                 return delay;
             }
         };
         self.errors.reset();
         self.throttles.reset();
         if self.last_text.as_ref() != Some(&text) {
-            let parsed = match &text {
-                None => Ok(RouteTable::default()),
-                Some(t) => RouteTable::from_toml(t),
-            };
-            match parsed {
-                Ok(table) => {
+            match (self.parse)(text.as_deref()) {
+                Ok(value) => {
                     self.events.applied.inc();
                     self.events.stale.set(0);
-                    tracing::info!(source = %self.source.describe(), services = ?table.services(), "routes applied");
-                    self.tx.send_replace(Arc::new(table));
+                    tracing::info!(source = %self.source.describe(), "applied");
+                    self.tx.send_replace(Arc::new(value));
                 }
                 Err(e) => {
                     self.events.rejected.inc();
                     self.events.stale.set(1);
-                    tracing::warn!(source = %self.source.describe(), error = %e, "routes refused; keeping the table in use");
+                    tracing::warn!(source = %self.source.describe(), error = %e, "refused; keeping what is in use");
                 }
             }
             self.last_text = Some(text);
@@ -308,7 +362,7 @@ mod tests {
     async fn a_change_is_applied_within_one_period() {
         let source = StandIn::default();
         source.answer(Ok(Some(V1.into())));
-        let events = RouteEvents::default();
+        let events = SourceEvents::default();
         let routes = Routes::follow(source.clone(), polling(), events.clone()).await;
         assert_eq!(
             version(&routes).as_deref(),
@@ -332,7 +386,7 @@ mod tests {
     async fn a_malformed_update_is_refused_once_and_the_table_kept() {
         let source = StandIn::default();
         source.answer(Ok(Some(V1.into())));
-        let events = RouteEvents::default();
+        let events = SourceEvents::default();
         let routes = Routes::follow(source.clone(), polling(), events.clone()).await;
         source.answer(Ok(Some("[services.a]\nsplit = [{ weight = 1 }]".into())));
         tokio::time::sleep(Duration::from_secs(30)).await;
@@ -353,7 +407,7 @@ mod tests {
     async fn an_outage_keeps_the_last_good_table_and_backs_off() {
         let source = StandIn::default();
         source.answer(Ok(Some(V1.into())));
-        let events = RouteEvents::default();
+        let events = SourceEvents::default();
         let routes = Routes::follow(source.clone(), polling(), events.clone()).await;
         source.answer(Err(FetchError::Failed("connection refused".into())));
         // Past the read at 5 s, the first to fail.
@@ -384,7 +438,7 @@ mod tests {
     async fn the_poller_stops_with_its_last_handle() {
         let source = StandIn::default();
         source.answer(Ok(Some(V1.into())));
-        let routes = Routes::follow(source.clone(), polling(), RouteEvents::default()).await;
+        let routes = Routes::follow(source.clone(), polling(), SourceEvents::default()).await;
         let copy = routes.clone();
         drop(routes);
         tokio::time::sleep(Duration::from_secs(11)).await;

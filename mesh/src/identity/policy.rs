@@ -190,6 +190,29 @@ pub struct Limit {
     pub burst: f64,
 }
 
+/// A policy servers read on every call while it may be replaced (when its
+/// file changes): a lock-free swap, so a call never waits for a reload and
+/// always sees one whole policy.
+#[derive(Debug, Clone)]
+pub struct SharedPolicy(std::sync::Arc<arc_swap::ArcSwap<Policy>>);
+
+impl SharedPolicy {
+    /// Starts from `policy`.
+    pub fn new(policy: Policy) -> Self {
+        Self(std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(policy)))
+    }
+
+    /// The policy now.
+    pub fn load(&self) -> arc_swap::Guard<std::sync::Arc<Policy>> {
+        self.0.load()
+    }
+
+    /// Replaces the policy for every call from now on.
+    pub fn store(&self, policy: std::sync::Arc<Policy>) {
+        self.0.store(policy);
+    }
+}
+
 /// A loaded policy.
 #[derive(Debug, Clone)]
 pub struct Policy {

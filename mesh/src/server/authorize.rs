@@ -15,7 +15,7 @@ use tower::{Layer, Service};
 
 use crate::identity::SpiffeId;
 use crate::incoming::PeerInfo;
-use crate::policy::Policy;
+use crate::policy::{Policy, SharedPolicy};
 
 /// The verified identity of the caller, in each request's extensions
 /// (shared with the connection's, not copied per call).
@@ -78,7 +78,7 @@ fn cut(path: &str, max: usize) -> String {
 /// trust domain through), and passes the caller's identity along.
 #[derive(Debug, Clone)]
 pub struct AuthorizeLayer {
-    policy: Option<Arc<Policy>>,
+    policy: Option<SharedPolicy>,
     trust_domain: Arc<str>,
     denials: Arc<DenialLog>,
 }
@@ -88,12 +88,12 @@ impl AuthorizeLayer {
     /// authenticated caller of `trust_domain` through (services refuse to
     /// start that way unless told to: see the service configuration).
     pub fn new(policy: Option<Policy>, trust_domain: &str) -> Self {
-        Self::shared(policy.map(Arc::new), trust_domain)
+        Self::shared(policy.map(SharedPolicy::new), trust_domain)
     }
 
     /// As [`AuthorizeLayer::new`], with a policy shared with other layers
-    /// (the rate limits read the same one).
-    pub fn shared(policy: Option<Arc<Policy>>, trust_domain: &str) -> Self {
+    /// (the rate limits read the same one) and replaced when it changes.
+    pub fn shared(policy: Option<SharedPolicy>, trust_domain: &str) -> Self {
         Self {
             policy,
             trust_domain: trust_domain.into(),
@@ -119,7 +119,7 @@ impl<S> Layer<S> for AuthorizeLayer {
 #[derive(Debug, Clone)]
 pub struct Authorize<S> {
     inner: S,
-    policy: Option<Arc<Policy>>,
+    policy: Option<SharedPolicy>,
     trust_domain: Arc<str>,
     denials: Arc<DenialLog>,
 }
@@ -151,7 +151,9 @@ where
             .map(|p| p.identity.clone());
         let allowed = |id: &crate::SpiffeId| match &self.policy {
             None => id.trust_domain() == &*self.trust_domain,
-            Some(policy) => policy.allows(&self.trust_domain, id, request.uri().path()),
+            Some(policy) => policy
+                .load()
+                .allows(&self.trust_domain, id, request.uri().path()),
         };
         let verdict = match &caller {
             // Plaintext (development): nobody is authenticated, nothing to apply.

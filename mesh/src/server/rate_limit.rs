@@ -20,7 +20,7 @@ use tower::{Layer, Service};
 use crate::authorize::{CallerIdentity, DenialLog};
 use crate::identity::SpiffeId;
 use crate::metrics::{LimitRule, Metrics};
-use crate::policy::{Limit, Policy};
+use crate::policy::{Limit, Policy, SharedPolicy};
 
 /// The most buckets one server keeps. A full bucket carries no state (a
 /// new one starts full), so full ones are dropped first; callers beyond the
@@ -75,6 +75,9 @@ impl Bucket {
     }
 }
 
+/// Each caller's bucket per rule.
+type Buckets = HashMap<(usize, Arc<SpiffeId>), Bucket>;
+
 /// Why a call was refused: the rule that refused it and how long until its
 /// caller has a token again.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -89,42 +92,53 @@ pub struct OverLimit {
 /// the method and the time in, a verdict out.
 #[derive(Debug)]
 pub struct Limiter {
-    policy: Arc<Policy>,
+    policy: SharedPolicy,
     trust_domain: Arc<str>,
-    /// Every caller's bucket per rule; at most [`MAX_BUCKETS`].
-    buckets: Mutex<HashMap<(usize, Arc<SpiffeId>), Bucket>>,
+    /// Every caller's bucket per rule, at most [`MAX_BUCKETS`], under the
+    /// policy they were made for (a new policy starts every bucket anew:
+    /// its rules may be others).
+    buckets: Mutex<(Option<Arc<Policy>>, Buckets)>,
     /// The bucket per rule that callers share once `buckets` is full.
     overflow: Mutex<HashMap<usize, Bucket>>,
 }
 
 impl Limiter {
     /// The limits of `policy` on a server of `trust_domain`.
-    pub fn new(policy: Arc<Policy>, trust_domain: &str) -> Self {
+    pub fn new(policy: SharedPolicy, trust_domain: &str) -> Self {
         Self {
             policy,
             trust_domain: trust_domain.into(),
-            buckets: Mutex::new(HashMap::new()),
+            buckets: Mutex::new((None, HashMap::new())),
             overflow: Mutex::new(HashMap::new()),
         }
     }
 
     /// Lets `caller` call `path` now, or says why not.
     pub fn check(&self, caller: &Arc<SpiffeId>, path: &str, now: Instant) -> Result<(), OverLimit> {
-        let Some(limit) = self.policy.limit_for(&self.trust_domain, caller, path) else {
+        let policy = self.policy.load();
+        let Some(limit) = policy.limit_for(&self.trust_domain, caller, path) else {
             return Ok(());
         };
         let over = |retry_after| OverLimit {
             rule: limit.rule,
             retry_after,
         };
-        let Ok(mut buckets) = self.buckets.lock() else {
+        let Ok(mut guard) = self.buckets.lock() else {
             return Ok(());
         };
+        let (made_for, buckets) = &mut *guard;
+        if !made_for.as_ref().is_some_and(|p| Arc::ptr_eq(p, &policy)) {
+            *made_for = Some(Arc::clone(&policy));
+            buckets.clear();
+            if let Ok(mut shared) = self.overflow.lock() {
+                shared.clear();
+            }
+        }
         let key = (limit.rule, caller.clone());
         if !buckets.contains_key(&key) && buckets.len() >= MAX_BUCKETS {
             buckets.retain(|_, bucket| !bucket.is_full(now));
             if buckets.len() >= MAX_BUCKETS {
-                drop(buckets);
+                drop(guard);
                 let Ok(mut shared) = self.overflow.lock() else {
                     return Ok(());
                 };
@@ -144,7 +158,7 @@ impl Limiter {
 
     /// Buckets kept (for tests and operators).
     pub fn buckets(&self) -> usize {
-        self.buckets.lock().map(|b| b.len()).unwrap_or(0)
+        self.buckets.lock().map(|b| b.1.len()).unwrap_or(0)
     }
 }
 
@@ -158,13 +172,12 @@ pub struct RateLimitLayer {
 }
 
 impl RateLimitLayer {
-    /// The limits of `policy` (none without one, or when it sets none) on a
-    /// server of `trust_domain`, counting refusals in `metrics`.
-    pub fn new(policy: Option<Arc<Policy>>, trust_domain: &str, metrics: Arc<Metrics>) -> Self {
+    /// The limits of `policy` as it is at each call (none without a
+    /// policy) on a server of `trust_domain`, counting refusals in
+    /// `metrics`.
+    pub fn new(policy: Option<SharedPolicy>, trust_domain: &str, metrics: Arc<Metrics>) -> Self {
         Self {
-            limiter: policy
-                .filter(|p| p.has_limits())
-                .map(|p| Arc::new(Limiter::new(p, trust_domain))),
+            limiter: policy.map(|p| Arc::new(Limiter::new(p, trust_domain))),
             metrics,
             refusals: Arc::new(DenialLog::new(REFUSALS_LOGGED_PER_SECOND)),
         }
@@ -259,7 +272,7 @@ mod tests {
     use super::*;
 
     fn limiter(text: &str) -> Limiter {
-        Limiter::new(Arc::new(Policy::from_toml(text).unwrap()), "td")
+        Limiter::new(SharedPolicy::new(Policy::from_toml(text).unwrap()), "td")
     }
 
     fn id(s: &str) -> Arc<SpiffeId> {
@@ -326,6 +339,30 @@ mod tests {
         let later = now + Duration::from_secs(1);
         assert!(l.check(&newcomer, "/pkg.Svc/Get", later).is_ok());
         assert_eq!(l.buckets(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_policy_s_limits_apply_from_its_first_call() {
+        let shared = SharedPolicy::new(Policy::from_toml(TEN_A_SECOND).unwrap());
+        let l = Limiter::new(shared.clone(), "td");
+        let alice = id("spiffe://td/operator/alice");
+        let now = Instant::now();
+        for _ in 0..3 {
+            assert!(l.check(&alice, "/pkg.Svc/Get", now).is_ok());
+        }
+        assert!(l.check(&alice, "/pkg.Svc/Get", now).is_err());
+        shared.store(Arc::new(
+            Policy::from_toml(&TEN_A_SECOND.replace("burst = 3", "burst = 6")).unwrap(),
+        ));
+        let allowed = (0..10)
+            .filter(|_| l.check(&alice, "/pkg.Svc/Get", now).is_ok())
+            .count();
+        assert_eq!(allowed, 6, "the new burst, from a full bucket");
+        shared.store(Arc::new(Policy::from_toml("").unwrap()));
+        assert!(
+            l.check(&alice, "/pkg.Svc/Get", now).is_ok(),
+            "no limit any more"
+        );
     }
 
     #[test]

@@ -103,6 +103,12 @@ pub struct Config {
     pub routes: Option<crate::routes::RoutesSetting>,
     /// How often the route table is read (`WEFT_ROUTES_POLL_MS`, 5 s).
     pub routes_poll: Duration,
+    /// The policy's file (`WEFT_POLICY`), read again every `policy_poll`
+    /// (`WEFT_POLICY_POLL_MS`, 5 s) and applied when it changes; `None`:
+    /// the policy loaded at the start stays.
+    pub policy_file: Option<PathBuf>,
+    /// See `policy_file`.
+    pub policy_poll: Duration,
 }
 
 /// Why the configuration could not be read.
@@ -145,6 +151,8 @@ impl Config {
             metrics_bound: Arc::new(OnceLock::new()),
             routes: None,
             routes_poll: Duration::from_secs(5),
+            policy_file: None,
+            policy_poll: Duration::from_secs(5),
         }
     }
 
@@ -248,6 +256,12 @@ impl Config {
         }
         if let Some(ms) = env_number("WEFT_ROUTES_POLL_MS")? {
             config.routes_poll = Duration::from_millis(ms.max(100));
+        }
+        config.policy_file = std::env::var_os("WEFT_POLICY")
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from);
+        if let Some(ms) = env_number("WEFT_POLICY_POLL_MS")? {
+            config.policy_poll = Duration::from_millis(ms.max(100));
         }
         if let Some(days) = env_number("WEFT_IDEMPOTENCY_RETENTION_DAYS")? {
             if days == 0 {

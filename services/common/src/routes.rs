@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::time::Duration;
 
-use weft_mesh::{FetchError, FileSource, RouteEvents, RouteFetch, RoutePolling, Routes};
+use weft_mesh::{FetchError, FileSource, RouteFetch, RoutePolling, Routes, SourceEvents};
 
 /// A route table's source, from `WEFT_ROUTES`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,7 +70,7 @@ impl std::fmt::Display for RoutesSetting {
 }
 
 /// Follows `setting`, reading it every `every`, counting into `events`.
-pub async fn follow(setting: &RoutesSetting, every: Duration, events: RouteEvents) -> Routes {
+pub async fn follow(setting: &RoutesSetting, every: Duration, events: SourceEvents) -> Routes {
     let polling = RoutePolling {
         every,
         ..RoutePolling::default()

@@ -18,8 +18,8 @@ use tonic_health::server::HealthReporter;
 use weft_discovery::Health;
 use weft_discovery::backoff::Backoff;
 use weft_mesh::{
-    AuthorizeLayer, CertStore, DeadlineLayer, Metrics, ObserveLayer, RateLimitLayer, RetriesLayer,
-    serve_with_drain, server_config, tls_incoming,
+    AuthorizeLayer, CertStore, DeadlineLayer, Metrics, ObserveLayer, Policy, RateLimitLayer,
+    RetriesLayer, SharedPolicy, serve_with_drain, server_config, tls_incoming,
 };
 
 use crate::config::{Config, Transport};
@@ -244,7 +244,7 @@ pub(crate) async fn serve_node(
             tracing::info!(?addr, %id, policy = policy.is_some(), "{name} serving mTLS");
             report_certificate(&config.metrics, store.clone(), Arc::downgrade(&serving));
             (
-                policy.clone().map(Arc::new),
+                policy.clone().map(SharedPolicy::new),
                 id.trust_domain().to_owned(),
                 Some((server_config(&store)?, store.clone())),
             )
@@ -256,6 +256,17 @@ pub(crate) async fn serve_node(
             );
             (None, String::new(), None)
         }
+    };
+    // A policy file that changes is applied without a restart: the
+    // authorization and rate limits read the policy on every call.
+    let _policy_follower = match (&policy, &config.policy_file) {
+        (Some(shared), Some(path)) => Some(AbortOnDrop(tokio::spawn(follow_policy(
+            shared.clone(),
+            path.clone(),
+            config.policy_poll,
+            config.metrics.policy.clone(),
+        )))),
+        _ => None,
     };
     let router = config
         .limits
@@ -508,6 +519,44 @@ async fn set_health(reporter: &HealthReporter, grpc_service: &str, status: Servi
 /// server, however the server ends.
 #[derive(Debug)]
 pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
+
+/// A policy from its file's text: a file that is gone is refused like a
+/// malformed one (no policy would let every caller through).
+fn parse_policy(text: Option<&str>) -> Result<Policy, String> {
+    match text {
+        None => Err("the policy file is gone".into()),
+        Some(t) => Policy::from_toml(t).map_err(|e| e.to_string()),
+    }
+}
+
+/// Reads the policy file every `every` and swaps each new policy into
+/// `shared`; a malformed one is refused (logged, counted in
+/// `weft_policy_rejected_total`) and the policy in use kept.
+async fn follow_policy(
+    shared: SharedPolicy,
+    path: std::path::PathBuf,
+    every: Duration,
+    events: weft_mesh::SourceEvents,
+) {
+    let initial = Policy::clone(&shared.load());
+    let live = weft_mesh::Live::follow(
+        weft_mesh::FileSource(path),
+        weft_mesh::RoutePolling {
+            every,
+            ..Default::default()
+        },
+        events,
+        initial,
+        parse_policy,
+    )
+    .await;
+    let mut changes = live.watch();
+    shared.store(changes.borrow_and_update().clone());
+    while changes.changed().await.is_ok() {
+        shared.store(changes.borrow_and_update().clone());
+        tracing::info!("policy reloaded");
+    }
+}
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
