@@ -85,6 +85,16 @@ impl Pool {
         })
     }
 
+    /// A pool of `endpoints`, fixed (no discovery behind it): for
+    /// benchmarks of the pick and for tests.
+    pub fn of(endpoints: Vec<Arc<EndpointState>>) -> Arc<Self> {
+        let pool = Self::new(PoolEvents::default());
+        if let Ok(mut e) = pool.endpoints.write() {
+            *e = Arc::from(endpoints);
+        }
+        pool
+    }
+
     /// Every endpoint discovery lists, available or not.
     pub fn snapshot(&self) -> Arc<[Arc<EndpointState>]> {
         match self.endpoints.read() {
@@ -347,11 +357,7 @@ mod tests {
     }
 
     fn pool_of(endpoints: &[Arc<EndpointState>]) -> Arc<Pool> {
-        let pool = Pool::new(PoolEvents::default());
-        if let Ok(mut e) = pool.endpoints.write() {
-            *e = Arc::from(endpoints.to_vec());
-        }
-        pool
+        Pool::of(endpoints.to_vec())
     }
 
     /// An endpoint that answered its calls in `latency`.
