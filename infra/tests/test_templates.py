@@ -181,6 +181,15 @@ class WeftTemplate(unittest.TestCase):
             self.assertEqual(props["RequiresCompatibilities"], ["FARGATE"], name)
             self.assertEqual(c["LogConfiguration"]["LogDriver"], "awslogs", name)
 
+    def test_every_task_follows_the_routes_parameter_which_starts_empty(self):
+        param = of_type(self.t, "AWS::SSM::Parameter")["RoutesParameter"]
+        self.assertEqual(param["Type"], "String")
+        # Comments only: a table with no routes (TOML allows nothing else in it).
+        self.assertTrue(all(line.startswith("#") or not line.strip() for line in param["Value"].splitlines()))
+        followers = [name for name, _, c in self.containers()
+                     if env(c).get("WEFT_ROUTES") == {"Fn::Sub": "ssm:${RoutesParameter}"}]
+        self.assertEqual(len(followers), len(SERVICES), followers)
+
     def test_task_roles_are_least_privilege(self):
         roles = of_type(self.t, "AWS::IAM::Role")
         task_roles = {n: p for n, p in roles.items() if n.endswith("TaskRole")}
@@ -200,7 +209,7 @@ class WeftTemplate(unittest.TestCase):
                     self.assertEqual(st["Effect"], "Allow")
                     for a in actions:
                         self.assertTrue(
-                            a.split(":")[0] in ("servicediscovery", "logs", "xray", "secretsmanager", "acm-pca"),
+                            a.split(":")[0] in ("servicediscovery", "logs", "xray", "secretsmanager", "acm-pca", "ssm"),
                             f"{name}: {a}")
                         self.assertNotIn("*", a, f"{name}: {a}")
                     if st["Resource"] == "*":
@@ -227,6 +236,11 @@ class WeftTemplate(unittest.TestCase):
                         # Its own database password only.
                         self.assertEqual(actions, ["secretsmanager:GetSecretValue"], name)
                         self.assertEqual(st["Resource"], {"Ref": name.replace("TaskRole", "DatabaseSecret")}, name)
+                    elif actions[0].startswith("ssm:"):
+                        # The route table only, read only.
+                        self.assertEqual(actions, ["ssm:GetParameter"], name)
+                        self.assertIn("RoutesParameter", str(st["Resource"]), name)
+                        self.assertNotIn("*", str(st["Resource"]), name)
                     elif actions[0].startswith("logs:"):
                         # The collectors' metrics log group only.
                         self.assertEqual(st["Resource"], {"Fn::GetAtt": ["MetricsLogGroup", "Arn"]}, name)
@@ -326,7 +340,7 @@ class WeftTemplate(unittest.TestCase):
     # -- telemetry
 
     def collector_config(self):
-        (param,) = of_type(self.t, "AWS::SSM::Parameter").values()
+        param = of_type(self.t, "AWS::SSM::Parameter")["CollectorConfig"]
         self.assertEqual(param["Value"].strip(), COLLECTOR.read_text().strip(), "the SSM parameter is infra/collector.yaml")
         return yaml.safe_load(param["Value"])
 
