@@ -65,6 +65,10 @@ impl RouteFetch for FileSource {
     }
 }
 
+/// The longest one read of a source may take: a source that hangs counts
+/// as one that failed.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How the poller paces itself.
 #[derive(Debug, Clone, Copy)]
 pub struct RoutePolling {
@@ -271,7 +275,10 @@ struct Poller<S, T> {
 impl<S: RouteFetch, T> Poller<S, T> {
     /// Reads the source once; returns how long to wait before the next read.
     async fn once(&mut self) -> Duration {
-        let text = match self.source.fetch().await {
+        let fetched = tokio::time::timeout(FETCH_TIMEOUT, self.source.fetch())
+            .await
+            .unwrap_or_else(|_| Err(FetchError::Failed("the read timed out".into())));
+        let text = match fetched {
             Ok(text) => text,
             Err(e) => {
                 self.events.fetch_errors.inc();

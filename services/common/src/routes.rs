@@ -125,6 +125,15 @@ impl SsmParameter {
             })
     }
 
+    /// The parameter `name`, read with `client` (an endpoint and
+    /// credentials of the caller's choosing).
+    pub fn with_client(name: String, client: aws_sdk_ssm::Client) -> Self {
+        Self {
+            name,
+            client: tokio::sync::OnceCell::new_with(Some(client)),
+        }
+    }
+
     async fn client(&self) -> &aws_sdk_ssm::Client {
         self.client
             .get_or_init(|| async {

@@ -1,0 +1,149 @@
+//! The route table in SSM Parameter Store, read through the real AWS SDK
+//! from the moto server: applied at the start and within a poll of a
+//! change, a malformed value refused with the table in use kept, a deleted
+//! parameter meaning no routes, and an outage of the service keeping the
+//! last good table.
+
+// Test code: a panic is a failed test with its location.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use aws_sdk_ssm::config::retry::RetryConfig;
+use aws_sdk_ssm::config::timeout::TimeoutConfig;
+use aws_sdk_ssm::config::{BehaviorVersion, Credentials, Region};
+use weft_mesh::{RoutePolling, Routes, SourceEvents};
+use weft_service::routes::SsmParameter;
+use weft_tests::moto::Moto;
+
+const NAME: &str = "/weft/test/routes";
+
+fn table(new_weight: u32) -> String {
+    format!(
+        "[services.orders]\nsplit = [{{ subset = {{ version = \"1.4\" }}, weight = {} }}, {{ subset = {{ version = \"1.5\" }}, weight = {new_weight} }}]\n",
+        100 - new_weight
+    )
+}
+
+fn weight_of_new(routes: &Routes) -> Option<u32> {
+    routes.service("orders").and_then(|s| {
+        s.split()
+            .iter()
+            .find(|(subset, _)| subset.to_string() == "version=1.5")
+            .map(|(_, w)| *w)
+    })
+}
+
+async fn wait_for(what: &str, within: Duration, check: impl Fn() -> bool) -> Duration {
+    let started = Instant::now();
+    while !check() {
+        assert!(started.elapsed() < within, "{what} not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_table_in_ssm_is_followed_through_changes_and_outages() {
+    let moto = Moto::start().await.unwrap();
+    let config = aws_sdk_ssm::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .endpoint_url(moto.url())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("testing", "testing", None, None, "test"))
+        // As a task's client would be bounded: a read that cannot connect
+        // fails fast and the poller backs off.
+        .retry_config(RetryConfig::standard().with_max_attempts(1))
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(1))
+                .operation_timeout(Duration::from_secs(2))
+                .build(),
+        )
+        .build();
+    let client = aws_sdk_ssm::Client::from_conf(config);
+    let put = |value: String| {
+        let client = client.clone();
+        async move {
+            client
+                .put_parameter()
+                .name(NAME)
+                .value(value)
+                .r#type(aws_sdk_ssm::types::ParameterType::String)
+                .overwrite(true)
+                .send()
+                .await
+                .unwrap();
+        }
+    };
+    put(table(5)).await;
+    let poll = Duration::from_millis(300);
+    let events = SourceEvents::default();
+    let routes = Routes::follow(
+        SsmParameter::with_client(NAME.into(), client.clone()),
+        RoutePolling {
+            every: poll,
+            jitter: 0.0,
+            error_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(1),
+            ..RoutePolling::default()
+        },
+        events.clone(),
+    )
+    .await;
+    assert_eq!(
+        weight_of_new(&routes),
+        Some(5),
+        "read before the first call"
+    );
+
+    // `weft route set` writes through the same client code.
+    SsmParameter::with_client(NAME.into(), client.clone())
+        .put(&table(50))
+        .await
+        .unwrap();
+    let took = wait_for("the change", poll * 3, || {
+        weight_of_new(&routes) == Some(50)
+    })
+    .await;
+    eprintln!("a change in SSM applied {took:?} after it was written (poll {poll:?})");
+
+    // A malformed value: refused, the table kept.
+    put("[services.orders]\nsplit = \"all of it\"".into()).await;
+    wait_for("the refusal", poll * 3, || events.rejected.get() == 1).await;
+    assert_eq!(weight_of_new(&routes), Some(50));
+    assert_eq!(events.stale.get(), 1);
+
+    // The service unreachable: the last good table stays.
+    drop(moto);
+    wait_for("a failed read", Duration::from_secs(10), || {
+        events.fetch_errors.get() >= 1
+    })
+    .await;
+    assert_eq!(weight_of_new(&routes), Some(50));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_parameter_means_no_routes() {
+    let moto = Moto::start().await.unwrap();
+    let config = aws_sdk_ssm::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .endpoint_url(moto.url())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("testing", "testing", None, None, "test"))
+        .build();
+    let client = aws_sdk_ssm::Client::from_conf(config);
+    let events = SourceEvents::default();
+    let routes = Routes::follow(
+        SsmParameter::with_client(NAME.into(), client),
+        RoutePolling::default(),
+        events.clone(),
+    )
+    .await;
+    assert_eq!(routes.current().services().len(), 0);
+    assert_eq!(
+        events.fetch_errors.get(),
+        0,
+        "a missing parameter is no error"
+    );
+}
