@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use weft_mesh::RouteTable;
 use weft_mesh::client::Subset;
-use weft_service::routes::RoutesSetting;
+use weft_service::routes::SourceSetting;
 
 use crate::target::MeshArgs;
 
@@ -92,7 +92,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 /// Runs `weft route`.
 pub async fn run(args: RouteArgs) -> Result<()> {
     let setting =
-        RoutesSetting::parse(&args.routes).map_err(|e| anyhow::anyhow!("--routes: {e}"))?;
+        SourceSetting::parse(&args.routes).map_err(|e| anyhow::anyhow!("--routes: {e}"))?;
     match args.command {
         RouteCommand::Show { service } => show(&setting, service.as_deref()).await,
         RouteCommand::Set { service, weights } => {
@@ -142,7 +142,7 @@ fn describe(split: &[(BTreeMap<String, String>, u32)]) -> String {
         .join(", ")
 }
 
-async fn read(setting: &RoutesSetting) -> Result<String> {
+async fn read(setting: &SourceSetting) -> Result<String> {
     Ok(setting
         .read()
         .await
@@ -150,7 +150,7 @@ async fn read(setting: &RoutesSetting) -> Result<String> {
         .unwrap_or_default())
 }
 
-async fn show(setting: &RoutesSetting, service: Option<&str>) -> Result<()> {
+async fn show(setting: &SourceSetting, service: Option<&str>) -> Result<()> {
     let text = read(setting).await?;
     let table = RouteTable::from_toml(&text).with_context(|| format!("the table in {setting}"))?;
     let names: Vec<&str> = match service {
@@ -189,7 +189,7 @@ async fn show(setting: &RoutesSetting, service: Option<&str>) -> Result<()> {
 /// Rewrites `service`'s split in the table, keeping everything else, and
 /// stores it once it parses as a table.
 async fn set_split(
-    setting: &RoutesSetting,
+    setting: &SourceSetting,
     service: &str,
     split: &[(BTreeMap<String, String>, u32)],
 ) -> Result<String> {
@@ -342,7 +342,7 @@ async fn read_figures(addrs: &[SocketAddr]) -> Figures {
     figures(&texts)
 }
 
-async fn shift(setting: &RoutesSetting, args: ShiftArgs) -> Result<()> {
+async fn shift(setting: &SourceSetting, args: ShiftArgs) -> Result<()> {
     let from = parse_subset(&args.from)?;
     let to = parse_subset(&args.to)?;
     let target = Subset::new(to.clone());

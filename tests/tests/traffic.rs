@@ -519,7 +519,7 @@ async fn a_changed_policy_file_applies_within_a_poll_and_a_malformed_one_is_refu
             Some(Policy::load(&path).unwrap()),
         ),
     );
-    cfg.policy_file = Some(path.clone());
+    cfg.policy_source = Some(weft_service::routes::SourceSetting::File(path.clone()));
     cfg.policy_poll = Duration::from_millis(200);
     let metrics = cfg.metrics.clone();
     let operator = pki.operator("operator-bob", "bob").unwrap();
@@ -586,4 +586,84 @@ async fn a_changed_policy_file_applies_within_a_poll_and_a_malformed_one_is_refu
         Code::PermissionDenied
     );
     inventory.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_endpoint_s_share_grows_over_its_slow_start_window() {
+    let cluster = Cluster::new().unwrap();
+    let store = CertStore::load(
+        cluster.pki().service("inventory", "inventory").unwrap(),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    let serve = |count: Arc<AtomicU64>| {
+        let store = store.clone();
+        async move {
+            let (_reporter, health) = tonic_health::server::health_reporter();
+            let routes =
+                Routes::new(health).add_service(InventoryServiceServer::new(Answering(count)));
+            serve_mtls(&store, routes).await.unwrap()
+        }
+    };
+    for id in ["old-1", "old-2"] {
+        let addr = serve(Arc::new(AtomicU64::new(0))).await;
+        cluster.register(id, addr).await.unwrap();
+    }
+    let window = Duration::from_secs(4);
+    let mut options = ClientOptions::default();
+    options.failure.slow_start = window;
+    let channel = cluster.channel(options).await.unwrap();
+    wait_for_endpoints(&channel, 2).await.unwrap();
+    // Past the old ones' own slow start.
+    tokio::time::sleep(window).await;
+
+    let running = Arc::new(AtomicBool::new(true));
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let mut client = InventoryServiceClient::new(channel.clone());
+            let running = running.clone();
+            tokio::spawn(async move {
+                while running.load(Ordering::Relaxed) {
+                    client
+                        .get_stock(pb::GetStockRequest { skus: vec![] })
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    let new = Arc::new(AtomicU64::new(0));
+    let addr = serve(new.clone()).await;
+    cluster.register("new", addr).await.unwrap();
+    wait_for_endpoints(&channel, 3).await.unwrap();
+    // Its share of the calls in each quarter of the window, then after it.
+    let total = || {
+        channel
+            .endpoints()
+            .iter()
+            .map(|e| e.calls.load(Ordering::Relaxed))
+            .sum::<u64>()
+    };
+    let mut shares = Vec::new();
+    for _ in 0..5 {
+        let (new_before, all_before) = (new.load(Ordering::Relaxed), total());
+        tokio::time::sleep(window / 4).await;
+        let (new_calls, all) = (
+            new.load(Ordering::Relaxed) - new_before,
+            total() - all_before,
+        );
+        shares.push(new_calls as f64 / all.max(1) as f64);
+    }
+    running.store(false, Ordering::Relaxed);
+    for w in workers {
+        w.await.unwrap();
+    }
+    eprintln!(
+        "the new endpoint's share by quarter of its {window:?} slow start, then after: {:?}",
+        shares.iter().map(|s| format!("{s:.3}")).collect::<Vec<_>>()
+    );
+    // A third of the calls is its full share among three.
+    assert!(shares[0] < 0.2, "{shares:?}");
+    assert!(shares[0] < shares[2] && shares[1] < shares[4], "{shares:?}");
+    assert!(shares[4] > 0.25, "{shares:?}");
 }

@@ -100,14 +100,15 @@ pub struct Config {
     /// Where the process's route table comes from (`WEFT_ROUTES`: a file,
     /// or `ssm:NAME` for a parameter in SSM Parameter Store); `None` for no
     /// routes.
-    pub routes: Option<crate::routes::RoutesSetting>,
+    pub routes: Option<crate::routes::SourceSetting>,
     /// How often the route table is read (`WEFT_ROUTES_POLL_MS`, 5 s).
     pub routes_poll: Duration,
-    /// The policy's file (`WEFT_POLICY`), read again every `policy_poll`
-    /// (`WEFT_POLICY_POLL_MS`, 5 s) and applied when it changes; `None`:
-    /// the policy loaded at the start stays.
-    pub policy_file: Option<PathBuf>,
-    /// See `policy_file`.
+    /// Where the policy lives (`WEFT_POLICY`: a file, or `ssm:NAME` for an
+    /// SSM parameter, which must be readable and valid at the start), read
+    /// again every `policy_poll` (`WEFT_POLICY_POLL_MS`, 5 s) and applied
+    /// when it changes; `None`: the policy loaded at the start stays.
+    pub policy_source: Option<crate::routes::SourceSetting>,
+    /// See `policy_source`.
     pub policy_poll: Duration,
 }
 
@@ -151,7 +152,7 @@ impl Config {
             metrics_bound: Arc::new(OnceLock::new()),
             routes: None,
             routes_poll: Duration::from_secs(5),
-            policy_file: None,
+            policy_source: None,
             policy_poll: Duration::from_secs(5),
         }
     }
@@ -247,7 +248,7 @@ impl Config {
         }
         config.metrics_addr = metrics_addr_from_env(defaults.metrics)?;
         if let Ok(setting) = std::env::var("WEFT_ROUTES") {
-            config.routes = Some(crate::routes::RoutesSetting::parse(&setting).map_err(
+            config.routes = Some(crate::routes::SourceSetting::parse(&setting).map_err(
                 |reason| ConfigError::Invalid {
                     name: "WEFT_ROUTES",
                     reason,
@@ -257,9 +258,17 @@ impl Config {
         if let Some(ms) = env_number("WEFT_ROUTES_POLL_MS")? {
             config.routes_poll = Duration::from_millis(ms.max(100));
         }
-        config.policy_file = std::env::var_os("WEFT_POLICY")
-            .filter(|p| !p.is_empty())
-            .map(PathBuf::from);
+        config.policy_source = match std::env::var("WEFT_POLICY") {
+            Ok(p) if !p.trim().is_empty() => {
+                Some(crate::routes::SourceSetting::parse(&p).map_err(|reason| {
+                    ConfigError::Invalid {
+                        name: "WEFT_POLICY",
+                        reason,
+                    }
+                })?)
+            }
+            _ => None,
+        };
         if let Some(ms) = env_number("WEFT_POLICY_POLL_MS")? {
             config.policy_poll = Duration::from_millis(ms.max(100));
         }
@@ -417,6 +426,15 @@ pub fn transport_from(
             reason: "set either WEFT_POLICY or WEFT_ALLOW_TRUST_DOMAIN, not both".into(),
         }),
         None => Ok(None),
+        // A policy in SSM is read when the server starts (it must be
+        // there and valid, or the server does not start); until then
+        // nothing is allowed.
+        Some(path) if path.to_string_lossy().starts_with("ssm:") => Policy::from_toml("")
+            .map(Some)
+            .map_err(|e| ConfigError::Invalid {
+                name: "WEFT_POLICY",
+                reason: e.to_string(),
+            }),
         Some(path) => Policy::load(path)
             .map(Some)
             .map_err(|e| ConfigError::Invalid {

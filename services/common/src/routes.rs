@@ -1,25 +1,28 @@
-//! Where a service's route table lives: a file (locally; `weft up` points
-//! every process at one), or a parameter in SSM Parameter Store (in AWS,
-//! changed with `aws ssm put-parameter` or `weft route`, no redeploy). The
-//! node follows it with one poller per process ([`weft_mesh::Routes`]).
+//! Where a service's live settings live (its route table, and its policy
+//! when that is not a file): a file (locally; `weft up` points every process
+//! at one), or a parameter in SSM Parameter Store (in AWS, changed with `aws
+//! ssm put-parameter` or `weft route`, no redeploy). The node follows the
+//! routes, and the server its policy, with one poller each per process
+//! ([`weft_mesh::Live`]).
 
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::time::Duration;
 
-use weft_mesh::{FetchError, FileSource, RouteFetch, RoutePolling, Routes, SourceEvents};
+use weft_mesh::client::route_source::Parse;
+use weft_mesh::{FetchError, FileSource, Live, RouteFetch, RoutePolling, Routes, SourceEvents};
 
-/// A route table's source, from `WEFT_ROUTES`.
+/// A live source, from `WEFT_ROUTES` (or `WEFT_POLICY`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RoutesSetting {
+pub enum SourceSetting {
     /// A TOML file.
     File(PathBuf),
     /// An SSM parameter, by name or ARN.
     Ssm(String),
 }
 
-impl RoutesSetting {
+impl SourceSetting {
     /// `ssm:NAME` for a parameter; anything else is a file path.
     pub fn parse(setting: &str) -> Result<Self, String> {
         let setting = setting.trim();
@@ -32,7 +35,7 @@ impl RoutesSetting {
     }
 }
 
-impl RoutesSetting {
+impl SourceSetting {
     /// The table's text as stored now (`None`: no table yet).
     pub async fn read(&self) -> Result<Option<String>, FetchError> {
         match self {
@@ -60,7 +63,7 @@ impl RoutesSetting {
     }
 }
 
-impl std::fmt::Display for RoutesSetting {
+impl std::fmt::Display for SourceSetting {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::File(path) => write!(f, "{}", path.display()),
@@ -69,18 +72,48 @@ impl std::fmt::Display for RoutesSetting {
     }
 }
 
-/// Follows `setting`, reading it every `every`, counting into `events`.
-pub async fn follow(setting: &RoutesSetting, every: Duration, events: SourceEvents) -> Routes {
+/// Follows the route table at `setting`, reading it every `every`,
+/// counting into `events`.
+pub async fn follow(setting: &SourceSetting, every: Duration, events: SourceEvents) -> Routes {
     let polling = RoutePolling {
         every,
         ..RoutePolling::default()
     };
     match setting {
-        RoutesSetting::File(path) => {
+        SourceSetting::File(path) => {
             Routes::follow(FileSource(path.clone()), polling, events).await
         }
-        RoutesSetting::Ssm(name) => {
+        SourceSetting::Ssm(name) => {
             Routes::follow(SsmParameter::new(name.clone()), polling, events).await
+        }
+    }
+}
+
+/// Follows any value at `setting` from `initial` (see [`Live::follow`]).
+pub async fn follow_live<T: Send + Sync + 'static>(
+    setting: &SourceSetting,
+    every: Duration,
+    events: SourceEvents,
+    initial: T,
+    parse: Parse<T>,
+) -> Live<T> {
+    let polling = RoutePolling {
+        every,
+        ..RoutePolling::default()
+    };
+    match setting {
+        SourceSetting::File(path) => {
+            Live::follow(FileSource(path.clone()), polling, events, initial, parse).await
+        }
+        SourceSetting::Ssm(name) => {
+            Live::follow(
+                SsmParameter::new(name.clone()),
+                polling,
+                events,
+                initial,
+                parse,
+            )
+            .await
         }
     }
 }
@@ -199,14 +232,14 @@ mod tests {
     #[test]
     fn settings_name_a_parameter_or_a_file() {
         assert_eq!(
-            RoutesSetting::parse("ssm:/weft/prod/routes"),
-            Ok(RoutesSetting::Ssm("/weft/prod/routes".into()))
+            SourceSetting::parse("ssm:/weft/prod/routes"),
+            Ok(SourceSetting::Ssm("/weft/prod/routes".into()))
         );
         assert_eq!(
-            RoutesSetting::parse("/home/me/.weft/routes.toml"),
-            Ok(RoutesSetting::File("/home/me/.weft/routes.toml".into()))
+            SourceSetting::parse("/home/me/.weft/routes.toml"),
+            Ok(SourceSetting::File("/home/me/.weft/routes.toml".into()))
         );
-        assert!(RoutesSetting::parse("ssm:").is_err());
-        assert!(RoutesSetting::parse(" ").is_err());
+        assert!(SourceSetting::parse("ssm:").is_err());
+        assert!(SourceSetting::parse(" ").is_err());
     }
 }

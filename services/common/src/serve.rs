@@ -25,6 +25,7 @@ use weft_mesh::{
 use crate::config::{Config, Transport};
 use crate::migrate::MigrateError;
 use crate::registration::{Pending, Registered};
+use crate::routes::SourceSetting;
 
 /// Why the server stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -259,13 +260,20 @@ pub(crate) async fn serve_node(
     };
     // A policy file that changes is applied without a restart: the
     // authorization and rate limits read the policy on every call.
-    let _policy_follower = match (&policy, &config.policy_file) {
-        (Some(shared), Some(path)) => Some(AbortOnDrop(tokio::spawn(follow_policy(
-            shared.clone(),
-            path.clone(),
-            config.policy_poll,
-            config.metrics.policy.clone(),
-        )))),
+    let _policy_follower = match (&policy, &config.policy_source) {
+        (Some(shared), Some(source)) => {
+            if let SourceSetting::Ssm(_) = source {
+                shared.store(Arc::new(
+                    first_policy(source, config.startup_timeout).await?,
+                ));
+            }
+            Some(AbortOnDrop(tokio::spawn(follow_policy(
+                shared.clone(),
+                source.clone(),
+                config.policy_poll,
+                config.metrics.policy.clone(),
+            ))))
+        }
         _ => None,
     };
     let router = config
@@ -520,36 +528,52 @@ async fn set_health(reporter: &HealthReporter, grpc_service: &str, status: Servi
 #[derive(Debug)]
 pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
 
-/// A policy from its file's text: a file that is gone is refused like a
-/// malformed one (no policy would let every caller through).
+/// A policy from its source's text: a file or parameter that is gone is
+/// refused like a malformed one (no policy would let every caller through).
 fn parse_policy(text: Option<&str>) -> Result<Policy, String> {
     match text {
-        None => Err("the policy file is gone".into()),
+        None => Err("the policy is gone from its source".into()),
         Some(t) => Policy::from_toml(t).map_err(|e| e.to_string()),
     }
 }
 
-/// Reads the policy file every `every` and swaps each new policy into
+/// The policy in an SSM parameter as the server starts: read with backoff
+/// for up to `within` (the parameter store may be slow to answer a task
+/// that just started), and it must parse.
+async fn first_policy(source: &SourceSetting, within: Duration) -> Result<Policy, ServeError> {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut backoff = Backoff::new(Duration::from_millis(200), 2.0, Duration::from_secs(5), 0.2);
+    loop {
+        match source.read().await {
+            Ok(text) => {
+                return parse_policy(text.as_deref())
+                    .map_err(|e| ServeError::Setup(format!("the policy in {source}: {e}")));
+            }
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                return Err(ServeError::Setup(format!(
+                    "reading the policy in {source}: {e}"
+                )));
+            }
+            Err(e) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(%source, error = %e, ?delay, "cannot read the policy yet");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+/// Reads the policy's source every `every` and swaps each new policy into
 /// `shared`; a malformed one is refused (logged, counted in
 /// `weft_policy_rejected_total`) and the policy in use kept.
 async fn follow_policy(
     shared: SharedPolicy,
-    path: std::path::PathBuf,
+    source: SourceSetting,
     every: Duration,
     events: weft_mesh::SourceEvents,
 ) {
     let initial = Policy::clone(&shared.load());
-    let live = weft_mesh::Live::follow(
-        weft_mesh::FileSource(path),
-        weft_mesh::RoutePolling {
-            every,
-            ..Default::default()
-        },
-        events,
-        initial,
-        parse_policy,
-    )
-    .await;
+    let live = crate::routes::follow_live(&source, every, events, initial, parse_policy).await;
     let mut changes = live.watch();
     shared.store(changes.borrow_and_update().clone());
     while changes.changed().await.is_ok() {
