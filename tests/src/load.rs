@@ -79,6 +79,15 @@ pub async fn finish(
     Ok(totals)
 }
 
+/// Calls sent to each endpoint of `channel` so far, by discovery id.
+pub fn calls_by_id(channel: &MeshChannel) -> std::collections::HashMap<String, u64> {
+    channel
+        .endpoints()
+        .iter()
+        .map(|e| (e.id.clone(), e.calls.load(Ordering::Relaxed)))
+        .collect()
+}
+
 /// Waits until `n` endpoints of `channel` are available, failing after 15 s.
 pub async fn wait_for_endpoints(channel: &MeshChannel, n: usize) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(15);

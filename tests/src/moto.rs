@@ -68,6 +68,43 @@ impl Moto {
         format!("http://{}", self.addr)
     }
 
+    /// An SSM client of this emulator, bounded as a task's would be (one
+    /// attempt, short timeouts), with dummy credentials.
+    pub fn ssm(&self) -> aws_sdk_ssm::Client {
+        use aws_sdk_ssm::config::retry::RetryConfig;
+        use aws_sdk_ssm::config::timeout::TimeoutConfig;
+        use aws_sdk_ssm::config::{BehaviorVersion, Credentials, Region};
+        aws_sdk_ssm::Client::from_conf(
+            aws_sdk_ssm::Config::builder()
+                .behavior_version(BehaviorVersion::latest())
+                .endpoint_url(self.url())
+                .region(Region::new("us-east-1"))
+                .credentials_provider(Credentials::new("testing", "testing", None, None, "test"))
+                .retry_config(RetryConfig::standard().with_max_attempts(1))
+                .timeout_config(
+                    TimeoutConfig::builder()
+                        .connect_timeout(Duration::from_secs(1))
+                        .operation_timeout(Duration::from_secs(2))
+                        .build(),
+                )
+                .build(),
+        )
+    }
+
+    /// Sets SSM parameter `name` (a String) to `value` on this emulator.
+    pub async fn put_parameter(&self, name: &str, value: &str) -> Result<()> {
+        self.ssm()
+            .put_parameter()
+            .name(name)
+            .value(value)
+            .r#type(aws_sdk_ssm::types::ParameterType::String)
+            .overwrite(true)
+            .send()
+            .await
+            .context("PutParameter")?;
+        Ok(())
+    }
+
     /// SDK options that reach this emulator with dummy credentials.
     pub fn options(&self) -> ClientOptions {
         ClientOptions {

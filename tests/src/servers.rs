@@ -1,5 +1,6 @@
 //! Plain tonic servers over Weft's mTLS for tests and benchmarks: stand-ins
-//! (health-only, failing, slow) whose behaviour the test controls.
+//! (health-only, failing, slow) whose behaviour the test controls, and
+//! [`get_stock_only!`](crate::get_stock_only) for stand-in inventories.
 
 use std::net::SocketAddr;
 
@@ -29,4 +30,78 @@ pub async fn serve_mtls_limited(
             .serve_with_incoming(tls_incoming(listener, tls, store, limits)),
     );
     Ok(addr)
+}
+
+/// Implements `weft.inventory.v1.InventoryService` for `$ty` with GetStock
+/// as `$body` (`$this` the value, `$request` the request) and every other
+/// method UNIMPLEMENTED: the stand-in inventories of tests.
+#[macro_export]
+macro_rules! get_stock_only {
+    ($ty:ty, |$this:ident, $request:ident| $body:block) => {
+        #[tonic::async_trait]
+        impl weft_proto::inventory::v1::inventory_service_server::InventoryService for $ty {
+            async fn get_stock(
+                &self,
+                $request: tonic::Request<weft_proto::inventory::v1::GetStockRequest>,
+            ) -> Result<tonic::Response<weft_proto::inventory::v1::GetStockResponse>, tonic::Status>
+            {
+                let $this = self;
+                $body
+            }
+            async fn create_product(
+                &self,
+                _: tonic::Request<weft_proto::inventory::v1::CreateProductRequest>,
+            ) -> Result<tonic::Response<weft_proto::inventory::v1::CreateProductResponse>, tonic::Status> {
+                Err(tonic::Status::unimplemented(""))
+            }
+            async fn get_product(
+                &self,
+                _: tonic::Request<weft_proto::inventory::v1::GetProductRequest>,
+            ) -> Result<tonic::Response<weft_proto::inventory::v1::GetProductResponse>, tonic::Status> {
+                Err(tonic::Status::unimplemented(""))
+            }
+            async fn list_products(
+                &self,
+                _: tonic::Request<weft_proto::inventory::v1::ListProductsRequest>,
+            ) -> Result<tonic::Response<weft_proto::inventory::v1::ListProductsResponse>, tonic::Status> {
+                Err(tonic::Status::unimplemented(""))
+            }
+            async fn adjust_stock(
+                &self,
+                _: tonic::Request<weft_proto::inventory::v1::AdjustStockRequest>,
+            ) -> Result<tonic::Response<weft_proto::inventory::v1::AdjustStockResponse>, tonic::Status> {
+                Err(tonic::Status::unimplemented(""))
+            }
+            async fn reserve_stock(
+                &self,
+                _: tonic::Request<weft_proto::inventory::v1::ReserveStockRequest>,
+            ) -> Result<tonic::Response<weft_proto::inventory::v1::ReserveStockResponse>, tonic::Status> {
+                Err(tonic::Status::unimplemented(""))
+            }
+            async fn commit_reservation(
+                &self,
+                _: tonic::Request<weft_proto::inventory::v1::CommitReservationRequest>,
+            ) -> Result<tonic::Response<weft_proto::inventory::v1::CommitReservationResponse>, tonic::Status> {
+                Err(tonic::Status::unimplemented(""))
+            }
+            async fn release_reservation(
+                &self,
+                _: tonic::Request<weft_proto::inventory::v1::ReleaseReservationRequest>,
+            ) -> Result<tonic::Response<weft_proto::inventory::v1::ReleaseReservationResponse>, tonic::Status> {
+                Err(tonic::Status::unimplemented(""))
+            }
+            async fn return_reservation(
+                &self,
+                _: tonic::Request<weft_proto::inventory::v1::ReturnReservationRequest>,
+            ) -> Result<tonic::Response<weft_proto::inventory::v1::ReturnReservationResponse>, tonic::Status> {
+                Err(tonic::Status::unimplemented(""))
+            }
+            async fn get_reservation(
+                &self,
+                _: tonic::Request<weft_proto::inventory::v1::GetReservationRequest>,
+            ) -> Result<tonic::Response<weft_proto::inventory::v1::GetReservationResponse>, tonic::Status> {
+                Err(tonic::Status::unimplemented(""))
+            }
+        }
+    };
 }

@@ -5,14 +5,13 @@
 // Test code: a panic is a failed test with its location.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tonic::service::Routes;
 use tonic::{Request, Response, Status};
-use weft_mesh::{CertStore, ClientOptions, MeshChannel};
+use weft_mesh::{CertStore, ClientOptions};
 use weft_proto::inventory::v1 as pb;
 use weft_proto::inventory::v1::inventory_service_server::{
     InventoryService, InventoryServiceServer,
@@ -20,17 +19,10 @@ use weft_proto::inventory::v1::inventory_service_server::{
 use weft_tests::TestDb;
 use weft_tests::cluster::Cluster;
 use weft_tests::load::{
-    Client, KillReport, finish, get_stock_load as load, kill_under_load, seed, wait_for_endpoints,
+    Client, KillReport, calls_by_id, finish, get_stock_load as load, kill_under_load, seed,
+    wait_for_endpoints,
 };
 use weft_tests::servers::serve_mtls;
-
-fn calls_by_id(channel: &MeshChannel) -> HashMap<String, u64> {
-    channel
-        .endpoints()
-        .iter()
-        .map(|e| (e.id.clone(), e.calls.load(Ordering::Relaxed)))
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_one_of_three_fails_no_idempotent_call() {

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tonic::transport::Server;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response};
 use weft_mesh::{
     CertStore, ClientOptions, DeadlineLayer, MeshChannel, SpiffeId, client_config, mtls_channel,
     server_config, tls_incoming,
@@ -45,78 +45,7 @@ struct Slow(Arc<Mutex<Seen>>);
 #[derive(Clone)]
 struct Relay(MeshChannel);
 
-/// An InventoryService whose GetStock is `$body` and whose other methods are
-/// not needed here.
-macro_rules! with_get_stock {
-    ($ty:ty, |$this:ident, $request:ident| $body:block) => {
-        #[tonic::async_trait]
-        impl InventoryService for $ty {
-            async fn get_stock(
-                &self,
-                $request: Request<pb::GetStockRequest>,
-            ) -> Result<Response<pb::GetStockResponse>, Status> {
-                let $this = self;
-                $body
-            }
-            async fn create_product(
-                &self,
-                _: Request<pb::CreateProductRequest>,
-            ) -> Result<Response<pb::CreateProductResponse>, Status> {
-                Err(Status::unimplemented(""))
-            }
-            async fn get_product(
-                &self,
-                _: Request<pb::GetProductRequest>,
-            ) -> Result<Response<pb::GetProductResponse>, Status> {
-                Err(Status::unimplemented(""))
-            }
-            async fn list_products(
-                &self,
-                _: Request<pb::ListProductsRequest>,
-            ) -> Result<Response<pb::ListProductsResponse>, Status> {
-                Err(Status::unimplemented(""))
-            }
-            async fn adjust_stock(
-                &self,
-                _: Request<pb::AdjustStockRequest>,
-            ) -> Result<Response<pb::AdjustStockResponse>, Status> {
-                Err(Status::unimplemented(""))
-            }
-            async fn reserve_stock(
-                &self,
-                _: Request<pb::ReserveStockRequest>,
-            ) -> Result<Response<pb::ReserveStockResponse>, Status> {
-                Err(Status::unimplemented(""))
-            }
-            async fn commit_reservation(
-                &self,
-                _: Request<pb::CommitReservationRequest>,
-            ) -> Result<Response<pb::CommitReservationResponse>, Status> {
-                Err(Status::unimplemented(""))
-            }
-            async fn release_reservation(
-                &self,
-                _: Request<pb::ReleaseReservationRequest>,
-            ) -> Result<Response<pb::ReleaseReservationResponse>, Status> {
-                Err(Status::unimplemented(""))
-            }
-            async fn return_reservation(
-                &self,
-                _: Request<pb::ReturnReservationRequest>,
-            ) -> Result<Response<pb::ReturnReservationResponse>, Status> {
-                Err(Status::unimplemented(""))
-            }
-            async fn get_reservation(
-                &self,
-                _: Request<pb::GetReservationRequest>,
-            ) -> Result<Response<pb::GetReservationResponse>, Status> {
-                Err(Status::unimplemented(""))
-            }
-        }
-    };
-}
-
-with_get_stock!(Slow, |this, request| {
+weft_tests::get_stock_only!(Slow, |this, request| {
     // tonic keeps grpc-timeout out of the metadata; the deadline layer
     // turned it into this task's deadline.
     let _ = request;
@@ -127,7 +56,7 @@ with_get_stock!(Slow, |this, request| {
     Ok(Response::new(pb::GetStockResponse::default()))
 });
 
-with_get_stock!(Relay, |this, request| {
+weft_tests::get_stock_only!(Relay, |this, request| {
     let mut next = InventoryServiceClient::new(this.0.clone());
     next.get_stock(request.into_inner()).await
 });

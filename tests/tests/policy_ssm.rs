@@ -8,7 +8,6 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use aws_sdk_ssm::config::{BehaviorVersion, Credentials, Region};
 use tonic::Code;
 use weft_mesh::{CertStore, SpiffeId, client_config, mtls_channel};
 use weft_proto::inventory::v1 as pb;
@@ -37,26 +36,9 @@ fn free_port() -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_policy_in_ssm_is_read_at_start_and_followed() {
     let moto = Moto::start().await.unwrap();
-    let ssm = aws_sdk_ssm::Client::from_conf(
-        aws_sdk_ssm::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .endpoint_url(moto.url())
-            .region(Region::new("us-east-1"))
-            .credentials_provider(Credentials::new("testing", "testing", None, None, "test"))
-            .build(),
-    );
     let put = |value: String| {
-        let ssm = ssm.clone();
-        async move {
-            ssm.put_parameter()
-                .name(NAME)
-                .value(value)
-                .r#type(aws_sdk_ssm::types::ParameterType::String)
-                .overwrite(true)
-                .send()
-                .await
-                .unwrap();
-        }
+        let moto = &moto;
+        async move { moto.put_parameter(NAME, &value).await.unwrap() }
     };
     put(allowing("bob")).await;
 

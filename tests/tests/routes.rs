@@ -15,11 +15,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tonic::transport::Server;
-use tonic::{Request, Response, Status};
+use tonic::{Response, Status};
 use weft_mesh::{CertStore, Metrics, ObserveLayer, server_config, tls_incoming};
-use weft_proto::inventory::v1::inventory_service_server::{
-    InventoryService, InventoryServiceServer,
-};
+use weft_proto::inventory::v1::inventory_service_server::InventoryServiceServer;
 use weft_service::metrics_endpoint::{Probes, serve_metrics};
 
 use weft_mesh::{ClientOptions, FileSource, MeshChannel, RoutePolling, Routes, SourceEvents};
@@ -204,73 +202,13 @@ struct Flaky {
     calls: Arc<AtomicU64>,
 }
 
-#[tonic::async_trait]
-impl InventoryService for Flaky {
-    async fn get_stock(
-        &self,
-        _: Request<pb::GetStockRequest>,
-    ) -> Result<Response<pb::GetStockResponse>, Status> {
-        let n = self.calls.fetch_add(1, Ordering::Relaxed) + 1;
-        if self.fail_every > 0 && n.is_multiple_of(self.fail_every) {
-            return Err(Status::internal("broken build"));
-        }
-        Ok(Response::new(pb::GetStockResponse::default()))
+weft_tests::get_stock_only!(Flaky, |this, _request| {
+    let n = this.calls.fetch_add(1, Ordering::Relaxed) + 1;
+    if this.fail_every > 0 && n.is_multiple_of(this.fail_every) {
+        return Err(Status::internal("broken build"));
     }
-    async fn create_product(
-        &self,
-        _: Request<pb::CreateProductRequest>,
-    ) -> Result<Response<pb::CreateProductResponse>, Status> {
-        Err(Status::unimplemented(""))
-    }
-    async fn get_product(
-        &self,
-        _: Request<pb::GetProductRequest>,
-    ) -> Result<Response<pb::GetProductResponse>, Status> {
-        Err(Status::unimplemented(""))
-    }
-    async fn list_products(
-        &self,
-        _: Request<pb::ListProductsRequest>,
-    ) -> Result<Response<pb::ListProductsResponse>, Status> {
-        Err(Status::unimplemented(""))
-    }
-    async fn adjust_stock(
-        &self,
-        _: Request<pb::AdjustStockRequest>,
-    ) -> Result<Response<pb::AdjustStockResponse>, Status> {
-        Err(Status::unimplemented(""))
-    }
-    async fn reserve_stock(
-        &self,
-        _: Request<pb::ReserveStockRequest>,
-    ) -> Result<Response<pb::ReserveStockResponse>, Status> {
-        Err(Status::unimplemented(""))
-    }
-    async fn commit_reservation(
-        &self,
-        _: Request<pb::CommitReservationRequest>,
-    ) -> Result<Response<pb::CommitReservationResponse>, Status> {
-        Err(Status::unimplemented(""))
-    }
-    async fn release_reservation(
-        &self,
-        _: Request<pb::ReleaseReservationRequest>,
-    ) -> Result<Response<pb::ReleaseReservationResponse>, Status> {
-        Err(Status::unimplemented(""))
-    }
-    async fn return_reservation(
-        &self,
-        _: Request<pb::ReturnReservationRequest>,
-    ) -> Result<Response<pb::ReturnReservationResponse>, Status> {
-        Err(Status::unimplemented(""))
-    }
-    async fn get_reservation(
-        &self,
-        _: Request<pb::GetReservationRequest>,
-    ) -> Result<Response<pb::GetReservationResponse>, Status> {
-        Err(Status::unimplemented(""))
-    }
-}
+    Ok(Response::new(pb::GetStockResponse::default()))
+});
 
 /// Serves `service` over mTLS with Weft's server metrics, and its /metrics
 /// on a port of its own; returns both addresses.

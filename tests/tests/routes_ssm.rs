@@ -9,9 +9,6 @@
 
 use std::time::{Duration, Instant};
 
-use aws_sdk_ssm::config::retry::RetryConfig;
-use aws_sdk_ssm::config::timeout::TimeoutConfig;
-use aws_sdk_ssm::config::{BehaviorVersion, Credentials, Region};
 use weft_mesh::{RoutePolling, Routes, SourceEvents};
 use weft_service::routes::SsmParameter;
 use weft_tests::moto::Moto;
@@ -46,35 +43,10 @@ async fn wait_for(what: &str, within: Duration, check: impl Fn() -> bool) -> Dur
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_route_table_in_ssm_is_followed_through_changes_and_outages() {
     let moto = Moto::start().await.unwrap();
-    let config = aws_sdk_ssm::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .endpoint_url(moto.url())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new("testing", "testing", None, None, "test"))
-        // As a task's client would be bounded: a read that cannot connect
-        // fails fast and the poller backs off.
-        .retry_config(RetryConfig::standard().with_max_attempts(1))
-        .timeout_config(
-            TimeoutConfig::builder()
-                .connect_timeout(Duration::from_secs(1))
-                .operation_timeout(Duration::from_secs(2))
-                .build(),
-        )
-        .build();
-    let client = aws_sdk_ssm::Client::from_conf(config);
+    let client = moto.ssm();
     let put = |value: String| {
-        let client = client.clone();
-        async move {
-            client
-                .put_parameter()
-                .name(NAME)
-                .value(value)
-                .r#type(aws_sdk_ssm::types::ParameterType::String)
-                .overwrite(true)
-                .send()
-                .await
-                .unwrap();
-        }
+        let moto = &moto;
+        async move { moto.put_parameter(NAME, &value).await.unwrap() }
     };
     put(table(5)).await;
     let poll = Duration::from_millis(300);
@@ -126,13 +98,7 @@ async fn a_route_table_in_ssm_is_followed_through_changes_and_outages() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_parameter_means_no_routes() {
     let moto = Moto::start().await.unwrap();
-    let config = aws_sdk_ssm::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .endpoint_url(moto.url())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new("testing", "testing", None, None, "test"))
-        .build();
-    let client = aws_sdk_ssm::Client::from_conf(config);
+    let client = moto.ssm();
     let events = SourceEvents::default();
     let routes = Routes::follow(
         SsmParameter::with_client(NAME.into(), client),

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use tonic::service::Routes;
 use tonic::transport::Server;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Code, Response, Status};
 use weft_mesh::{
     CertStore, ClientOptions, DeadlineLayer, MeshChannel, Policy, RetriesLayer, server_config,
     tls_incoming,
@@ -29,87 +29,16 @@ use weft_proto::inventory::v1::inventory_service_server::{
 use weft_tests::TestDb;
 use weft_tests::cluster::Cluster;
 use weft_tests::inventory::{Inventory, config, mtls};
-use weft_tests::load::{Client, finish, get_stock_load, seed, wait_for_endpoints};
+use weft_tests::load::{Client, calls_by_id, finish, get_stock_load, seed, wait_for_endpoints};
 use weft_tests::pki::TRUST_DOMAIN;
 use weft_tests::servers::serve_mtls;
-
-/// An inventory whose GetStock is `$body` (with `$this` the value and
-/// `$request` the request) and whose other methods are not needed.
-macro_rules! get_stock_only {
-    ($ty:ty, |$this:ident, $request:ident| $body:block) => {
-        #[tonic::async_trait]
-        impl InventoryService for $ty {
-            async fn get_stock(
-                &self,
-                $request: Request<pb::GetStockRequest>,
-            ) -> Result<Response<pb::GetStockResponse>, Status> {
-                let $this = self;
-                $body
-            }
-            async fn create_product(
-                &self,
-                _: Request<pb::CreateProductRequest>,
-            ) -> Result<Response<pb::CreateProductResponse>, Status> {
-                Err(Status::unimplemented(""))
-            }
-            async fn get_product(
-                &self,
-                _: Request<pb::GetProductRequest>,
-            ) -> Result<Response<pb::GetProductResponse>, Status> {
-                Err(Status::unimplemented(""))
-            }
-            async fn list_products(
-                &self,
-                _: Request<pb::ListProductsRequest>,
-            ) -> Result<Response<pb::ListProductsResponse>, Status> {
-                Err(Status::unimplemented(""))
-            }
-            async fn adjust_stock(
-                &self,
-                _: Request<pb::AdjustStockRequest>,
-            ) -> Result<Response<pb::AdjustStockResponse>, Status> {
-                Err(Status::unimplemented(""))
-            }
-            async fn reserve_stock(
-                &self,
-                _: Request<pb::ReserveStockRequest>,
-            ) -> Result<Response<pb::ReserveStockResponse>, Status> {
-                Err(Status::unimplemented(""))
-            }
-            async fn commit_reservation(
-                &self,
-                _: Request<pb::CommitReservationRequest>,
-            ) -> Result<Response<pb::CommitReservationResponse>, Status> {
-                Err(Status::unimplemented(""))
-            }
-            async fn release_reservation(
-                &self,
-                _: Request<pb::ReleaseReservationRequest>,
-            ) -> Result<Response<pb::ReleaseReservationResponse>, Status> {
-                Err(Status::unimplemented(""))
-            }
-            async fn return_reservation(
-                &self,
-                _: Request<pb::ReturnReservationRequest>,
-            ) -> Result<Response<pb::ReturnReservationResponse>, Status> {
-                Err(Status::unimplemented(""))
-            }
-            async fn get_reservation(
-                &self,
-                _: Request<pb::GetReservationRequest>,
-            ) -> Result<Response<pb::GetReservationResponse>, Status> {
-                Err(Status::unimplemented(""))
-            }
-        }
-    };
-}
 
 /// Answers every GetStock at once with RESOURCE_EXHAUSTED, as a throttled
 /// backend does, while its health stays SERVING.
 #[derive(Clone)]
 struct Throttled(Arc<AtomicU64>);
 
-get_stock_only!(Throttled, |this, _request| {
+weft_tests::get_stock_only!(Throttled, |this, _request| {
     this.0.fetch_add(1, Ordering::Relaxed);
     Err(Status::resource_exhausted("too many requests"))
 });
@@ -118,7 +47,7 @@ get_stock_only!(Throttled, |this, _request| {
 #[derive(Clone)]
 struct Down(Arc<AtomicU64>);
 
-get_stock_only!(Down, |this, _request| {
+weft_tests::get_stock_only!(Down, |this, _request| {
     this.0.fetch_add(1, Ordering::Relaxed);
     Err(Status::unavailable("backend down"))
 });
@@ -127,7 +56,7 @@ get_stock_only!(Down, |this, _request| {
 #[derive(Clone)]
 struct Answering(Arc<AtomicU64>);
 
-get_stock_only!(Answering, |this, _request| {
+weft_tests::get_stock_only!(Answering, |this, _request| {
     this.0.fetch_add(1, Ordering::Relaxed);
     Ok(Response::new(pb::GetStockResponse::default()))
 });
@@ -136,19 +65,11 @@ get_stock_only!(Answering, |this, _request| {
 #[derive(Clone)]
 struct Relay(MeshChannel);
 
-get_stock_only!(Relay, |this, request| {
+weft_tests::get_stock_only!(Relay, |this, request| {
     InventoryServiceClient::new(this.0.clone())
         .get_stock(request.into_inner())
         .await
 });
-
-fn calls_by_id(channel: &MeshChannel) -> HashMap<String, u64> {
-    channel
-        .endpoints()
-        .iter()
-        .map(|e| (e.id.clone(), e.calls.load(Ordering::Relaxed)))
-        .collect()
-}
 
 /// Calls a healthy inventory and a throttled stand-in drew over 2 s of load
 /// from 4 workers, with the client charging overloaded answers `penalty`.

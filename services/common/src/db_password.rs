@@ -13,7 +13,6 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use deadpool_postgres::Connect;
 use tokio::task::JoinHandle;
@@ -54,16 +53,7 @@ impl SecretsManagerPassword {
     async fn client(&self) -> &aws_sdk_secretsmanager::Client {
         self.client
             .get_or_init(|| async {
-                let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
-                    .timeout_config(
-                        aws_config::timeout::TimeoutConfig::builder()
-                            .connect_timeout(Duration::from_secs(3))
-                            .operation_timeout(Duration::from_secs(10))
-                            .build(),
-                    )
-                    .load()
-                    .await;
-                aws_sdk_secretsmanager::Client::new(&shared)
+                aws_sdk_secretsmanager::Client::new(&crate::aws::config().await)
             })
             .await
     }

@@ -3,6 +3,7 @@
 //! input checks common to all contracts, and serving with mTLS, health tied
 //! to the database, discovery registration and the drain.
 
+pub mod aws;
 pub mod binary;
 pub mod config;
 pub mod db;

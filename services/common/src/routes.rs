@@ -169,18 +169,7 @@ impl SsmParameter {
 
     async fn client(&self) -> &aws_sdk_ssm::Client {
         self.client
-            .get_or_init(|| async {
-                let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
-                    .timeout_config(
-                        aws_config::timeout::TimeoutConfig::builder()
-                            .connect_timeout(Duration::from_secs(3))
-                            .operation_timeout(Duration::from_secs(10))
-                            .build(),
-                    )
-                    .load()
-                    .await;
-                aws_sdk_ssm::Client::new(&shared)
-            })
+            .get_or_init(|| async { aws_sdk_ssm::Client::new(&crate::aws::config().await) })
             .await
     }
 }

@@ -230,6 +230,39 @@ impl Order {
     }
 }
 
+#[cfg(test)]
+impl Order {
+    /// A new order `o1` of customer `c`, paid from `payer`, with `lines`
+    /// unpriced: where the saga starts.
+    pub(crate) fn sample(lines: &[(&str, i64)]) -> Self {
+        Order {
+            order_id: "o1".into(),
+            customer_id: "c".into(),
+            payment_account_id: "payer".into(),
+            lines: lines
+                .iter()
+                .map(|(sku, quantity)| OrderLine {
+                    sku: (*sku).into(),
+                    quantity: *quantity,
+                    unit_price: None,
+                })
+                .collect(),
+            total: None,
+            status: OrderStatus::Pending,
+            step: Step::Reserve,
+            rejection: None,
+            reservation_id: None,
+            authorization_id: None,
+            authorized: false,
+            committed: false,
+            cancel_reason: None,
+            attempts: 0,
+            create_time: SystemTime::UNIX_EPOCH,
+            update_time: SystemTime::UNIX_EPOCH,
+        }
+    }
+}
+
 /// What can go wrong in orders, as the domain sees it.
 #[derive(Debug, thiserror::Error)]
 pub enum OrdersError {
@@ -262,24 +295,7 @@ mod tests {
     use super::*;
 
     fn order() -> Order {
-        Order {
-            order_id: "o1".into(),
-            customer_id: "c".into(),
-            payment_account_id: "a".into(),
-            lines: vec![],
-            total: None,
-            status: OrderStatus::Pending,
-            step: Step::Reserve,
-            rejection: None,
-            reservation_id: None,
-            authorization_id: None,
-            authorized: false,
-            committed: false,
-            cancel_reason: None,
-            attempts: 0,
-            create_time: SystemTime::UNIX_EPOCH,
-            update_time: SystemTime::UNIX_EPOCH,
-        }
+        Order::sample(&[])
     }
 
     #[test]

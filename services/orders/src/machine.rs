@@ -412,39 +412,12 @@ fn kind(outcome: &Outcome) -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    use std::time::SystemTime;
-
     use super::*;
-    use crate::domain::OrderLine;
 
     const PAYEE: &str = "merchant";
 
     fn order(lines: &[(&str, i64)]) -> Order {
-        Order {
-            order_id: "o1".into(),
-            customer_id: "c".into(),
-            payment_account_id: "payer".into(),
-            lines: lines
-                .iter()
-                .map(|(sku, quantity)| OrderLine {
-                    sku: (*sku).into(),
-                    quantity: *quantity,
-                    unit_price: None,
-                })
-                .collect(),
-            total: None,
-            status: OrderStatus::Pending,
-            step: Step::Reserve,
-            rejection: None,
-            reservation_id: None,
-            authorization_id: None,
-            authorized: false,
-            committed: false,
-            cancel_reason: None,
-            attempts: 0,
-            create_time: SystemTime::UNIX_EPOCH,
-            update_time: SystemTime::UNIX_EPOCH,
-        }
+        Order::sample(lines)
     }
 
     fn eur(amount: i64) -> Money {
