@@ -17,8 +17,8 @@ pub mod trace_context;
 pub use client::{connector, tls as client_tls};
 pub use identity::{certs, policy, private_ca, trust};
 pub use server::{
-    authorize, deadline, drain, incoming, limits, observe, observed_body, rate_limit, retries,
-    tls as server_tls,
+    authorize, deadline, drain, incoming, limits, load_report, observe, observed_body, rate_limit,
+    retries, tls as server_tls,
 };
 
 pub use authorize::{AuthorizeLayer, CallerIdentity};
@@ -34,6 +34,7 @@ pub use drain::{DrainConfig, serve_with_drain};
 pub use identity::{IdentityError, Kind, SpiffeId};
 pub use incoming::{MeshConn, PeerInfo, tls_incoming};
 pub use limits::ServerLimits;
+pub use load_report::{LoadGauge, LoadReportLayer};
 pub use metrics::Metrics;
 pub use observe::ObserveLayer;
 pub use policy::{Policy, PolicyError, SharedPolicy};

@@ -588,3 +588,68 @@ async fn a_new_endpoint_s_share_grows_over_its_slow_start_window() {
     assert!(shares[0] < shares[2] && shares[1] < shares[4], "{shares:?}");
     assert!(shares[4] > 0.25, "{shares:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_reporting_high_load_draws_fewer_calls() {
+    let cluster = Cluster::new().unwrap();
+    let store = CertStore::load(
+        cluster.pki().service("inventory", "inventory").unwrap(),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    let mut counts = HashMap::new();
+    for (id, utilization) in [("busy", 0.9), ("idle", 0.1)] {
+        let gauge = Arc::new(weft_mesh::LoadGauge::default());
+        gauge.set(utilization);
+        let count = Arc::new(AtomicU64::new(0));
+        let (_reporter, health) = tonic_health::server::health_reporter();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(
+            Server::builder()
+                .layer(weft_mesh::LoadReportLayer::new(gauge))
+                .add_service(health)
+                .add_service(InventoryServiceServer::new(Answering(count.clone())))
+                .serve_with_incoming(tls_incoming(
+                    listener,
+                    server_config(&store).unwrap(),
+                    &store,
+                    &Default::default(),
+                )),
+        );
+        cluster.register(id, addr).await.unwrap();
+        counts.insert(id, count);
+    }
+    let channel = cluster.channel(ClientOptions::default()).await.unwrap();
+    wait_for_endpoints(&channel, 2).await.unwrap();
+    let running = Arc::new(AtomicBool::new(true));
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let mut client = InventoryServiceClient::new(channel.clone());
+            let running = running.clone();
+            tokio::spawn(async move {
+                while running.load(Ordering::Relaxed) {
+                    client
+                        .get_stock(pb::GetStockRequest { skus: vec![] })
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    running.store(false, Ordering::Relaxed);
+    for w in workers {
+        w.await.unwrap();
+    }
+    let (busy, idle) = (
+        counts["busy"].load(Ordering::Relaxed),
+        counts["idle"].load(Ordering::Relaxed),
+    );
+    eprintln!(
+        "reporting 0.9 vs 0.1 utilization: {busy} vs {idle} calls (ratio {:.3})",
+        busy as f64 / idle.max(1) as f64
+    );
+    assert!(idle > 100, "{idle}");
+    assert!(busy * 3 < idle, "busy {busy}, idle {idle}");
+}

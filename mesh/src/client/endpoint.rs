@@ -16,6 +16,13 @@ const DECAY: Duration = Duration::from_secs(10);
 /// The latency assumed before the first response when no peer has been
 /// measured either, and the value an unused estimate drifts back to.
 const DEFAULT_RTT: Duration = Duration::from_millis(5);
+/// How long a server's load report counts: an endpoint that stopped
+/// reporting (or stopped being called) is judged by latency alone again.
+const LOAD_FRESH: Duration = Duration::from_secs(10);
+/// The highest utilization the pick believes: at 1 the cost would be
+/// infinite and the endpoint never tried again.
+const MOST_LOAD: f64 = 0.95;
+
 /// The least weight of an endpoint in slow start: even at its first instant
 /// it takes some calls, so its estimate is measured.
 const MIN_WEIGHT: f64 = 0.1;
@@ -83,6 +90,10 @@ pub struct EndpointState {
     /// When it last began serving (slow start counts from here, or from
     /// the end of an ejection, whichever is later).
     serving_since: Mutex<Instant>,
+    /// Whether it ever reported its load (no lock to take if not).
+    reports_load: AtomicBool,
+    /// Its last load report and when it came.
+    load: Mutex<(f64, Instant)>,
     /// Health as the endpoint's grpc.health.v1 Watch stream reports it; false
     /// while the stream is down (the connection failed).
     serving: AtomicBool,
@@ -119,6 +130,8 @@ impl EndpointState {
             measured: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             serving_since: Mutex::new(Instant::now()),
+            reports_load: AtomicBool::new(false),
+            load: Mutex::new((0.0, Instant::now())),
             serving: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             consecutive_failures: AtomicU32::new(0),
@@ -236,14 +249,34 @@ impl EndpointState {
         self.set_serving(serving);
     }
 
-    /// The load the balancer compares: latency estimate × (in flight + 1).
+    /// The load the balancer compares: latency estimate × (in flight + 1),
+    /// and ÷ (1 − utilization) while the server's own load report is fresh.
     pub fn cost(&self) -> f64 {
         let ewma = self
             .ewma
             .lock()
             .map(|g| decayed(g.0, decay_weight(g.1, Instant::now())))
             .unwrap_or(0.0);
-        ewma * (self.in_flight.load(Ordering::Relaxed) + 1) as f64
+        ewma * (self.in_flight.load(Ordering::Relaxed) + 1) as f64 / (1.0 - self.utilization())
+    }
+
+    /// The server said how loaded it is (0 to 1).
+    pub fn load_reported(&self, utilization: f64) {
+        if let Ok(mut load) = self.load.lock() {
+            *load = (utilization.clamp(0.0, MOST_LOAD), Instant::now());
+            self.reports_load.store(true, Ordering::Release);
+        }
+    }
+
+    /// Its reported utilization while fresh, else 0.
+    fn utilization(&self) -> f64 {
+        if !self.reports_load.load(Ordering::Acquire) {
+            return 0.0;
+        }
+        match self.load.lock() {
+            Ok(g) if g.1.elapsed() < LOAD_FRESH => g.0,
+            _ => 0.0,
+        }
     }
 
     /// Marks a call as started; the guard ends it.
@@ -446,6 +479,30 @@ mod tests {
         assert!(throttled.cost() > healthy.cost() * 50.0);
         // Overload is not failure: it does not count toward ejection.
         assert!(throttled.available());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fresh_load_report_weighs_the_cost_and_a_stale_one_does_not() {
+        let (busy, idle) = (
+            endpoint(FailurePolicy::default()),
+            endpoint(FailurePolicy::default()),
+        );
+        let plain = busy.cost();
+        busy.load_reported(0.9);
+        idle.load_reported(0.1);
+        assert!(
+            (busy.cost() / plain - 10.0).abs() < 0.01,
+            "{}",
+            busy.cost() / plain
+        );
+        assert!(busy.cost() > idle.cost() * 8.0);
+        busy.load_reported(1.0);
+        assert!(busy.cost().is_finite(), "never infinite");
+        tokio::time::advance(LOAD_FRESH + Duration::from_secs(1)).await;
+        assert!(
+            (busy.cost() - idle.cost()).abs() < 1.0,
+            "stale reports count for nothing"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,7 +1,8 @@
 //! The mesh client: a channel per service name, fed by discovery, with one
 //! HTTP/2 connection per endpoint, power-of-two-choices over peak-EWMA load,
 //! endpoints out of the pool on connection failure or NOT_SERVING, outlier
-//! ejection, slow start, overloaded answers charged as slow ones, and
+//! ejection, slow start, servers' load reports, overloaded answers charged
+//! as slow ones, and
 //! retries only where safe, within a budget, after a server's push-back and
 //! within what the chain of calls has left. It is a tower service, so
 //! generated tonic clients take it like a `Channel`.
@@ -446,6 +447,9 @@ impl Inner {
             Ok(response) => {
                 let status = status_in(response.headers());
                 let pushback = pushback_in(response.headers());
+                if let Some(utilization) = crate::load_report::load_in(response.headers()) {
+                    endpoint.load_reported(utilization);
+                }
                 // An answer that means "overloaded" costs the balancer's
                 // penalty however fast it came: a throttled endpoint must
                 // draw fewer calls, not more.

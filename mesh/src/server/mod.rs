@@ -1,5 +1,5 @@
 //! The server side of the mesh: the accept loop and its limits, server TLS,
-//! authorization, rate limits, deadlines, the retry bound across hops, the
+//! authorization, rate limits, load reports, deadlines, the retry bound across hops, the
 //! drain and the server's metrics.
 
 pub mod authorize;
@@ -7,6 +7,7 @@ pub mod deadline;
 pub mod drain;
 pub mod incoming;
 pub mod limits;
+pub mod load_report;
 pub mod observe;
 pub mod observed_body;
 pub mod rate_limit;

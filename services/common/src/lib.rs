@@ -10,6 +10,7 @@ pub mod db;
 pub mod db_password;
 pub mod ecs;
 pub mod keyed;
+pub mod load;
 pub mod metrics_endpoint;
 pub mod migrate;
 pub mod money;

@@ -18,8 +18,9 @@ use tonic_health::server::HealthReporter;
 use weft_discovery::Health;
 use weft_discovery::backoff::Backoff;
 use weft_mesh::{
-    AuthorizeLayer, CertStore, DeadlineLayer, Metrics, ObserveLayer, Policy, RateLimitLayer,
-    RetriesLayer, SharedPolicy, serve_with_drain, server_config, tls_incoming,
+    AuthorizeLayer, CertStore, DeadlineLayer, LoadGauge, LoadReportLayer, Metrics, ObserveLayer,
+    Policy, RateLimitLayer, RetriesLayer, SharedPolicy, serve_with_drain, server_config,
+    tls_incoming,
 };
 
 use crate::config::{Config, Transport};
@@ -162,8 +163,8 @@ pub(crate) async fn serve_node(
     } = served;
     // The pool is reported while the server runs.
     let serving = Arc::new(());
-    if let Some(db) = db {
-        report_pool(&config.metrics, db, Arc::downgrade(&serving));
+    if let Some(db) = &db {
+        report_pool(&config.metrics, db.clone(), Arc::downgrade(&serving));
     }
     // What /ready and /live on the metrics listener answer (ready turns false once
     // the drain begins).
@@ -276,6 +277,9 @@ pub(crate) async fn serve_node(
         }
         _ => None,
     };
+    // Every response says how loaded this instance is, for the balancers.
+    let load = Arc::new(LoadGauge::default());
+    let _load_sampler = AbortOnDrop(tokio::spawn(crate::load::sample(load.clone(), db.clone())));
     let router = config
         .limits
         .server()
@@ -292,6 +296,7 @@ pub(crate) async fn serve_node(
         ))
         .layer(DeadlineLayer)
         .layer(RetriesLayer)
+        .layer(LoadReportLayer::new(load))
         .add_routes(routes)
         .add_service(health_service)
         .add_service(reflection_v1)
