@@ -29,7 +29,7 @@ use weft_proto::inventory::v1::inventory_service_server::{
 use weft_tests::TestDb;
 use weft_tests::cluster::Cluster;
 use weft_tests::inventory::{Inventory, config, mtls};
-use weft_tests::load::{Client, calls_by_id, finish, get_stock_load, seed, wait_for_endpoints};
+use weft_tests::load::{Client, calls_by_id, finish, get_stock_load, wait_for_endpoints};
 use weft_tests::pki::TRUST_DOMAIN;
 use weft_tests::servers::serve_mtls;
 
@@ -71,17 +71,33 @@ weft_tests::get_stock_only!(Relay, |this, request| {
         .await
 });
 
-/// Calls a healthy inventory and a throttled stand-in drew over 2 s of load
-/// from 4 workers, with the client charging overloaded answers `penalty`.
+/// Answers every GetStock after a millisecond of work, counting them: a
+/// healthy backend (with no load report, so that only latency and the
+/// overload penalty steer the pick).
+#[derive(Clone)]
+struct Working(Arc<AtomicU64>);
+
+weft_tests::get_stock_only!(Working, |this, _request| {
+    this.0.fetch_add(1, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    Ok(Response::new(pb::GetStockResponse::default()))
+});
+
+/// Calls a healthy stand-in and a throttled one drew over 2 s of load from
+/// 4 workers, with the client charging overloaded answers `penalty`.
 async fn healthy_and_throttled_shares(penalty: Duration) -> (u64, u64) {
-    let db = TestDb::create().await.unwrap();
-    let mut cluster = Cluster::new().unwrap();
-    cluster.add(&db, None).await.unwrap();
+    let cluster = Cluster::new().unwrap();
     let store = CertStore::load(
         cluster.pki().service("inventory", "inventory").unwrap(),
         Duration::from_secs(60),
     )
     .unwrap();
+    let healthy = Arc::new(AtomicU64::new(0));
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    let routes =
+        Routes::new(health).add_service(InventoryServiceServer::new(Working(healthy.clone())));
+    let addr = serve_mtls(&store, routes).await.unwrap();
+    cluster.register("healthy", addr).await.unwrap();
     let (_reporter, health) = tonic_health::server::health_reporter();
     let routes = Routes::new(health).add_service(InventoryServiceServer::new(Throttled(Arc::new(
         AtomicU64::new(0),
@@ -93,9 +109,7 @@ async fn healthy_and_throttled_shares(penalty: Duration) -> (u64, u64) {
     options.failure.overload_penalty = penalty;
     let channel = cluster.channel(options).await.unwrap();
     wait_for_endpoints(&channel, 2).await.unwrap();
-    let mut client = Client::new(channel.clone());
-    // Seeded through the healthy one (the throttled one refuses it).
-    while seed(&mut client).await.is_err() {}
+    let client = Client::new(channel.clone());
     let before = calls_by_id(&channel);
     let running = Arc::new(AtomicBool::new(true));
     let workers = get_stock_load(&client, 4, &running);
@@ -103,7 +117,7 @@ async fn healthy_and_throttled_shares(penalty: Duration) -> (u64, u64) {
     finish(&running, workers).await.unwrap();
     let after = calls_by_id(&channel);
     let got = |id: &str| after.get(id).unwrap_or(&0) - before.get(id).unwrap_or(&0);
-    (got("inv-0"), got("throttled"))
+    (got("healthy"), got("throttled"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

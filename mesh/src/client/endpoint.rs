@@ -19,9 +19,11 @@ const DEFAULT_RTT: Duration = Duration::from_millis(5);
 /// How long a server's load report counts: an endpoint that stopped
 /// reporting (or stopped being called) is judged by latency alone again.
 const LOAD_FRESH: Duration = Duration::from_secs(10);
-/// The highest utilization the pick believes: at 1 the cost would be
-/// infinite and the endpoint never tried again.
-const MOST_LOAD: f64 = 0.95;
+/// The highest utilization the pick believes: the report weighs the cost
+/// at most fivefold, so it tilts the pick without drowning what latency and
+/// the overload penalty say (at 1 the cost would be infinite and the
+/// endpoint never tried again).
+const MOST_LOAD: f64 = 0.8;
 
 /// The least weight of an endpoint in slow start: even at its first instant
 /// it takes some calls, so its estimate is measured.
@@ -491,11 +493,11 @@ mod tests {
         busy.load_reported(0.9);
         idle.load_reported(0.1);
         assert!(
-            (busy.cost() / plain - 10.0).abs() < 0.01,
+            (busy.cost() / plain - 5.0).abs() < 0.01,
             "{}",
             busy.cost() / plain
         );
-        assert!(busy.cost() > idle.cost() * 8.0);
+        assert!(busy.cost() > idle.cost() * 4.0);
         busy.load_reported(1.0);
         assert!(busy.cost().is_finite(), "never infinite");
         tokio::time::advance(LOAD_FRESH + Duration::from_secs(1)).await;

@@ -4,13 +4,14 @@
 //! deadline set by the first caller holds however many hops away.
 
 use std::future::Future;
-use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::time::Instant;
 use tonic::codegen::http;
 use tower::{Layer, Service};
+
+use crate::server::scoped::MaybeScoped;
 
 tokio::task_local! {
     static DEADLINE: Instant;
@@ -78,11 +79,10 @@ pub struct Deadline<S> {
 impl<S, B> Service<http::Request<B>> for Deadline<S>
 where
     S: Service<http::Request<B>>,
-    S::Future: Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+    type Future = MaybeScoped<Instant, S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -96,8 +96,10 @@ where
             .and_then(parse_grpc_timeout);
         let future = self.inner.call(request);
         match timeout {
-            Some(t) => Box::pin(DEADLINE.scope(Instant::now() + t, future)),
-            None => Box::pin(future),
+            Some(t) => MaybeScoped::Scoped {
+                future: DEADLINE.scope(Instant::now() + t, future),
+            },
+            None => MaybeScoped::Plain { future },
         }
     }
 }

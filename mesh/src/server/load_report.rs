@@ -90,25 +90,50 @@ pub struct LoadReport<S> {
 impl<S, B, R> Service<http::Request<B>> for LoadReport<S>
 where
     S: Service<http::Request<B>, Response = http::Response<R>>,
-    S::Future: Send + 'static,
 {
     type Response = http::Response<R>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<http::Response<R>, S::Error>> + Send>>;
+    type Future = Stamped<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let future = self.inner.call(request);
-        let gauge = self.gauge.clone();
-        Box::pin(async move {
-            let mut response = future.await?;
-            // As the response leaves: the utilization it was served under.
-            response.headers_mut().insert(LOAD_HEADER, gauge.header());
-            Ok(response)
-        })
+        Stamped {
+            inner: self.inner.call(request),
+            gauge: self.gauge.clone(),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response on its way, stamped with the utilization as it leaves
+    /// (no allocation per call).
+    pub struct Stamped<F> {
+        #[pin]
+        inner: F,
+        gauge: Arc<LoadGauge>,
+    }
+}
+
+impl<F, R, E> Future for Stamped<F>
+where
+    F: Future<Output = Result<http::Response<R>, E>>,
+{
+    type Output = Result<http::Response<R>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        match this.inner.poll(cx) {
+            Poll::Ready(Ok(mut response)) => {
+                response
+                    .headers_mut()
+                    .insert(LOAD_HEADER, this.gauge.header());
+                Poll::Ready(Ok(response))
+            }
+            other => other,
+        }
     }
 }
 

@@ -12,4 +12,5 @@ pub mod observe;
 pub mod observed_body;
 pub mod rate_limit;
 pub mod retries;
+pub mod scoped;
 pub mod tls;

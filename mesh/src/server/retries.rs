@@ -7,11 +7,12 @@
 //! attempts each cannot turn one call into 27.
 
 use std::future::Future;
-use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tonic::codegen::http;
 use tower::{Layer, Service};
+
+use crate::server::scoped::MaybeScoped;
 
 /// The metadata key carrying the retries spent on an attempt's path.
 pub const RETRIES_HEADER: &str = "weft-retries";
@@ -74,11 +75,10 @@ pub struct Retries<S> {
 impl<S, B> Service<http::Request<B>> for Retries<S>
 where
     S: Service<http::Request<B>>,
-    S::Future: Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+    type Future = MaybeScoped<u32, S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -87,10 +87,13 @@ where
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let spent = spent_in(request.headers());
         let future = self.inner.call(request);
+        // A first attempt, the common case, runs as it is.
         if spent == 0 {
-            Box::pin(future)
+            MaybeScoped::Plain { future }
         } else {
-            Box::pin(SPENT.scope(spent, future))
+            MaybeScoped::Scoped {
+                future: SPENT.scope(spent, future),
+            }
         }
     }
 }
