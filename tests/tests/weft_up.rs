@@ -8,10 +8,11 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use weft_tests::process::binary;
 use weft_tests::tools::tool;
 use weft_tests::up::{
     Up, cluster_dirs, eventually, instance_records, is_zombie, processes_mentioning,
-    processes_with_env, signal, weft,
+    processes_with_env, signal, weft, weft_home,
 };
 
 #[test]
@@ -102,6 +103,56 @@ fn weft_up_runs_the_mesh_until_ctrl_c_and_leaves_nothing_behind() {
     );
     assert_eq!(instance_records(home.path()), 6);
 
+    // The route table is live: `weft route set` writes the home's routes
+    // file, and every instance applies it within its poll (a second).
+    let routes_applied = |instance: &str| {
+        let out = weft_home(home.path(), &["logs", instance]).unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains("routes.toml") && l.contains("applied"))
+            .count()
+    };
+    let before: Vec<usize> = ["orders-1", "inventory-1"]
+        .iter()
+        .map(|i| routes_applied(i))
+        .collect();
+    assert!(
+        before.iter().all(|n| *n >= 1),
+        "no routes read at start: {before:?}"
+    );
+    let out = Command::new(binary("weft").unwrap())
+        .args(["route", "--routes"])
+        .arg(home.path().join("routes.toml"))
+        .args(["set", "inventory", "version=0.1.0:90", "version=0.2.0:10"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(binary("weft").unwrap())
+        .args(["route", "--routes"])
+        .arg(home.path().join("routes.toml"))
+        .args(["show", "inventory"])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains("version=0.1.0: 90, version=0.2.0: 10"),
+        "{shown}"
+    );
+    eventually(
+        Duration::from_secs(5),
+        "every instance applies the routes",
+        || {
+            ["orders-1", "inventory-1"]
+                .iter()
+                .zip(&before)
+                .all(|(i, n)| routes_applied(i) > *n)
+        },
+    )
+    .unwrap();
     // The status table shows the calls.
     let deadline = Instant::now() + Duration::from_secs(10);
     while let Some(line) = up.next(deadline) {
