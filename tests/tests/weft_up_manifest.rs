@@ -225,7 +225,8 @@ fn a_manifest_runs_supervised_and_survives_kills_and_restarts_under_load() {
     for id in ["inventory-1", "orders-1"] {
         let line = up
             .wait_until(Duration::from_secs(10), |l| {
-                l.split_whitespace().nth(1) == Some(id)
+                // A row of the table, not an event line about the instance.
+                !l.starts_with("[up]") && l.split_whitespace().nth(1) == Some(id)
             })
             .unwrap();
         let fields: Vec<&str> = line.split_whitespace().collect();
