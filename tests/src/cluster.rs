@@ -64,6 +64,15 @@ impl Cluster {
         &self.pki
     }
 
+    /// An inventory identity of the cluster's PKI, for stand-in servers
+    /// the test runs itself.
+    pub fn inventory_store(&self) -> Result<CertStore> {
+        Ok(CertStore::load(
+            self.pki.service("inventory", "inventory")?,
+            Duration::from_secs(60),
+        )?)
+    }
+
     /// Starts instance `inv-<n>` on `db`, advertising `advertise` (a proxy in
     /// front of it, say) or its own address; returns its index.
     pub async fn add(&mut self, db: &TestDb, advertise: Option<SocketAddr>) -> Result<usize> {

@@ -67,18 +67,50 @@ impl ServiceProcess {
     /// Starts `binary` with exactly `env` (plus PATH), output discarded
     /// unless `WEFT_TEST_LOGS` is set.
     pub fn start(binary: &std::path::Path, env: &HashMap<String, String>) -> Result<Self> {
+        Self::spawn(binary, env, |command| {
+            if std::env::var_os("WEFT_TEST_LOGS").is_none() {
+                command.stdout(Stdio::null()).stderr(Stdio::null());
+            }
+            Ok(())
+        })
+    }
+
+    /// Starts `binary` as [`ServiceProcess::start`] does, its output (both
+    /// streams) written to `log` for the test to read.
+    pub fn start_logged(
+        binary: &std::path::Path,
+        env: &HashMap<String, String>,
+        log: &tempfile::NamedTempFile,
+    ) -> Result<Self> {
+        Self::spawn(binary, env, |command| {
+            command.stdout(log.reopen()?).stderr(log.reopen()?);
+            Ok(())
+        })
+    }
+
+    fn spawn(
+        binary: &std::path::Path,
+        env: &HashMap<String, String>,
+        output: impl FnOnce(&mut Command) -> Result<()>,
+    ) -> Result<Self> {
         let mut command = Command::new(binary);
         command.env_clear().envs(env).stdin(Stdio::null());
         if let Ok(path) = std::env::var("PATH") {
             command.env("PATH", path);
         }
-        if std::env::var_os("WEFT_TEST_LOGS").is_none() {
-            command.stdout(Stdio::null()).stderr(Stdio::null());
-        }
+        output(&mut command)?;
         let child = command
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
         Ok(Self { child: Some(child) })
+    }
+
+    /// Whether it has exited (or was killed).
+    pub fn exited(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => !matches!(child.try_wait(), Ok(None)),
+            None => true,
+        }
     }
 
     /// `kill -9`.

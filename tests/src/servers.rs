@@ -5,8 +5,28 @@
 use std::net::SocketAddr;
 
 use anyhow::Result;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::service::Routes;
-use weft_mesh::{CertStore, ServerLimits, server_config, tls_incoming};
+use weft_mesh::{CertStore, MeshConn, ServerLimits, server_config, tls_incoming};
+
+/// The connections a test's own tonic `Server` serves with
+/// `serve_with_incoming`.
+pub type Incoming = ReceiverStream<std::io::Result<MeshConn>>;
+
+/// A listener on 127.0.0.1, port 0, taking mTLS connections as `store`'s
+/// identity within `limits`: its address, and the connections, for a tonic
+/// `Server` with the layers the test chooses.
+pub async fn mtls_listener(
+    store: &CertStore,
+    limits: &ServerLimits,
+) -> Result<(SocketAddr, Incoming)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    Ok((
+        addr,
+        tls_incoming(listener, server_config(store)?, store, limits),
+    ))
+}
 
 /// Serves `routes` over mTLS as `store`'s identity on 127.0.0.1, port 0, in a
 /// task of its own, with the default limits; returns the address.
@@ -20,14 +40,12 @@ pub async fn serve_mtls_limited(
     routes: Routes,
     limits: &ServerLimits,
 ) -> Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let tls = server_config(store)?;
+    let (addr, incoming) = mtls_listener(store, limits).await?;
     tokio::spawn(
         limits
             .server()
             .add_routes(routes)
-            .serve_with_incoming(tls_incoming(listener, tls, store, limits)),
+            .serve_with_incoming(incoming),
     );
     Ok(addr)
 }

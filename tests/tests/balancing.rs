@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use tonic::service::Routes;
 use tonic::{Request, Response, Status};
-use weft_mesh::{CertStore, ClientOptions};
+use weft_mesh::ClientOptions;
 use weft_proto::inventory::v1 as pb;
 use weft_proto::inventory::v1::inventory_service_server::{
     InventoryService, InventoryServiceServer,
@@ -215,11 +215,7 @@ failing! {
 async fn failing_cluster() -> (Cluster, Arc<AtomicU64>) {
     let cluster = Cluster::new().unwrap();
     let received = Arc::new(AtomicU64::new(0));
-    let store = CertStore::load(
-        cluster.pki().service("inventory", "inventory").unwrap(),
-        Duration::from_secs(60),
-    )
-    .unwrap();
+    let store = cluster.inventory_store().unwrap();
     for n in 0..3 {
         // Health stays SERVING: only the calls fail.
         let (_reporter, health) = tonic_health::server::health_reporter();
@@ -359,11 +355,7 @@ async fn a_rolling_restart_with_drain_fails_no_call_even_unretried_ones() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn not_serving_takes_an_endpoint_out_within_a_round_trip() {
     let cluster = Cluster::new().unwrap();
-    let store = CertStore::load(
-        cluster.pki().service("inventory", "inventory").unwrap(),
-        Duration::from_secs(60),
-    )
-    .unwrap();
+    let store = cluster.inventory_store().unwrap();
     let mut reporters = Vec::new();
     for n in 0..2 {
         let (reporter, health) = tonic_health::server::health_reporter();
@@ -446,11 +438,7 @@ async fn with_retries_off_each_call_is_one_attempt() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endpoint_that_leaves_takes_its_metric_series_with_it() {
     let cluster = Cluster::new().unwrap();
-    let store = CertStore::load(
-        cluster.pki().service("inventory", "inventory").unwrap(),
-        Duration::from_secs(60),
-    )
-    .unwrap();
+    let store = cluster.inventory_store().unwrap();
     let mut addrs = Vec::new();
     let mut reporters = Vec::new();
     for n in 0..2 {

@@ -11,7 +11,6 @@ use tonic::transport::Server;
 use tonic::{Request, Response};
 use weft_mesh::{
     CertStore, ClientOptions, DeadlineLayer, MeshChannel, SpiffeId, client_config, mtls_channel,
-    server_config, tls_incoming,
 };
 use weft_proto::inventory::v1 as pb;
 use weft_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
@@ -20,6 +19,7 @@ use weft_proto::inventory::v1::inventory_service_server::{
 };
 use weft_tests::cluster::Cluster;
 use weft_tests::pki::TRUST_DOMAIN;
+use weft_tests::servers::mtls_listener;
 
 /// What the far end saw: the timeout it was given, and when its handler was
 /// abandoned.
@@ -65,19 +65,13 @@ async fn serve<S>(service: S, store: &CertStore) -> std::net::SocketAddr
 where
     S: InventoryService,
 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let (addr, incoming) = mtls_listener(store, &Default::default()).await.unwrap();
     let (_reporter, health) = tonic_health::server::health_reporter();
     let server = Server::builder()
         .layer(DeadlineLayer)
         .add_service(health)
         .add_service(InventoryServiceServer::new(service))
-        .serve_with_incoming(tls_incoming(
-            listener,
-            server_config(store).unwrap(),
-            store,
-            &Default::default(),
-        ));
+        .serve_with_incoming(incoming);
     tokio::spawn(server);
     addr
 }

@@ -15,7 +15,7 @@ use weft_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
 use weft_tests::TestDb;
 use weft_tests::moto::Moto;
 use weft_tests::pki::{TRUST_DOMAIN, TestPki};
-use weft_tests::process::{binary, service_env};
+use weft_tests::process::{ServiceProcess, binary, service_env};
 
 const NAME: &str = "/weft/test/policy/inventory";
 
@@ -65,14 +65,7 @@ async fn a_policy_in_ssm_is_read_at_start_and_followed() {
     let env = aws(NAME, port);
     let inventory = binary("weft-inventory").unwrap();
     let log = tempfile::NamedTempFile::new().unwrap();
-    let mut server = Command::new(&inventory)
-        .env_clear()
-        .envs(&env)
-        .stdin(Stdio::null())
-        .stdout(log.reopen().unwrap())
-        .stderr(log.reopen().unwrap())
-        .spawn()
-        .unwrap();
+    let mut server = ServiceProcess::start_logged(&inventory, &env, &log).unwrap();
     let client = |who: &str| {
         let store = CertStore::load(
             pki.operator(&format!("operator-{who}"), who).unwrap(),
@@ -92,7 +85,7 @@ async fn a_policy_in_ssm_is_read_at_start_and_followed() {
     let deadline = Instant::now() + Duration::from_secs(30);
     while bob.list_products(list()).await.is_err() {
         assert!(
-            Instant::now() < deadline && server.try_wait().unwrap().is_none(),
+            Instant::now() < deadline && !server.exited(),
             "never served: {}",
             std::fs::read_to_string(log.path()).unwrap()
         );
@@ -125,8 +118,7 @@ async fn a_policy_in_ssm_is_read_at_start_and_followed() {
     alice.list_products(list()).await.unwrap();
     let text = std::fs::read_to_string(log.path()).unwrap();
     assert!(text.contains("refused; keeping what is in use"), "{text}");
-    let _ = server.kill();
-    let _ = server.wait();
+    server.kill();
 
     // A server whose policy parameter does not exist does not start.
     let missing = Command::new(&inventory)

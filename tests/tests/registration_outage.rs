@@ -4,7 +4,7 @@
 //! (a Cloud Map incident must not crash-loop every new task).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use weft_discovery::Resolver;
@@ -12,7 +12,7 @@ use weft_discovery::cloudmap::{PollConfig, RegistrationMode};
 use weft_tests::TestDb;
 use weft_tests::moto::Moto;
 use weft_tests::pki::TestPki;
-use weft_tests::process::{binary, service_env};
+use weft_tests::process::{ServiceProcess, binary, service_env};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_started_while_cloud_map_is_down_registers_once_it_is_back() {
@@ -48,14 +48,7 @@ async fn a_service_started_while_cloud_map_is_down_registers_once_it_is_back() {
     );
     let inventory = binary("weft-inventory").unwrap();
     let log = tempfile::NamedTempFile::new().unwrap();
-    let mut server = Command::new(&inventory)
-        .env_clear()
-        .envs(&env)
-        .stdin(Stdio::null())
-        .stdout(log.reopen().unwrap())
-        .stderr(log.reopen().unwrap())
-        .spawn()
-        .unwrap();
+    let mut server = ServiceProcess::start_logged(&inventory, &env, &log).unwrap();
     let ready = || {
         Command::new(&inventory)
             .args(["health", "--ready"])
@@ -71,7 +64,7 @@ async fn a_service_started_while_cloud_map_is_down_registers_once_it_is_back() {
     // saying why in words an operator can act on.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(
-        server.try_wait().unwrap().is_none(),
+        !server.exited(),
         "exited: {}",
         std::fs::read_to_string(log.path()).unwrap()
     );
@@ -120,6 +113,5 @@ async fn a_service_started_while_cloud_map_is_down_registers_once_it_is_back() {
     })
     .await
     .expect("the instance never appeared healthy in Cloud Map");
-    let _ = server.kill();
-    let _ = server.wait();
+    server.kill();
 }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use tonic::transport::Server;
 use tonic::{Response, Status};
-use weft_mesh::{CertStore, Metrics, ObserveLayer, server_config, tls_incoming};
+use weft_mesh::{Metrics, ObserveLayer};
 use weft_proto::inventory::v1::inventory_service_server::InventoryServiceServer;
 use weft_service::metrics_endpoint::{Probes, serve_metrics};
 
@@ -25,6 +25,7 @@ use weft_proto::inventory::v1 as pb;
 use weft_tests::TestDb;
 use weft_tests::cluster::Cluster;
 use weft_tests::load::{Client, seed, wait_for_endpoints};
+use weft_tests::servers::mtls_listener;
 
 /// Calls per version, from the client's endpoint counters.
 fn by_version(channel: &MeshChannel) -> HashMap<String, u64> {
@@ -216,14 +217,9 @@ async fn serve_observed(
     cluster: &Cluster,
     service: Flaky,
 ) -> (std::net::SocketAddr, std::net::SocketAddr) {
-    let store = CertStore::load(
-        cluster.pki().service("inventory", "inventory").unwrap(),
-        Duration::from_secs(60),
-    )
-    .unwrap();
+    let store = cluster.inventory_store().unwrap();
     let metrics = Arc::new(Metrics::new());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let (addr, incoming) = mtls_listener(&store, &Default::default()).await.unwrap();
     let (_reporter, health) = tonic_health::server::health_reporter();
     let served: HashSet<String> =
         ["/weft.inventory.v1.InventoryService/GetStock".to_owned()].into();
@@ -232,12 +228,7 @@ async fn serve_observed(
             .layer(ObserveLayer::new(metrics.clone(), served))
             .add_service(health)
             .add_service(InventoryServiceServer::new(service))
-            .serve_with_incoming(tls_incoming(
-                listener,
-                server_config(&store).unwrap(),
-                &store,
-                &Default::default(),
-            )),
+            .serve_with_incoming(incoming),
     );
     let metrics_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let metrics_addr = metrics_listener.local_addr().unwrap();

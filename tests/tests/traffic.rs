@@ -17,10 +17,7 @@ use std::time::{Duration, Instant};
 use tonic::service::Routes;
 use tonic::transport::Server;
 use tonic::{Code, Response, Status};
-use weft_mesh::{
-    CertStore, ClientOptions, DeadlineLayer, MeshChannel, Policy, RetriesLayer, server_config,
-    tls_incoming,
-};
+use weft_mesh::{ClientOptions, DeadlineLayer, MeshChannel, Policy, RetriesLayer};
 use weft_proto::inventory::v1 as pb;
 use weft_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
 use weft_proto::inventory::v1::inventory_service_server::{
@@ -31,7 +28,7 @@ use weft_tests::cluster::Cluster;
 use weft_tests::inventory::{Inventory, config, mtls};
 use weft_tests::load::{Client, calls_by_id, finish, get_stock_load, wait_for_endpoints};
 use weft_tests::pki::TRUST_DOMAIN;
-use weft_tests::servers::serve_mtls;
+use weft_tests::servers::{mtls_listener, serve_mtls};
 
 /// Answers every GetStock at once with RESOURCE_EXHAUSTED, as a throttled
 /// backend does, while its health stays SERVING.
@@ -87,11 +84,7 @@ weft_tests::get_stock_only!(Working, |this, _request| {
 /// 4 workers, with the client charging overloaded answers `penalty`.
 async fn healthy_and_throttled_shares(penalty: Duration) -> (u64, u64) {
     let cluster = Cluster::new().unwrap();
-    let store = CertStore::load(
-        cluster.pki().service("inventory", "inventory").unwrap(),
-        Duration::from_secs(60),
-    )
-    .unwrap();
+    let store = cluster.inventory_store().unwrap();
     let healthy = Arc::new(AtomicU64::new(0));
     let (_reporter, health) = tonic_health::server::health_reporter();
     let routes =
@@ -254,25 +247,15 @@ async fn a_caller_over_its_rate_limit_is_pushed_back_and_another_is_not() {
 /// Serves `service` over mTLS as inventory of `cluster`'s PKI, with the
 /// layers that carry deadlines and the retry count across hops.
 async fn serve_hop<S: InventoryService>(cluster: &Cluster, service: S) -> std::net::SocketAddr {
-    let store = CertStore::load(
-        cluster.pki().service("inventory", "inventory").unwrap(),
-        Duration::from_secs(60),
-    )
-    .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let store = cluster.inventory_store().unwrap();
+    let (addr, incoming) = mtls_listener(&store, &Default::default()).await.unwrap();
     let (_reporter, health) = tonic_health::server::health_reporter();
     let server = Server::builder()
         .layer(DeadlineLayer)
         .layer(RetriesLayer)
         .add_service(health)
         .add_service(InventoryServiceServer::new(service))
-        .serve_with_incoming(tls_incoming(
-            listener,
-            server_config(&store).unwrap(),
-            &store,
-            &Default::default(),
-        ));
+        .serve_with_incoming(incoming);
     tokio::spawn(server);
     addr
 }
@@ -335,11 +318,7 @@ async fn a_three_hop_chain_failing_at_its_end_makes_at_most_the_bound_of_attempt
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_stay_in_the_zone_while_it_serves_and_spill_when_it_does_not() {
     let cluster = Cluster::new().unwrap();
-    let store = CertStore::load(
-        cluster.pki().service("inventory", "inventory").unwrap(),
-        Duration::from_secs(60),
-    )
-    .unwrap();
+    let store = cluster.inventory_store().unwrap();
     let mut reporters = Vec::new();
     let mut received = HashMap::new();
     for (id, zone) in [
@@ -526,11 +505,7 @@ async fn a_changed_policy_file_applies_within_a_poll_and_a_malformed_one_is_refu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_endpoint_s_share_grows_over_its_slow_start_window() {
     let cluster = Cluster::new().unwrap();
-    let store = CertStore::load(
-        cluster.pki().service("inventory", "inventory").unwrap(),
-        Duration::from_secs(60),
-    )
-    .unwrap();
+    let store = cluster.inventory_store().unwrap();
     let serve = |count: Arc<AtomicU64>| {
         let store = store.clone();
         async move {
@@ -553,20 +528,7 @@ async fn a_new_endpoint_s_share_grows_over_its_slow_start_window() {
     tokio::time::sleep(window).await;
 
     let running = Arc::new(AtomicBool::new(true));
-    let workers: Vec<_> = (0..4)
-        .map(|_| {
-            let mut client = InventoryServiceClient::new(channel.clone());
-            let running = running.clone();
-            tokio::spawn(async move {
-                while running.load(Ordering::Relaxed) {
-                    client
-                        .get_stock(pb::GetStockRequest { skus: vec![] })
-                        .await
-                        .unwrap();
-                }
-            })
-        })
-        .collect();
+    let workers = get_stock_load(&Client::new(channel.clone()), 4, &running);
     let new = Arc::new(AtomicU64::new(0));
     let addr = serve(new.clone()).await;
     cluster.register("new", addr).await.unwrap();
@@ -589,10 +551,8 @@ async fn a_new_endpoint_s_share_grows_over_its_slow_start_window() {
         );
         shares.push(new_calls as f64 / all.max(1) as f64);
     }
-    running.store(false, Ordering::Relaxed);
-    for w in workers {
-        w.await.unwrap();
-    }
+    let (_, failures) = finish(&running, workers).await.unwrap();
+    assert_eq!(failures, 0, "every call answered");
     eprintln!(
         "the new endpoint's share by quarter of its {window:?} slow start, then after: {:?}",
         shares.iter().map(|s| format!("{s:.3}")).collect::<Vec<_>>()
@@ -606,30 +566,20 @@ async fn a_new_endpoint_s_share_grows_over_its_slow_start_window() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_reporting_high_load_draws_fewer_calls() {
     let cluster = Cluster::new().unwrap();
-    let store = CertStore::load(
-        cluster.pki().service("inventory", "inventory").unwrap(),
-        Duration::from_secs(60),
-    )
-    .unwrap();
+    let store = cluster.inventory_store().unwrap();
     let mut counts = HashMap::new();
     for (id, utilization) in [("busy", 0.9), ("idle", 0.1)] {
         let gauge = Arc::new(weft_mesh::LoadGauge::default());
         gauge.set(utilization);
         let count = Arc::new(AtomicU64::new(0));
         let (_reporter, health) = tonic_health::server::health_reporter();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        let (addr, incoming) = mtls_listener(&store, &Default::default()).await.unwrap();
         tokio::spawn(
             Server::builder()
                 .layer(weft_mesh::LoadReportLayer::new(gauge))
                 .add_service(health)
                 .add_service(InventoryServiceServer::new(Answering(count.clone())))
-                .serve_with_incoming(tls_incoming(
-                    listener,
-                    server_config(&store).unwrap(),
-                    &store,
-                    &Default::default(),
-                )),
+                .serve_with_incoming(incoming),
         );
         cluster.register(id, addr).await.unwrap();
         counts.insert(id, count);
@@ -639,25 +589,10 @@ async fn a_server_reporting_high_load_draws_fewer_calls() {
     let running = Arc::new(AtomicBool::new(true));
     // Two at a time: with four, calls in flight on the idle one would
     // outweigh the report (a cost at most fivefold) more often.
-    let workers: Vec<_> = (0..2)
-        .map(|_| {
-            let mut client = InventoryServiceClient::new(channel.clone());
-            let running = running.clone();
-            tokio::spawn(async move {
-                while running.load(Ordering::Relaxed) {
-                    client
-                        .get_stock(pb::GetStockRequest { skus: vec![] })
-                        .await
-                        .unwrap();
-                }
-            })
-        })
-        .collect();
+    let workers = get_stock_load(&Client::new(channel.clone()), 2, &running);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    running.store(false, Ordering::Relaxed);
-    for w in workers {
-        w.await.unwrap();
-    }
+    let (_, failures) = finish(&running, workers).await.unwrap();
+    assert_eq!(failures, 0, "every call answered");
     let (busy, idle) = (
         counts["busy"].load(Ordering::Relaxed),
         counts["idle"].load(Ordering::Relaxed),
