@@ -217,46 +217,8 @@ impl Metrics {
                 "Attempts sent to an endpoint in another Availability Zone",
                 m.client_cross_zone.clone(),
             );
-            r.register(
-                "routes_applied",
-                "Route tables applied from the routes source",
-                m.routes.applied.clone(),
-            );
-            r.register(
-                "routes_rejected",
-                "Route tables refused as malformed (the table in use was kept)",
-                m.routes.rejected.clone(),
-            );
-            r.register(
-                "routes_fetch_errors",
-                "Reads of the routes source that failed",
-                m.routes.fetch_errors.clone(),
-            );
-            r.register(
-                "routes_stale",
-                "1 while the routes source holds a table that was refused",
-                m.routes.stale.clone(),
-            );
-            r.register(
-                "policy_applied",
-                "Policies applied from the policy file",
-                m.policy.applied.clone(),
-            );
-            r.register(
-                "policy_rejected",
-                "Policies in the policy file refused (the policy in use was kept)",
-                m.policy.rejected.clone(),
-            );
-            r.register(
-                "policy_fetch_errors",
-                "Reads of the policy file that failed",
-                m.policy.fetch_errors.clone(),
-            );
-            r.register(
-                "policy_stale",
-                "1 while the policy file holds a policy that was refused",
-                m.policy.stale.clone(),
-            );
+            register_source(&mut r, "routes", "route tables", &m.routes);
+            register_source(&mut r, "policy", "policies", &m.policy);
             r.register(
                 "client_requests",
                 "Attempts sent to an endpoint",
@@ -373,6 +335,32 @@ impl Metrics {
         }
         text
     }
+}
+
+/// Registers a live source's counters (see `SourceEvents`) as
+/// `{name}_applied`, `{name}_rejected`, `{name}_fetch_errors` and
+/// `{name}_stale`, `what` naming what it holds.
+fn register_source(r: &mut Registry, name: &str, what: &str, events: &crate::client::SourceEvents) {
+    r.register(
+        format!("{name}_applied"),
+        format!("Values ({what}) applied from the {name} source"),
+        events.applied.clone(),
+    );
+    r.register(
+        format!("{name}_rejected"),
+        format!("Values ({what}) refused as malformed; the one in use was kept"),
+        events.rejected.clone(),
+    );
+    r.register(
+        format!("{name}_fetch_errors"),
+        format!("Reads of the {name} source that failed"),
+        events.fetch_errors.clone(),
+    );
+    r.register(
+        format!("{name}_stale"),
+        format!("1 while the {name} source holds a value ({what}) that was refused"),
+        events.stale.clone(),
+    );
 }
 
 /// The name of a gRPC status code as the specification spells it.

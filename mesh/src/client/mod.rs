@@ -462,15 +462,23 @@ impl Inner {
                 }
                 let response = record.answered(response);
                 match status {
-                    Some(tonic::Code::Unavailable) => {
+                    Some(code @ tonic::Code::Unavailable) => {
                         endpoint.call_failed();
-                        Attempt::Refused { response, pushback }
+                        Attempt::Refused {
+                            response,
+                            code,
+                            pushback,
+                        }
                     }
                     // Busy, not broken: no step toward ejection.
-                    Some(tonic::Code::ResourceExhausted) => Attempt::Refused { response, pushback },
+                    Some(code @ tonic::Code::ResourceExhausted) => Attempt::Refused {
+                        response,
+                        code,
+                        pushback,
+                    },
                     _ => {
                         endpoint.call_succeeded();
-                        Attempt::Answered(response)
+                        Attempt::Answered(response, status)
                     }
                 }
             }
@@ -506,7 +514,7 @@ impl Inner {
             .attempt(&endpoint, http::Request::from_parts(parts, body))
             .await
         {
-            Attempt::Answered(response) | Attempt::Refused { response, .. } => Ok(response),
+            Attempt::Answered(response, _) | Attempt::Refused { response, .. } => Ok(response),
             Attempt::Failed { error, .. } => Err(self.unavailable(&error)),
         }
     }
@@ -551,28 +559,30 @@ impl Inner {
             let can_retry = attempt < max_attempts;
             match self.attempt(&endpoint, request).await {
                 // A route may make other codes retryable for this method.
-                Attempt::Answered(response)
+                Attempt::Answered(response, code)
                     if !(safe_method
                         && can_retry
-                        && retry_on.is_some_and(|codes| {
-                            status_in(response.headers()).is_some_and(|c| codes.contains(&c))
-                        })
+                        && retry_on
+                            .is_some_and(|codes| code.is_some_and(|c| codes.contains(&c)))
                         && self.may_retry(parts.uri.path())) =>
                 {
                     return Ok(response);
                 }
-                Attempt::Answered(_) => {
+                Attempt::Answered(..) => {
                     tried.push(endpoint.id.clone());
                     continue;
                 }
-                Attempt::Refused { response, pushback } => {
+                Attempt::Refused {
+                    response,
+                    code,
+                    pushback,
+                } => {
                     // By default UNAVAILABLE is retried, and
                     // RESOURCE_EXHAUSTED when the server says when; a route
                     // may name the codes instead.
-                    let code = status_in(response.headers());
                     let retryable = match retry_on {
-                        Some(codes) => code.is_some_and(|c| codes.contains(&c)),
-                        None => code == Some(tonic::Code::Unavailable) || pushback.is_some(),
+                        Some(codes) => codes.contains(&code),
+                        None => code == tonic::Code::Unavailable || pushback.is_some(),
                     };
                     if !retryable {
                         return Ok(response);
@@ -640,12 +650,14 @@ fn mark_attempt(headers: &mut http::HeaderMap, spent: u32, retry: u32) {
 
 /// What one attempt came to.
 enum Attempt {
-    /// A response other than UNAVAILABLE or RESOURCE_EXHAUSTED.
-    Answered(http::Response<tonic::body::Body>),
+    /// A response other than UNAVAILABLE or RESOURCE_EXHAUSTED, with its
+    /// status when it is trailers-only.
+    Answered(http::Response<tonic::body::Body>, Option<tonic::Code>),
     /// A trailers-only UNAVAILABLE or RESOURCE_EXHAUSTED, with the server's
     /// push-back if it gave one.
     Refused {
         response: http::Response<tonic::body::Body>,
+        code: tonic::Code,
         pushback: Option<Pushback>,
     },
     /// No response: a transport error, and whether the request never left.

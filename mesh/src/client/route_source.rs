@@ -252,11 +252,6 @@ impl Routes {
     pub fn service(&self, service: &str) -> Option<Arc<ServiceRoutes>> {
         self.0.rx.borrow().service(service).cloned()
     }
-
-    /// A receiver that sees every new table (for tests and tools).
-    pub fn watch(&self) -> watch::Receiver<Arc<RouteTable>> {
-        self.0.watch()
-    }
 }
 
 struct Poller<S, T> {

@@ -256,11 +256,6 @@ impl ServiceRoutes {
             .unwrap_or_else(|| self.default.clone())
     }
 
-    /// Whether any rule places calls (rather than only timing them).
-    pub fn places_calls(&self) -> bool {
-        !self.matches.is_empty() || self.total > 0
-    }
-
     /// The split: each subset and its weight.
     pub fn split(&self) -> &[(Subset, u32)] {
         &self.split

@@ -48,6 +48,9 @@ pub enum Step {
 macro_rules! names {
     ($ty:ty { $($variant:ident = $name:literal),* $(,)? }) => {
         impl $ty {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [Self] = &[$(Self::$variant),*];
+
             /// The name stored in the database.
             pub fn as_str(self) -> &'static str {
                 match self { $(Self::$variant => $name),* }
@@ -319,17 +322,7 @@ mod tests {
 
     #[test]
     fn names_round_trip_and_keys_differ_by_step() {
-        for step in [
-            Step::Reserve,
-            Step::Authorize,
-            Step::Commit,
-            Step::Capture,
-            Step::Void,
-            Step::Release,
-            Step::Refund,
-            Step::Restock,
-            Step::Done,
-        ] {
+        for &step in Step::ALL {
             assert_eq!(Step::parse(step.as_str()), Some(step));
         }
         assert_eq!(order().key(Step::Reserve), "order/o1/reserve");
