@@ -26,7 +26,9 @@ use weft_proto::inventory::v1::inventory_service_server::{
 use weft_tests::TestDb;
 use weft_tests::cluster::Cluster;
 use weft_tests::inventory::{Inventory, config, mtls};
-use weft_tests::load::{Client, calls_by_id, finish, get_stock_load, wait_for_endpoints};
+use weft_tests::load::{
+    Client, calls_by_id, finish, get_stock_load, measuring_shares, wait_for_endpoints,
+};
 use weft_tests::pki::TRUST_DOMAIN;
 use weft_tests::servers::{mtls_listener, serve_mtls};
 
@@ -83,6 +85,7 @@ weft_tests::get_stock_only!(Working, |this, _request| {
 /// Calls a healthy stand-in and a throttled one drew over 2 s of load from
 /// 4 workers, with the client charging overloaded answers `penalty`.
 async fn healthy_and_throttled_shares(penalty: Duration) -> (u64, u64) {
+    let _alone = measuring_shares().await;
     let cluster = Cluster::new().unwrap();
     let store = cluster.inventory_store().unwrap();
     let healthy = Arc::new(AtomicU64::new(0));
@@ -317,6 +320,7 @@ async fn a_three_hop_chain_failing_at_its_end_makes_at_most_the_bound_of_attempt
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_stay_in_the_zone_while_it_serves_and_spill_when_it_does_not() {
+    let _alone = measuring_shares().await;
     let cluster = Cluster::new().unwrap();
     let store = cluster.inventory_store().unwrap();
     let mut reporters = Vec::new();
@@ -504,6 +508,7 @@ async fn a_changed_policy_file_applies_within_a_poll_and_a_malformed_one_is_refu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_endpoint_s_share_grows_over_its_slow_start_window() {
+    let _alone = measuring_shares().await;
     let cluster = Cluster::new().unwrap();
     let store = cluster.inventory_store().unwrap();
     let serve = |count: Arc<AtomicU64>| {
@@ -541,10 +546,12 @@ async fn a_new_endpoint_s_share_grows_over_its_slow_start_window() {
             .map(|e| e.calls.load(Ordering::Relaxed))
             .sum::<u64>()
     };
+    // Four quarters, then twice as long after the window, where the share
+    // is steadier.
     let mut shares = Vec::new();
-    for _ in 0..5 {
+    for period in [window / 4, window / 4, window / 4, window / 4, window / 2] {
         let (new_before, all_before) = (new.load(Ordering::Relaxed), total());
-        tokio::time::sleep(window / 4).await;
+        tokio::time::sleep(period).await;
         let (new_calls, all) = (
             new.load(Ordering::Relaxed) - new_before,
             total() - all_before,
@@ -565,6 +572,7 @@ async fn a_new_endpoint_s_share_grows_over_its_slow_start_window() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_reporting_high_load_draws_fewer_calls() {
+    let _alone = measuring_shares().await;
     let cluster = Cluster::new().unwrap();
     let store = cluster.inventory_store().unwrap();
     let mut counts = HashMap::new();
