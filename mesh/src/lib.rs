@@ -28,7 +28,7 @@ pub use client::{
     MeshClientError, RouteFetch, RoutePolling, RouteTable, Routes, SourceEvents,
 };
 pub use client_tls::{ClientTls, client_config};
-pub use connector::{MtlsConnector, mtls_channel, plaintext_channel};
+pub use connector::{Gathered, MtlsConnector, mtls_channel, plaintext_channel};
 pub use deadline::{DeadlineLayer, current_deadline};
 pub use drain::{DrainConfig, serve_with_drain};
 pub use identity::{IdentityError, Kind, SpiffeId};

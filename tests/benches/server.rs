@@ -5,8 +5,15 @@
 //! its connection limits and accept loop, observation (span and metrics per
 //! call), authorization, deadlines, health and reflection; the bare one is
 //! tonic's `Server` on rustls with the same server configuration and no
-//! layers. Each row runs bare and Weft in turn, `REPS` times each,
-//! interleaved, and prints the median Weft/bare ratio with its spread.
+//! layers. Each row runs bare, Weft and bare again in a rotating order,
+//! `REPS` times each, and prints the median Weft/bare ratio with its
+//! spread, beside the same ratio between the two bare runs (the control:
+//! what the bench cannot tell from no difference).
+//! Beside throughput it prints the server's CPU time per call (this
+//! process's, while only one of the servers is loaded): on two cores shared
+//! with the load generator, throughput moves with scheduling from run to
+//! run, while the CPU a call costs the server is what a larger machine
+//! would turn into throughput, and varies much less.
 //! Run: `cargo bench -p weft-tests --bench server`.
 
 // Bench code: a panic is a failed run with its location.
@@ -27,8 +34,9 @@ use weft_service::{Config, Served, Transport};
 use weft_tests::bench::{self, median, ratio_summary};
 use weft_tests::pki::TestPki;
 
-/// Interleaved repetitions of each side per row.
-const REPS: usize = 5;
+/// Repetitions per row, each running every side once (a multiple of three,
+/// so that the rotating order puts every side in every place equally).
+const REPS: usize = 6;
 /// Seconds each repetition runs.
 const SECONDS: &str = "2";
 
@@ -126,13 +134,17 @@ async fn weft_server(identity: weft_mesh::IdentityPaths) -> SocketAddr {
     addr
 }
 
-/// (calls per second, p50 µs, p99 µs) from one run of the load generator.
-async fn load(
-    addr: SocketAddr,
-    pki: &TestPki,
-    server_id: &str,
-    concurrency: usize,
-) -> (f64, f64, f64) {
+/// One run of the load generator against one server.
+struct Run {
+    /// Calls per second.
+    rate: f64,
+    p50_us: f64,
+    p99_us: f64,
+    /// This process's CPU time per call, in microseconds.
+    cpu_us: f64,
+}
+
+async fn load(addr: SocketAddr, pki: &TestPki, server_id: &str, concurrency: usize) -> Run {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_weft-bench-load"));
     command
         .arg(addr.to_string())
@@ -141,10 +153,12 @@ async fn load(
         .arg(server_id)
         .arg(concurrency.to_string())
         .arg(SECONDS);
+    let cpu_before = weft_service::load::cpu_seconds().unwrap();
     let out = tokio::task::spawn_blocking(move || command.output())
         .await
         .unwrap()
         .unwrap();
+    let cpu = weft_service::load::cpu_seconds().unwrap() - cpu_before;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
@@ -159,11 +173,12 @@ async fn load(
             .unwrap()
     };
     assert_eq!(field("errors"), 0.0, "{text}");
-    (
-        field("calls") / field("seconds"),
-        field("p50_us"),
-        field("p99_us"),
-    )
+    Run {
+        rate: field("calls") / field("seconds"),
+        p50_us: field("p50_us"),
+        p99_us: field("p99_us"),
+        cpu_us: cpu * 1e6 / field("calls").max(1.0),
+    }
 }
 
 async fn run() {
@@ -179,37 +194,48 @@ async fn run() {
     load(weft, &pki, &server_id, 1).await;
 
     println!(
-        "| concurrency | bare calls/s (median) | Weft calls/s (median) | Weft/bare ratio, median (min–max of {REPS}) | p50 µs bare / Weft | p99 µs bare / Weft |"
+        "| concurrency | bare calls/s (median) | Weft calls/s (median) | Weft/bare calls/s, median (min–max of {REPS}) | control: bare/bare calls/s | p50 µs bare / Weft | p99 µs bare / Weft | server CPU µs per call bare / Weft (median) | bare/Weft CPU per call | control: bare/bare CPU per call |"
     );
-    println!("| --- | --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for concurrency in [1, 16, 256] {
-        let (mut b_rates, mut w_rates, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-        let (mut b_p, mut w_p) = (Vec::new(), Vec::new());
-        for _ in 0..REPS {
-            let b = load(bare, &pki, &server_id, concurrency).await;
-            let w = load(weft, &pki, &server_id, concurrency).await;
-            b_rates.push(b.0);
-            w_rates.push(w.0);
-            ratios.push(w.0 / b.0);
-            b_p.push((b.1, b.2));
-            w_p.push((w.1, w.2));
+        // Each repetition runs bare, Weft and bare again, in an order that
+        // rotates, so that each takes each place equally often: a run's
+        // place in the sequence moves its figures by as much as the
+        // difference being measured. The second bare run is the control:
+        // how far apart two runs of the same server land.
+        let mut runs: [Vec<Run>; 3] = Default::default();
+        for rep in 0..REPS {
+            for k in 0..3 {
+                let side = (rep + k) % 3;
+                let addr = if side == 1 { weft } else { bare };
+                runs[side].push(load(addr, &pki, &server_id, concurrency).await);
+            }
         }
-        let p = |v: &[(f64, f64)], i: usize| {
-            median(
-                &v.iter()
-                    .map(|x| if i == 0 { x.0 } else { x.1 })
+        let [bare_runs, weft_runs, again] = &runs;
+        let of = |runs: &[Run], f: fn(&Run) -> f64| median(&runs.iter().map(f).collect::<Vec<_>>());
+        let per_rep = |over: &[Run], under: &[Run], f: fn(&Run, &Run) -> f64| {
+            ratio_summary(
+                &over
+                    .iter()
+                    .zip(under)
+                    .map(|(o, u)| f(o, u))
                     .collect::<Vec<_>>(),
             )
         };
         println!(
-            "| {concurrency} | {:.0} | {:.0} | {} | {:.0} / {:.0} | {:.0} / {:.0} |",
-            median(&b_rates),
-            median(&w_rates),
-            ratio_summary(&ratios),
-            p(&b_p, 0),
-            p(&w_p, 0),
-            p(&b_p, 1),
-            p(&w_p, 1),
+            "| {concurrency} | {:.0} | {:.0} | {} | {} | {:.0} / {:.0} | {:.0} / {:.0} | {:.1} / {:.1} | {} | {} |",
+            of(bare_runs, |r| r.rate),
+            of(weft_runs, |r| r.rate),
+            per_rep(weft_runs, bare_runs, |o, u| o.rate / u.rate),
+            per_rep(again, bare_runs, |o, u| o.rate / u.rate),
+            of(bare_runs, |r| r.p50_us),
+            of(weft_runs, |r| r.p50_us),
+            of(bare_runs, |r| r.p99_us),
+            of(weft_runs, |r| r.p99_us),
+            of(bare_runs, |r| r.cpu_us),
+            of(weft_runs, |r| r.cpu_us),
+            per_rep(bare_runs, weft_runs, |o, u| o.cpu_us / u.cpu_us),
+            per_rep(bare_runs, again, |o, u| o.cpu_us / u.cpu_us),
         );
     }
 }

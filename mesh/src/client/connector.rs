@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
@@ -30,10 +31,10 @@ impl MtlsConnector {
     }
 }
 
-type Connecting = Pin<Box<dyn Future<Output = io::Result<TokioIo<TlsStream<TcpStream>>>> + Send>>;
+type Connecting = Pin<Box<dyn Future<Output = io::Result<TokioIo<Gathered>>> + Send>>;
 
 impl tower::Service<Uri> for MtlsConnector {
-    type Response = TokioIo<TlsStream<TcpStream>>;
+    type Response = TokioIo<Gathered>;
     type Error = io::Error;
     type Future = Connecting;
 
@@ -64,8 +65,47 @@ impl tower::Service<Uri> for MtlsConnector {
                     format!("resumed session refused: {e}"),
                 )
             })?;
-            Ok(TokioIo::new(stream))
+            Ok(TokioIo::new(Gathered(stream)))
         })
+    }
+}
+
+/// A client's TLS stream, saying it takes no vectored writes: hyper's
+/// HTTP/2 then gathers a flush's frames into one buffer and hands rustls
+/// one write, instead of every frame head and payload as a slice of its
+/// own, which costs more CPU per call (see the server's `MeshConn`).
+#[derive(Debug)]
+pub struct Gathered(TlsStream<TcpStream>);
+
+impl AsyncRead for Gathered {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Gathered {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        false
     }
 }
 

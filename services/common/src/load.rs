@@ -18,8 +18,8 @@ const EVERY: Duration = Duration::from_secs(1);
 const TICKS_PER_SECOND: f64 = 100.0;
 
 /// The process's CPU time so far, in seconds, from /proc/self/stat (`None`
-/// where there is no /proc).
-fn cpu_seconds() -> Option<f64> {
+/// where there is no /proc), in steps of a hundredth of a second.
+pub fn cpu_seconds() -> Option<f64> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     // The command name is in parentheses and may hold spaces: count from
     // after it. utime and stime are the 14th and 15th fields.
