@@ -35,6 +35,13 @@ impl Injector for HeaderInjector<'_> {
 
 /// Makes `span` a child of the trace in `headers`, when they carry one.
 pub fn continue_trace(span: &tracing::Span, headers: &http::HeaderMap) {
+    // Most calls carry no trace, or have no span to continue it in (no
+    // subscriber records spans): extracting would cost every call a
+    // propagator and its header lookups for nothing.
+    const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+    if span.is_disabled() || !headers.contains_key(TRACEPARENT) {
+        return;
+    }
     let cx = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
     if cx.span().span_context().is_valid()
         && let Err(e) = span.set_parent(cx)

@@ -13,6 +13,10 @@ use tower::{Layer, Service};
 
 use crate::server::scoped::MaybeScoped;
 
+/// gRPC's deadline key, as a `HeaderName`: read on every call, hashed
+/// without being parsed.
+const GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
+
 tokio::task_local! {
     static DEADLINE: Instant;
 }
@@ -91,7 +95,7 @@ where
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let timeout = request
             .headers()
-            .get("grpc-timeout")
+            .get(GRPC_TIMEOUT)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_grpc_timeout);
         let future = self.inner.call(request);

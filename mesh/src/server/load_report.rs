@@ -11,17 +11,30 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::task::{Context, Poll};
 
+use arc_swap::ArcSwap;
 use tonic::codegen::http;
 use tower::{Layer, Service};
 
 /// The metadata key of a response's load report.
-pub const LOAD_HEADER: &str = "weft-load-utilization";
+pub const LOAD_HEADER: http::HeaderName = http::HeaderName::from_static("weft-load-utilization");
 
 /// The utilization a server reports, kept by whatever samples it.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct LoadGauge {
     /// In thousandths, from 0 to 1000.
     permille: AtomicU32,
+    /// The header saying `permille`, made when it is set (about once a
+    /// second) rather than formatted again for every response.
+    header: ArcSwap<http::HeaderValue>,
+}
+
+impl Default for LoadGauge {
+    fn default() -> Self {
+        Self {
+            permille: AtomicU32::new(0),
+            header: ArcSwap::from_pointee(header_for(0)),
+        }
+    }
 }
 
 impl LoadGauge {
@@ -29,6 +42,7 @@ impl LoadGauge {
     pub fn set(&self, utilization: f64) {
         let permille = (utilization.clamp(0.0, 1.0) * 1000.0).round() as u32;
         self.permille.store(permille, Ordering::Relaxed);
+        self.header.store(Arc::new(header_for(permille)));
     }
 
     /// The utilization now.
@@ -37,10 +51,16 @@ impl LoadGauge {
     }
 
     fn header(&self) -> http::HeaderValue {
-        let permille = self.permille.load(Ordering::Relaxed).min(1000);
-        http::HeaderValue::from_str(&format!("{}.{:03}", permille / 1000, permille % 1000))
-            .unwrap_or_else(|_| http::HeaderValue::from_static("0"))
+        // A clone shares the value's bytes.
+        http::HeaderValue::clone(&self.header.load())
     }
+}
+
+/// The header value of a utilization in thousandths: "0.457", "1.000".
+fn header_for(permille: u32) -> http::HeaderValue {
+    let permille = permille.min(1000);
+    http::HeaderValue::from_str(&format!("{}.{:03}", permille / 1000, permille % 1000))
+        .unwrap_or_else(|_| http::HeaderValue::from_static("0"))
 }
 
 /// A load report read from a response: the utilization, if the header is

@@ -29,7 +29,10 @@ impl<B> std::fmt::Debug for Observed<B> {
 
 /// The gRPC status in a header map, if there is one.
 pub fn status_in(headers: &http::HeaderMap) -> Option<Code> {
-    let value = headers.get("grpc-status")?.to_str().ok()?;
+    // A `HeaderName` constant: looked up on every response, hashed without
+    // being parsed.
+    const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+    let value = headers.get(GRPC_STATUS)?.to_str().ok()?;
     Some(Code::from_i32(value.parse().ok()?))
 }
 

@@ -14,11 +14,13 @@ use tower::{Layer, Service};
 
 use crate::server::scoped::MaybeScoped;
 
-/// The metadata key carrying the retries spent on an attempt's path.
-pub const RETRIES_HEADER: &str = "weft-retries";
+/// The metadata key carrying the retries spent on an attempt's path (a
+/// `HeaderName`, so a lookup on every call hashes it without parsing it).
+pub const RETRIES_HEADER: http::HeaderName = http::HeaderName::from_static("weft-retries");
 /// gRPC's key for an attempt's number less one, sent by gRPC clients that
 /// retry (and by Weft's, for them).
-pub const PREVIOUS_ATTEMPTS_HEADER: &str = "grpc-previous-rpc-attempts";
+pub const PREVIOUS_ATTEMPTS_HEADER: http::HeaderName =
+    http::HeaderName::from_static("grpc-previous-rpc-attempts");
 /// The most a caller's count is taken at: any count at or above the bound
 /// means "no retries left", and a larger number means nothing more.
 const MOST: u32 = 1_000;
@@ -43,7 +45,7 @@ pub async fn with_retries_spent<F: Future>(spent: u32, future: F) -> F::Output {
 /// the larger of Weft's count and gRPC's previous attempts; unreadable
 /// values count as none.
 pub fn spent_in(headers: &http::HeaderMap) -> u32 {
-    let read = |key: &str| {
+    let read = |key: http::HeaderName| {
         headers
             .get(key)
             .and_then(|v| v.to_str().ok())
