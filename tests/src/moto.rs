@@ -71,6 +71,10 @@ impl Moto {
     /// An SSM client of this emulator, bounded as a task's would be (one
     /// attempt, short timeouts), with dummy credentials.
     pub fn ssm(&self) -> aws_sdk_ssm::Client {
+        self.ssm_client(1, Duration::from_secs(2))
+    }
+
+    fn ssm_client(&self, attempts: u32, timeout: Duration) -> aws_sdk_ssm::Client {
         use aws_sdk_ssm::config::retry::RetryConfig;
         use aws_sdk_ssm::config::timeout::TimeoutConfig;
         use aws_sdk_ssm::config::{BehaviorVersion, Credentials, Region};
@@ -80,11 +84,11 @@ impl Moto {
                 .endpoint_url(self.url())
                 .region(Region::new("us-east-1"))
                 .credentials_provider(Credentials::new("testing", "testing", None, None, "test"))
-                .retry_config(RetryConfig::standard().with_max_attempts(1))
+                .retry_config(RetryConfig::standard().with_max_attempts(attempts))
                 .timeout_config(
                     TimeoutConfig::builder()
                         .connect_timeout(Duration::from_secs(1))
-                        .operation_timeout(Duration::from_secs(2))
+                        .operation_timeout(timeout)
                         .build(),
                 )
                 .build(),
@@ -92,8 +96,11 @@ impl Moto {
     }
 
     /// Sets SSM parameter `name` (a String) to `value` on this emulator.
+    /// A test's own setup, not what it measures: the emulator's first SSM
+    /// request loads its SSM backend, which takes seconds on a busy
+    /// machine, so this waits longer than a task's client would.
     pub async fn put_parameter(&self, name: &str, value: &str) -> Result<()> {
-        self.ssm()
+        self.ssm_client(3, Duration::from_secs(60))
             .put_parameter()
             .name(name)
             .value(value)

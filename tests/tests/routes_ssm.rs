@@ -98,6 +98,9 @@ async fn a_route_table_in_ssm_is_followed_through_changes_and_outages() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_parameter_means_no_routes() {
     let moto = Moto::start().await.unwrap();
+    // Another parameter, so the emulator's SSM backend is loaded before the
+    // bounded client's first read.
+    moto.put_parameter("/weft/test/other", "x").await.unwrap();
     let client = moto.ssm();
     let events = SourceEvents::default();
     let routes = Routes::follow(
