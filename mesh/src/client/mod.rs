@@ -278,7 +278,7 @@ impl Inner {
         let now = tokio::time::Instant::now();
         let own = parts
             .headers
-            .get("grpc-timeout")
+            .get(crate::deadline::GRPC_TIMEOUT)
             .and_then(|v| v.to_str().ok())
             .and_then(crate::deadline::parse_grpc_timeout)
             .map(|t| now + t);
@@ -325,7 +325,7 @@ impl Inner {
         if let Ok(value) =
             http::HeaderValue::from_str(&crate::deadline::format_grpc_timeout(remaining))
         {
-            parts.headers.insert("grpc-timeout", value);
+            parts.headers.insert(crate::deadline::GRPC_TIMEOUT, value);
         }
         let expired = || {
             Status::deadline_exceeded(format!("deadline exceeded calling {}", self.service)).into()

@@ -13,9 +13,9 @@ use tower::{Layer, Service};
 
 use crate::server::scoped::MaybeScoped;
 
-/// gRPC's deadline key, as a `HeaderName`: read on every call, hashed
-/// without being parsed.
-const GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
+/// gRPC's deadline key, as a `HeaderName`: read (server and client) and
+/// written (client) on every call, hashed without being parsed.
+pub const GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
 
 tokio::task_local! {
     static DEADLINE: Instant;
