@@ -52,8 +52,10 @@ impl Idempotency {
     }
 }
 
-/// The metadata key of a server's push-back.
-pub const PUSHBACK_HEADER: &str = "grpc-retry-pushback-ms";
+/// The metadata key of a server's push-back (a `HeaderName`: the client
+/// looks for it on every response, hashed without being parsed).
+pub const PUSHBACK_HEADER: tonic::codegen::http::HeaderName =
+    tonic::codegen::http::HeaderName::from_static("grpc-retry-pushback-ms");
 
 /// What a server's push-back asks of a retry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
