@@ -13,10 +13,10 @@ use weft_proto::money::v1::Money;
 /// An inventory client over the mesh.
 pub type Client = pb::inventory_service_client::InventoryServiceClient<MeshChannel>;
 
-/// Held by a test while it measures how calls are shared among endpoints:
-/// the other tests of its binary then run before or after it, not beside
-/// it, so their work adds no scheduling delay to the latencies the balancer
-/// weighs. One delayed answer raises an endpoint's peak estimate at once,
+/// Held by a test while it measures how calls are shared among endpoints,
+/// and by the tests of its binary that load the machine (steady calls,
+/// restarts): those run before or after it, not beside it, so their work
+/// adds no scheduling delay to the latencies the balancer weighs. One delayed answer raises an endpoint's peak estimate at once,
 /// and the estimate takes seconds to decay, which would skew the shares.
 pub async fn measuring_shares() -> tokio::sync::MutexGuard<'static, ()> {
     static SHARES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

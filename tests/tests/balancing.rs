@@ -19,13 +19,15 @@ use weft_proto::inventory::v1::inventory_service_server::{
 use weft_tests::TestDb;
 use weft_tests::cluster::Cluster;
 use weft_tests::load::{
-    Client, KillReport, calls_by_id, finish, get_stock_load as load, kill_under_load, seed,
-    wait_for_endpoints,
+    Client, KillReport, calls_by_id, finish, get_stock_load as load, kill_under_load,
+    measuring_shares, seed, wait_for_endpoints,
 };
 use weft_tests::servers::serve_mtls;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_one_of_three_fails_no_idempotent_call() {
+    // Its load and restarts would delay the share test's calls.
+    let _alone = measuring_shares().await;
     let db = TestDb::create().await.unwrap();
     let mut cluster = Cluster::new().unwrap();
     for _ in 0..3 {
@@ -110,6 +112,7 @@ async fn delaying_proxy(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_instance_gets_a_much_smaller_share() {
+    let _alone = measuring_shares().await;
     let db = TestDb::create().await.unwrap();
     let mut cluster = Cluster::new().unwrap();
     cluster.add(&db, None).await.unwrap();
@@ -279,6 +282,8 @@ async fn the_retry_budget_stops_retries_when_every_instance_fails() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_with_drain_fails_no_call_even_unretried_ones() {
+    // Its load and restarts would delay the share test's calls.
+    let _alone = measuring_shares().await;
     let db = TestDb::create().await.unwrap();
     let mut cluster = Cluster::new().unwrap();
     for _ in 0..3 {
