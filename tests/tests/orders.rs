@@ -535,13 +535,14 @@ async fn another_callers_use_of_a_saga_key_breaks_neither_the_order_nor_its_canc
     mesh.stop().await.unwrap();
 }
 
-/// A step that keeps failing (a compensation waiting for an operator)
-/// retries for as long as it takes; its retries are logged at attempts 1,
-/// 2, 4, 8, …, so the saga log grows with the logarithm of the retries.
-#[tokio::test]
-async fn a_step_that_keeps_failing_logs_its_retries_at_powers_of_two() {
-    let db = TestDb::create().await.unwrap();
-    let cfg = weft_tests::inventory::config(&db, weft_service::Transport::Plaintext);
+/// A store on `db` (migrated) holding one order, placed and leased to
+/// `owner`, with no service running.
+async fn placed_in_store(
+    db: &TestDb,
+    owner: &str,
+    lease: Duration,
+) -> (weft_orders::store::Store, weft_orders::domain::Order) {
+    let cfg = weft_tests::inventory::config(db, weft_service::Transport::Plaintext);
     weft_service::migrate(&cfg, weft_orders::server::migrations(), "orders")
         .await
         .unwrap();
@@ -560,8 +561,70 @@ async fn a_step_that_keeps_failing_logs_its_retries_at_powers_of_two() {
             unit_price: None,
         }],
     };
+    let (order, _) = store.place(&key, &new, owner, lease).await.unwrap();
+    (store, order)
+}
+
+/// The instance that begins a cancellation holds the saga from the same
+/// commit: a recovery loop (on any instance, every 100 ms in these tests)
+/// cannot take it in between and leave the caller answered with the order
+/// still CONFIRMED. A repeat while it is held drives nothing.
+#[tokio::test]
+async fn a_cancellation_is_leased_to_the_instance_that_began_it() {
+    let db = TestDb::create().await.unwrap();
     let lease = Duration::from_secs(30);
-    let (mut order, _) = store.place(&key, &new, "driver", lease).await.unwrap();
+    let (store, order) = placed_in_store(&db, "placer", lease).await;
+    // Settled as confirmed, its lease let go, as a saga leaves it.
+    db.connect()
+        .await
+        .unwrap()
+        .execute(
+            "UPDATE orders.orders SET status = 'CONFIRMED', step = 'DONE', \
+             lease_owner = NULL, lease_until = NULL WHERE order_id = $1",
+            &[&order.order_id],
+        )
+        .await
+        .unwrap();
+    let (cancelling, leased) = store
+        .begin_cancel(&order.order_id, "changed my mind", "api", lease)
+        .await
+        .unwrap();
+    assert!(leased);
+    assert_eq!(cancelling.step, weft_orders::domain::Step::Refund);
+    assert!(
+        store.due(100).await.unwrap().is_empty(),
+        "recovery sees the cancellation as free to take"
+    );
+    assert!(
+        store
+            .claim(&order.order_id, "recovery", lease)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let (_, again) = store
+        .begin_cancel(&order.order_id, "", "other", lease)
+        .await
+        .unwrap();
+    assert!(!again, "a repeat took the lease of the one driving");
+    // Its driver goes on with it.
+    assert!(
+        store
+            .claim(&order.order_id, "api", lease)
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
+
+/// A step that keeps failing (a compensation waiting for an operator)
+/// retries for as long as it takes; its retries are logged at attempts 1,
+/// 2, 4, 8, …, so the saga log grows with the logarithm of the retries.
+#[tokio::test]
+async fn a_step_that_keeps_failing_logs_its_retries_at_powers_of_two() {
+    let db = TestDb::create().await.unwrap();
+    let lease = Duration::from_secs(30);
+    let (store, mut order) = placed_in_store(&db, "driver", lease).await;
     for _ in 0..100 {
         store
             .retry_later(&order, "driver", Duration::ZERO, "RESERVE: Unavailable")

@@ -177,12 +177,19 @@ impl OrdersService for OrdersApi {
         validate::idempotency_key(&req.idempotency_key)?;
         validate::id("order_id", &req.order_id)?;
         validate::optional_text("reason", &req.reason, 500)?;
-        let order = self
+        let (order, leased) = self
             .store
-            .begin_cancel(&req.order_id, &req.reason)
+            .begin_cancel(
+                &req.order_id,
+                &req.reason,
+                self.saga.owner(),
+                self.saga.config().lease,
+            )
             .await
             .map_err(status)?;
-        let order = self.settle(order, false).await?;
+        // A cancellation this call began is leased to this instance already;
+        // a repeat drives it only if no one else does.
+        let order = self.settle(order, leased).await?;
         Ok(Response::new(pb::CancelOrderResponse {
             order: Some(convert::order(&order)),
         }))

@@ -305,9 +305,19 @@ impl Store {
         Ok(())
     }
 
-    /// Starts cancelling a confirmed order: the saga moves to the refund.
-    /// Cancelling a cancelled order, or one being cancelled, changes nothing.
-    pub async fn begin_cancel(&self, order_id: &str, reason: &str) -> Result<Order> {
+    /// Starts cancelling a confirmed order: the saga moves to the refund,
+    /// leased to `owner` in the same transaction, so the caller that asked
+    /// drives it and no recovery loop takes it in between (which would leave
+    /// the caller answered with the order still CONFIRMED). Returns the order
+    /// and whether it is now leased to `owner`. Cancelling a cancelled order,
+    /// or one being cancelled, changes nothing.
+    pub async fn begin_cancel(
+        &self,
+        order_id: &str,
+        reason: &str,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<(Order, bool)> {
         let mut client = self.db.client().await?;
         let tx = client.transaction().await?;
         let row = tx
@@ -328,12 +338,16 @@ impl Store {
             (OrderStatus::Confirmed, Step::Done) => {
                 tx.execute(
                     "UPDATE orders.orders SET step = 'REFUND', cancel_reason = $2, \
-                     attempts = 0, next_attempt_time = now(), update_time = now() \
+                     attempts = 0, next_attempt_time = now(), update_time = now(), \
+                     lease_owner = $3, \
+                     lease_until = now() + $4::float8 * interval '1 millisecond' \
                      WHERE order_id = $1",
-                    &[&order_id, &reason],
+                    &[&order_id, &reason, &owner, &millis(lease)],
                 )
                 .await?;
                 log(&tx, order_id, "DONE", "REFUND", "cancel requested", "api").await?;
+                tx.commit().await?;
+                return Ok((load_order(&client, order_id).await?, true));
             }
             (OrderStatus::Cancelled, _) | (OrderStatus::Confirmed, _) => {}
             (OrderStatus::Pending, _) => {
@@ -344,7 +358,7 @@ impl Store {
             (OrderStatus::Rejected, _) => return Err(invalid("a rejected order holds nothing")),
         }
         tx.commit().await?;
-        load_order(&client, order_id).await
+        Ok((load_order(&client, order_id).await?, false))
     }
 
     /// Orders newest first, of one customer (or all when `customer_id` is
