@@ -4,7 +4,10 @@
 //! `Channel` to one, in one run. Each row runs its clients in turn, `REPS`
 //! times, interleaved (plain, Weft, plain, Weft, …), and prints the median
 //! of the per-repetition ratios to the plain channel with their spread: a
-//! single run on a shared machine cannot tell 0.95 from 1.0.
+//! single run on a shared machine cannot tell 0.95 from 1.0. Each run also
+//! records this process's CPU time per call (client and servers share it;
+//! the servers' share is the same for every client), which a shared
+//! machine disturbs less than calls/s.
 //! Run: `cargo bench -p weft-tests --bench client`.
 
 // Bench code: a panic is a failed run with its location.
@@ -55,8 +58,8 @@ async fn mesh(
     channel
 }
 
-/// (calls per second, p50 µs, p99 µs)
-async fn measure<T>(client: HealthClient<T>, concurrency: usize) -> (f64, f64, f64)
+/// (calls per second, p50 µs, p99 µs, this process's CPU µs per call)
+async fn measure<T>(client: HealthClient<T>, concurrency: usize) -> (f64, f64, f64, f64)
 where
     T: GrpcService<tonic::body::Body> + Clone + Send + 'static,
     T::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -70,6 +73,7 @@ where
         warm.check(HealthCheckRequest::default()).await.unwrap();
     }
     let per_task = CALLS / concurrency;
+    let cpu_before = weft_service::load::cpu_seconds().unwrap();
     let started = Instant::now();
     let tasks: Vec<_> = (0..concurrency)
         .map(|_| {
@@ -90,10 +94,16 @@ where
         all.extend(t.await.unwrap());
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu = weft_service::load::cpu_seconds().unwrap() - cpu_before;
     all.sort();
     let pct =
         |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)].as_secs_f64() * 1e6;
-    (all.len() as f64 / elapsed, pct(0.50), pct(0.99))
+    (
+        all.len() as f64 / elapsed,
+        pct(0.50),
+        pct(0.99),
+        cpu * 1e6 / all.len() as f64,
+    )
 }
 
 async fn run() {
@@ -140,9 +150,9 @@ async fn run() {
     let plain = mtls_channel(addrs[0], client_config(&client_store, expected).unwrap()).unwrap();
 
     println!(
-        "| concurrency | client | calls/s (median) | p50 µs | p99 µs | vs plain channel, median (min–max of {REPS}) |"
+        "| concurrency | client | calls/s (median) | p50 µs | p99 µs | vs plain channel, median (min–max of {REPS}) | CPU µs per call (client and server) | plain/this CPU per call, median (min–max) |"
     );
-    println!("| --- | --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
     for concurrency in [1, 16, 64] {
         let clients = [
             (
@@ -162,8 +172,8 @@ async fn run() {
                 Client::Mesh(HealthClient::new(three.clone())),
             ),
         ];
-        // runs[client][rep] = (calls/s, p50, p99)
-        let mut runs: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); clients.len()];
+        // runs[client][rep] = (calls/s, p50, p99, CPU µs per call)
+        let mut runs: Vec<Vec<(f64, f64, f64, f64)>> = vec![Vec::new(); clients.len()];
         for _ in 0..REPS {
             for (i, (_, client)) in clients.iter().enumerate() {
                 runs[i].push(client.measure(concurrency).await);
@@ -171,12 +181,15 @@ async fn run() {
         }
         for (i, (label, _)) in clients.iter().enumerate() {
             let ratios: Vec<f64> = (0..REPS).map(|r| runs[i][r].0 / runs[0][r].0).collect();
+            let cpu_ratios: Vec<f64> = (0..REPS).map(|r| runs[0][r].3 / runs[i][r].3).collect();
             println!(
-                "| {concurrency} | {label} | {:.0} | {:.0} | {:.0} | {} |",
+                "| {concurrency} | {label} | {:.0} | {:.0} | {:.0} | {} | {:.1} | {} |",
                 median(&runs[i].iter().map(|r| r.0).collect::<Vec<_>>()),
                 median(&runs[i].iter().map(|r| r.1).collect::<Vec<_>>()),
                 median(&runs[i].iter().map(|r| r.2).collect::<Vec<_>>()),
                 ratio_summary(&ratios),
+                median(&runs[i].iter().map(|r| r.3).collect::<Vec<_>>()),
+                ratio_summary(&cpu_ratios),
             );
         }
     }
@@ -189,7 +202,7 @@ enum Client {
 }
 
 impl Client {
-    async fn measure(&self, concurrency: usize) -> (f64, f64, f64) {
+    async fn measure(&self, concurrency: usize) -> (f64, f64, f64, f64) {
         match self {
             Self::Plain(c) => measure(c.clone(), concurrency).await,
             Self::Mesh(c) => measure(c.clone(), concurrency).await,

@@ -34,7 +34,7 @@ fn endpoints() -> Vec<Arc<EndpointState>> {
     for n in 0..8u16 {
         let version = if n % 2 == 0 { "1.4" } else { "1.5" };
         let zone = if n < 4 { "a" } else { "b" };
-        let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy();
+        let channel = weft_mesh::client::Conn::plaintext(([127, 0, 0, 1], 9).into()).unwrap();
         let e = EndpointState::new(
             format!("e{n}"),
             ([127, 0, 0, 1], 9000 + n).into(),

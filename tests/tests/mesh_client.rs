@@ -70,3 +70,78 @@ async fn a_channel_by_name_reaches_the_service_and_only_the_service_of_that_name
     );
     server.stop().await.unwrap();
 }
+
+/// Serves grpc.health over mTLS as `store` on `addr` until `stop` fires.
+async fn health_server(
+    store: &CertStore,
+    listener: tokio::net::TcpListener,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) -> tokio::task::JoinHandle<()> {
+    let limits = weft_mesh::ServerLimits::default();
+    let incoming = weft_mesh::tls_incoming(
+        listener,
+        weft_mesh::server_config(store).unwrap(),
+        store,
+        &limits,
+    );
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    let server = limits
+        .server()
+        .add_routes(tonic::service::Routes::new(health))
+        .serve_with_incoming_shutdown(incoming, async {
+            let _ = stop.await;
+        });
+    tokio::spawn(async move {
+        server.await.unwrap();
+    })
+}
+
+/// An endpoint's connection is dialled when first used and again once it
+/// closed: a server that stops and comes back on the same address is reached
+/// by the next call on the same `Conn`; while it is away a call fails as one
+/// never sent (so the client may send it elsewhere whatever its method).
+#[tokio::test]
+async fn a_connection_its_server_closed_is_dialled_again_by_the_next_call() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let pki = weft_tests::pki::TestPki::new().unwrap();
+    let server_store = CertStore::load(
+        pki.service("health", "health").unwrap(),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    let client_store = CertStore::load(
+        pki.service("caller", "caller").unwrap(),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let first = health_server(&server_store, listener, stopped).await;
+
+    let tls = weft_mesh::client_config(&client_store, server_store.current().id).unwrap();
+    let conn = weft_mesh::client::Conn::mtls(addr, tls).unwrap();
+    let mut client = HealthClient::new(conn.clone());
+    client.check(HealthCheckRequest::default()).await.unwrap();
+
+    // The server's GOAWAY ends the connection; it does not wait on the client.
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), first)
+        .await
+        .expect("the server did not stop")
+        .unwrap();
+    let away = client
+        .check(HealthCheckRequest::default())
+        .await
+        .unwrap_err();
+    assert!(weft_mesh::client::never_sent(&away), "{away:?}");
+
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let second = health_server(&server_store, listener, stopped).await;
+    client.check(HealthCheckRequest::default()).await.unwrap();
+    stop.send(()).unwrap();
+    second.await.unwrap();
+}

@@ -54,20 +54,37 @@ impl tower::Service<Uri> for MtlsConnector {
             let server_name =
                 ServerName::try_from(host.to_owned()).map_err(|_| invalid("bad host"))?;
             let tcp = TcpStream::connect((host, port)).await?;
-            tcp.set_nodelay(true)?;
-            let stream = TlsConnector::from(tls.config())
-                .connect(server_name.clone(), tcp)
-                .await?;
-            let (_, session) = stream.get_ref();
-            tls.check_resumed(session, &server_name).map_err(|e| {
-                io::Error::new(
-                    io::ErrorKind::PermissionDenied,
-                    format!("resumed session refused: {e}"),
-                )
-            })?;
-            Ok(TokioIo::new(Gathered(stream)))
+            handshake(&tls, tcp, server_name).await
         })
     }
+}
+
+impl MtlsConnector {
+    /// TCP to `addr`, then the TLS handshake, the server named by its
+    /// address (its SPIFFE id is what the verifier checks).
+    pub(crate) async fn dial(self, addr: SocketAddr) -> io::Result<TokioIo<Gathered>> {
+        let tcp = TcpStream::connect(addr).await?;
+        handshake(&self.tls, tcp, ServerName::IpAddress(addr.ip().into())).await
+    }
+}
+
+async fn handshake(
+    tls: &ClientTls,
+    tcp: TcpStream,
+    server_name: ServerName<'static>,
+) -> io::Result<TokioIo<Gathered>> {
+    tcp.set_nodelay(true)?;
+    let stream = TlsConnector::from(tls.config())
+        .connect(server_name.clone(), tcp)
+        .await?;
+    let (_, session) = stream.get_ref();
+    tls.check_resumed(session, &server_name).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("resumed session refused: {e}"),
+        )
+    })?;
+    Ok(TokioIo::new(Gathered(stream)))
 }
 
 /// A client's TLS stream, saying it takes no vectored writes: hyper's

@@ -7,8 +7,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use super::conn::Conn;
 use tokio::time::Instant;
-use tonic::transport::Channel;
 use weft_discovery::backoff::Backoff;
 
 /// How fast the latency estimate forgets: the decay time constant.
@@ -80,9 +80,9 @@ pub struct EndpointState {
     /// Its discovery attributes (version, zone, …), which routes choose
     /// endpoints by.
     pub attributes: std::collections::BTreeMap<String, String>,
-    /// The connections (tonic reconnects them; the endpoint stays out of the
+    /// The connections (each dialled again when it closes; the endpoint stays out of the
     /// pool while they are down). Calls rotate over them.
-    channels: Vec<Channel>,
+    channels: Vec<Conn>,
     next_channel: AtomicUsize,
     /// The latency estimate (nanoseconds) and when it was last updated.
     ewma: Mutex<(f64, Instant)>,
@@ -119,7 +119,7 @@ impl EndpointState {
     pub fn new(
         id: String,
         addr: std::net::SocketAddr,
-        channels: Vec<Channel>,
+        channels: Vec<Conn>,
         policy: FailurePolicy,
     ) -> Self {
         Self {
@@ -211,7 +211,7 @@ impl EndpointState {
 
     /// The connection for the next call (round robin over the endpoint's
     /// connections); `None` if it has none.
-    pub fn channel(&self) -> Option<Channel> {
+    pub fn channel(&self) -> Option<Conn> {
         let n = self.channels.len();
         if n == 0 {
             return None;
@@ -221,7 +221,7 @@ impl EndpointState {
     }
 
     /// The first connection, which also carries the health watch.
-    pub fn primary(&self) -> Option<Channel> {
+    pub fn primary(&self) -> Option<Conn> {
         self.channels.first().cloned()
     }
 
@@ -408,7 +408,7 @@ mod tests {
     use super::*;
 
     fn endpoint(policy: FailurePolicy) -> EndpointState {
-        let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy();
+        let channel = Conn::plaintext(([127, 0, 0, 1], 9).into()).unwrap();
         let e = EndpointState::new(
             "e".into(),
             ([127, 0, 0, 1], 9).into(),

@@ -7,6 +7,7 @@
 //! within what the chain of calls has left. It is a tower service, so
 //! generated tonic clients take it like a `Channel`.
 
+mod conn;
 pub mod connector;
 mod endpoint;
 mod front;
@@ -18,6 +19,7 @@ pub mod routes;
 mod timeouts;
 pub mod tls;
 
+pub use conn::{Conn, ConnectError};
 pub use endpoint::{EndpointEvents, EndpointState, FailurePolicy};
 pub use front::{MeshClient, MeshClientError};
 pub use pool::{Connect, Locality, Pool, PoolEvents};
@@ -40,7 +42,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::Status;
 use tonic::codegen::http;
-use tower::{Service, ServiceExt};
+use tower::Service;
 use tracing::Instrument;
 use weft_discovery::Snapshot;
 
@@ -210,8 +212,8 @@ impl MeshChannel {
         options: ClientOptions,
     ) -> Result<Self, rustls::Error> {
         let tls = crate::client_config(store, expected)?;
-        let connect: Connect = Arc::new(move |addr| match crate::mtls_channel(addr, tls.clone()) {
-            Ok(channel) => Some(channel),
+        let connect: Connect = Arc::new(move |addr| match Conn::mtls(addr, tls.clone()) {
+            Ok(conn) => Some(conn),
             Err(e) => {
                 tracing::warn!(%addr, error = %e, "cannot make a channel");
                 None
@@ -227,8 +229,8 @@ impl MeshChannel {
         idempotency: Arc<Idempotency>,
         options: ClientOptions,
     ) -> Self {
-        let connect: Connect = Arc::new(|addr| match crate::plaintext_channel(addr) {
-            Ok(channel) => Some(channel),
+        let connect: Connect = Arc::new(|addr| match Conn::plaintext(addr) {
+            Ok(conn) => Some(conn),
             Err(e) => {
                 tracing::warn!(%addr, error = %e, "cannot make a channel");
                 None
@@ -432,17 +434,14 @@ impl Inner {
             request.uri().path(),
             endpoint.addr,
         );
-        let Some(mut channel) = endpoint.channel() else {
+        let Some(conn) = endpoint.channel() else {
             record.failed();
             return Attempt::Failed {
                 error: "endpoint has no connection".into(),
                 unsent: true,
             };
         };
-        let result = match channel.ready().await {
-            Ok(ready) => ready.call(request).await,
-            Err(e) => Err(e),
-        };
+        let result = conn.request(request).await;
         match result {
             Ok(response) => {
                 let status = status_in(response.headers());
@@ -485,16 +484,13 @@ impl Inner {
             Err(error) => {
                 drop(in_flight);
                 record.failed();
-                let unsent = never_sent(&error);
+                let unsent = never_sent(error.as_ref());
                 if unsent {
                     endpoint.connection_failed();
                 } else {
                     endpoint.call_failed();
                 }
-                Attempt::Failed {
-                    error: Box::new(error),
-                    unsent,
-                }
+                Attempt::Failed { error, unsent }
             }
         }
     }

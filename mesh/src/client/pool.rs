@@ -7,9 +7,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use super::conn::Conn;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
-use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -19,7 +19,7 @@ use super::endpoint::{EndpointEvents, EndpointState, FailurePolicy};
 use super::routes::Subset;
 
 /// Makes the connection to an address.
-pub type Connect = Arc<dyn Fn(SocketAddr) -> Option<Channel> + Send + Sync>;
+pub type Connect = Arc<dyn Fn(SocketAddr) -> Option<Conn> + Send + Sync>;
 
 /// Each endpoint by id, with the task that watches its health.
 type Watched = HashMap<String, (Arc<EndpointState>, JoinHandle<()>)>;
@@ -245,7 +245,7 @@ impl Pool {
             if tasks.contains_key(id) {
                 continue;
             }
-            let channels: Vec<Channel> = (0..connections.max(1))
+            let channels: Vec<Conn> = (0..connections.max(1))
                 .filter_map(|_| connect(addr))
                 .collect();
             if channels.is_empty() {
@@ -347,7 +347,7 @@ mod tests {
     use crate::client::endpoint::FailurePolicy;
 
     fn endpoint(id: &str) -> Arc<EndpointState> {
-        let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy();
+        let channel = Conn::plaintext(([127, 0, 0, 1], 9).into()).unwrap();
         Arc::new(EndpointState::new(
             id.into(),
             ([127, 0, 0, 1], 9).into(),
@@ -514,9 +514,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_new_endpoint_s_estimate_starts_at_its_measured_peers_average() {
         let pool = Pool::new(PoolEvents::default());
-        let connect: Connect = Arc::new(|_| {
-            Some(tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy())
-        });
+        let connect: Connect =
+            Arc::new(|_| Some(Conn::plaintext(([127, 0, 0, 1], 9).into()).unwrap()));
         let listing = |ids: &[&str]| Snapshot {
             endpoints: ids
                 .iter()
@@ -564,8 +563,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn calls_stay_in_the_zone_while_it_has_enough_and_spill_when_it_has_not() {
         let zoned = |id: &str, zone: &str| {
-            let channel =
-                tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy();
+            let channel = Conn::plaintext(([127, 0, 0, 1], 9).into()).unwrap();
             let e = Arc::new(
                 EndpointState::new(
                     id.into(),
