@@ -13,7 +13,6 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use hyper::client::conn::http2::{Builder, SendRequest};
@@ -21,7 +20,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tonic::body::Body;
 
-use super::connector::MtlsConnector;
+use super::connector::{CONNECT_TIMEOUT, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, MtlsConnector};
 use crate::client_tls::ClientTls;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -30,9 +29,6 @@ type Dialing<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>;
 /// What calls say they come from, as gRPC clients do.
 const USER_AGENT: http::HeaderValue =
     http::HeaderValue::from_static(concat!("weft/", env!("CARGO_PKG_VERSION")));
-
-/// How long a dial (TCP and the TLS handshake) may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How a connection's transport is made.
 #[derive(Clone)]
@@ -178,9 +174,8 @@ impl Inner {
         let mut builder = Builder::new(TokioExecutor::new());
         builder
             .timer(TokioTimer::new())
-            // A peer that died silently (no FIN, no RST) is noticed in ~15 s.
-            .keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5))
+            .keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
             .keep_alive_while_idle(true);
         let addr = self.addr;
         match &self.dial {

@@ -137,11 +137,18 @@ pub fn plaintext_channel(addr: SocketAddr) -> Result<Channel, tonic::transport::
     Ok(endpoint(addr)?.tcp_nodelay(true).connect_lazy())
 }
 
+/// How long a dial (TCP and the TLS handshake) may take.
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// HTTP/2 pings on every connection, idle or not, this often…
+pub(crate) const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// … each answered within this, so a peer that died silently (no FIN, no
+/// RST) is noticed in about 15 s.
+pub(crate) const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+
 fn endpoint(addr: SocketAddr) -> Result<Endpoint, tonic::transport::Error> {
     Ok(Endpoint::from_shared(format!("http://{addr}"))?
-        .connect_timeout(Duration::from_secs(5))
-        // A peer that died silently (no FIN, no RST) is noticed in ~15 s.
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5))
+        .connect_timeout(CONNECT_TIMEOUT)
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
         .keep_alive_while_idle(true))
 }

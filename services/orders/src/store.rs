@@ -334,7 +334,7 @@ impl Store {
             status: status.as_str(),
             why,
         };
-        match (status, step) {
+        let leased = match (status, step) {
             (OrderStatus::Confirmed, Step::Done) => {
                 tx.execute(
                     "UPDATE orders.orders SET step = 'REFUND', cancel_reason = $2, \
@@ -346,19 +346,18 @@ impl Store {
                 )
                 .await?;
                 log(&tx, order_id, "DONE", "REFUND", "cancel requested", "api").await?;
-                tx.commit().await?;
-                return Ok((load_order(&client, order_id).await?, true));
+                true
             }
-            (OrderStatus::Cancelled, _) | (OrderStatus::Confirmed, _) => {}
+            (OrderStatus::Cancelled, _) | (OrderStatus::Confirmed, _) => false,
             (OrderStatus::Pending, _) => {
                 return Err(invalid(
                     "it is still being placed; cancel it once it is CONFIRMED",
                 ));
             }
             (OrderStatus::Rejected, _) => return Err(invalid("a rejected order holds nothing")),
-        }
+        };
         tx.commit().await?;
-        Ok((load_order(&client, order_id).await?, false))
+        Ok((load_order(&client, order_id).await?, leased))
     }
 
     /// Orders newest first, of one customer (or all when `customer_id` is
