@@ -108,16 +108,8 @@ where
 
 async fn run() {
     let pki = TestPki::new().unwrap();
-    let server_store = CertStore::load(
-        pki.service("bench-server", "bench").unwrap(),
-        Duration::from_secs(60),
-    )
-    .unwrap();
-    let client_store = CertStore::load(
-        pki.service("bench-client", "client").unwrap(),
-        Duration::from_secs(60),
-    )
-    .unwrap();
+    let server_store = pki.service_store("bench-server", "bench").unwrap();
+    let client_store = pki.service_store("bench-client", "client").unwrap();
     let expected = server_store.current().id;
     let mut addrs = Vec::new();
     for _ in 0..3 {

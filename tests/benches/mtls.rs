@@ -10,7 +10,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use rustls::pki_types::ServerName;
 use tonic::service::Routes;
@@ -19,7 +19,7 @@ use tonic::transport::{Channel, Server};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 use weft_mesh::provider::{KeyExchange, set_key_exchange};
-use weft_mesh::{CertStore, ClientTls, client_config, mtls_channel};
+use weft_mesh::{ClientTls, client_config, mtls_channel};
 use weft_tests::pki::TestPki;
 use weft_tests::servers::serve_mtls;
 
@@ -37,16 +37,8 @@ fn main() {
 
 async fn run() {
     let pki = TestPki::new().unwrap();
-    let server_store = CertStore::load(
-        pki.service("bench-server", "bench").unwrap(),
-        Duration::from_secs(60),
-    )
-    .unwrap();
-    let client_store = CertStore::load(
-        pki.service("bench-client", "client").unwrap(),
-        Duration::from_secs(60),
-    )
-    .unwrap();
+    let server_store = pki.service_store("bench-server", "bench").unwrap();
+    let client_store = pki.service_store("bench-client", "client").unwrap();
     let client_tls = client_config(&client_store, server_store.current().id).unwrap();
 
     let (_reporter, health) = tonic_health::server::health_reporter();

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use time::{Duration, OffsetDateTime};
 use weft::certs::{DevCa, Validity};
-use weft_mesh::{IdentityPaths, SpiffeId};
+use weft_mesh::{CertStore, IdentityPaths, SpiffeId};
 
 /// The trust domain of test identities.
 pub const TRUST_DOMAIN: &str = "weft.test";
@@ -46,6 +46,15 @@ impl TestPki {
             &SpiffeId::service(TRUST_DOMAIN, service)?,
             Validity::days(1),
         )
+    }
+
+    /// [`Self::service`]'s identity loaded as a process's certificate store
+    /// (files re-read every 60 s).
+    pub fn service_store(&self, stem: &str, service: &str) -> Result<CertStore> {
+        Ok(CertStore::load(
+            self.service(stem, service)?,
+            std::time::Duration::from_secs(60),
+        )?)
     }
 
     /// Issues an operator certificate saved as `<stem>.pem`/`.key`.

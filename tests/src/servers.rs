@@ -21,11 +21,21 @@ pub async fn mtls_listener(
     limits: &ServerLimits,
 ) -> Result<(SocketAddr, Incoming)> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
     Ok((
-        addr,
-        tls_incoming(listener, server_config(store)?, store, limits),
+        listener.local_addr()?,
+        mtls_incoming(listener, store, limits)?,
     ))
+}
+
+/// The mTLS connections `listener` takes as `store`'s identity within
+/// `limits` (a listener on an address the test chose, such as one a stopped
+/// server had).
+pub fn mtls_incoming(
+    listener: tokio::net::TcpListener,
+    store: &CertStore,
+    limits: &ServerLimits,
+) -> Result<Incoming> {
+    Ok(tls_incoming(listener, server_config(store)?, store, limits))
 }
 
 /// Serves `routes` over mTLS as `store`'s identity on 127.0.0.1, port 0, in a

@@ -7,13 +7,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use rustls::NamedGroup;
 use rustls::pki_types::ServerName;
 use tonic::service::Routes;
+use weft_mesh::client_config;
 use weft_mesh::provider::{KeyExchange, set_key_exchange};
-use weft_mesh::{CertStore, client_config};
 use weft_tests::pki::TestPki;
 use weft_tests::servers::serve_mtls;
 
@@ -36,16 +35,8 @@ async fn negotiated(
 #[tokio::test]
 async fn hybrid_by_default_classical_when_set_and_the_two_interoperate() {
     let pki = TestPki::new().unwrap();
-    let server_store = CertStore::load(
-        pki.service("kx-server", "kx").unwrap(),
-        Duration::from_secs(60),
-    )
-    .unwrap();
-    let client_store = CertStore::load(
-        pki.service("kx-client", "client").unwrap(),
-        Duration::from_secs(60),
-    )
-    .unwrap();
+    let server_store = pki.service_store("kx-server", "kx").unwrap();
+    let client_store = pki.service_store("kx-client", "client").unwrap();
     let expected = server_store.current().id;
 
     // Both ends hybrid (the default).

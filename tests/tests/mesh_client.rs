@@ -71,19 +71,14 @@ async fn a_channel_by_name_reaches_the_service_and_only_the_service_of_that_name
     server.stop().await.unwrap();
 }
 
-/// Serves grpc.health over mTLS as `store` on `addr` until `stop` fires.
+/// Serves grpc.health over mTLS as `store` on `listener` until `stop` fires.
 async fn health_server(
     store: &CertStore,
     listener: tokio::net::TcpListener,
     stop: tokio::sync::oneshot::Receiver<()>,
 ) -> tokio::task::JoinHandle<()> {
     let limits = weft_mesh::ServerLimits::default();
-    let incoming = weft_mesh::tls_incoming(
-        listener,
-        weft_mesh::server_config(store).unwrap(),
-        store,
-        &limits,
-    );
+    let incoming = weft_tests::servers::mtls_incoming(listener, store, &limits).unwrap();
     let (_reporter, health) = tonic_health::server::health_reporter();
     let server = limits
         .server()
@@ -106,16 +101,8 @@ async fn a_connection_its_server_closed_is_dialled_again_by_the_next_call() {
     use tonic_health::pb::health_client::HealthClient;
 
     let pki = weft_tests::pki::TestPki::new().unwrap();
-    let server_store = CertStore::load(
-        pki.service("health", "health").unwrap(),
-        Duration::from_secs(60),
-    )
-    .unwrap();
-    let client_store = CertStore::load(
-        pki.service("caller", "caller").unwrap(),
-        Duration::from_secs(60),
-    )
-    .unwrap();
+    let server_store = pki.service_store("health", "health").unwrap();
+    let client_store = pki.service_store("caller", "caller").unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel();
