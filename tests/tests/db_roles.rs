@@ -220,3 +220,45 @@ async fn a_service_migrates_as_its_owner_and_serves_as_a_role_confined_to_its_ro
             .unwrap();
     }
 }
+
+/// Another task's migration (its ALTER TABLE) and a bootstrap's grants on the
+/// same tables update the same catalog rows; run together, one fails with
+/// "tuple concurrently updated" (the rehearsal's inventory task did). A
+/// bootstrap therefore waits while a migration holds the migrations' lock,
+/// and goes on once it is let go.
+#[tokio::test]
+async fn a_bootstrap_waits_for_a_migration_in_progress() {
+    let db = TestDb::create().await.unwrap();
+    let migrating = db.connect().await.unwrap();
+    migrating
+        .execute(
+            "SELECT pg_advisory_lock($1)",
+            &[&weft_service::migrate::MIGRATION_LOCK],
+        )
+        .await
+        .unwrap();
+    let admin = db.connect().await.unwrap();
+    let passwords = Passwords {
+        service: Some("serve-pw".into()),
+        migrator: Some("migrate-pw".into()),
+        reset: false,
+    };
+    let mut running = Box::pin(bootstrap(&admin, "inventory", &passwords));
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(500), &mut running)
+            .await
+            .is_err(),
+        "the bootstrap ran while a migration held its lock"
+    );
+    migrating
+        .execute(
+            "SELECT pg_advisory_unlock($1)",
+            &[&weft_service::migrate::MIGRATION_LOCK],
+        )
+        .await
+        .unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(30), running)
+        .await
+        .expect("the bootstrap did not go on once the lock was let go")
+        .unwrap();
+}

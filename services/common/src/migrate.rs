@@ -6,8 +6,10 @@ use std::time::Duration;
 /// An arbitrary but fixed advisory-lock key, the same for every service:
 /// replicas starting at once queue on it, so only one applies the migrations
 /// and the others find them done (services sharing a database also take
-/// turns, which costs nothing at start-up).
-const MIGRATION_LOCK: i64 = 0x5745_4654_4d49_4701; // "WEFTMIG\x01"
+/// turns, which costs nothing at start-up). A database bootstrap takes it
+/// too ([`crate::roles::bootstrap`]): its grants on a schema's tables and a
+/// migration's changes to them update the same catalog rows.
+pub const MIGRATION_LOCK: i64 = 0x5745_4654_4d49_4701; // "WEFTMIG\x01"
 
 /// Why migrating failed.
 #[derive(Debug, thiserror::Error)]

@@ -136,9 +136,19 @@ pub async fn bootstrap(
     // Every task of every service may run this at once as it starts:
     // creating a role or changing grants concurrently fails, so they take
     // turns (a session lock, released however this ends when the
-    // connection closes).
+    // connection closes). Another task's migration may be running too: a
+    // grant on its tables and its ALTER TABLE update the same catalog rows
+    // ("tuple concurrently updated"), so the bootstrap also waits its turn
+    // on the migrations' lock, always after its own (so no two wait on each
+    // other).
     client
         .execute("SELECT pg_advisory_lock($1)", &[&BOOTSTRAP_LOCK])
+        .await?;
+    client
+        .execute(
+            "SELECT pg_advisory_lock($1)",
+            &[&crate::migrate::MIGRATION_LOCK],
+        )
         .await?;
     let mut attempt = 0;
     let done = loop {
@@ -157,7 +167,10 @@ pub async fn bootstrap(
         }
     };
     let unlocked = client
-        .execute("SELECT pg_advisory_unlock($1)", &[&BOOTSTRAP_LOCK])
+        .execute(
+            "SELECT pg_advisory_unlock($1), pg_advisory_unlock($2)",
+            &[&crate::migrate::MIGRATION_LOCK, &BOOTSTRAP_LOCK],
+        )
         .await;
     let roles = done?;
     unlocked?;
